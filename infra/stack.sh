@@ -1,0 +1,187 @@
+#!/usr/bin/env bash
+# The local stack: real services on loopback for `make test`, `make demo` and `make bench`.
+#   Tansu (Kafka API, SQLite storage), Redis, moto (S3 API).
+# Usage: infra/stack.sh up|down|status|env|install
+# Idempotent: `up` starts only what is not running, `down` stops only what `up` started
+# (pid files under the state dir). A service already answering on its port (another
+# checkout's stack) is reused, never stopped.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE=${TRIBUTARY_STATE_DIR:-$ROOT/.stack}
+CACHE=${TRIBUTARY_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/tributary}
+KAFKA_PORT=${TRIBUTARY_KAFKA_PORT:-19092}
+REDIS_PORT=${TRIBUTARY_REDIS_PORT:-16379}
+S3_PORT=${TRIBUTARY_S3_PORT:-19000}
+S3_BUCKET=${TRIBUTARY_S3_BUCKET:-tributary}
+TANSU_VERSION=0.6.0
+MOTO_VERSION=5.2.5
+DUCKDB_VERSION=2.0.0
+TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
+TANSU_BIN=$TANSU_ROOT/bin/tansu
+VENV=$STATE/venv
+
+log() { printf '[stack] %s\n' "$*" >&2; }
+die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# wait_for NAME SECONDS CMD...: polls CMD until it succeeds or the time is up.
+wait_for() {
+  local name=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || return 1
+    sleep 0.2
+  done
+  log "$name is healthy"
+}
+
+install_tansu() {
+  [ -x "$TANSU_BIN" ] && return 0
+  command -v cargo >/dev/null || die "cargo is needed to install tansu"
+  mkdir -p "$TANSU_ROOT"
+  log "installing tansu $TANSU_VERSION into $TANSU_ROOT (one time, about 7 minutes on 2 cores)"
+  # Its own target dir, so it never contends with the workspace's target/ lock.
+  CARGO_TARGET_DIR=$CACHE/tansu-build cargo install --locked "tansu@$TANSU_VERSION" \
+    --features libsql --root "$TANSU_ROOT" >"$CACHE/tansu-install.log" 2>&1 ||
+    { tail -20 "$CACHE/tansu-install.log" >&2; die "tansu install failed (log: $CACHE/tansu-install.log)"; }
+  rm -rf "$CACHE/tansu-build"
+}
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "apt-get install ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null ||
+    die "apt-get install ${missing[*]} failed"
+}
+
+install_python() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtualenv $VENV"
+    python3 -m venv "$VENV" || { apt_install python3-venv; python3 -m venv "$VENV"; }
+  fi
+  if ! "$VENV/bin/python" -c 'import moto, duckdb' 2>/dev/null; then
+    log "pip install moto[server]==$MOTO_VERSION duckdb==$DUCKDB_VERSION"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
+      "duckdb==$DUCKDB_VERSION" || die "pip install into $VENV failed"
+  fi
+}
+
+install_all() {
+  install_tansu
+  apt_install redis-server redis-tools
+  install_python
+}
+
+kafka_healthy() { port_open "$KAFKA_PORT"; }
+redis_healthy() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+s3_healthy() { curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/"; }
+
+# start NAME PIDFILE HEALTHFN PORT CMD...: runs CMD in the background unless the service is
+# already up (ours, or someone else's healthy one on the port).
+start() {
+  local name=$1 pidfile=$2 health=$3 port=$4; shift 4
+  if pid_alive "$pidfile"; then
+    log "$name already running (pid $(cat "$pidfile"), port $port)"; return 0
+  fi
+  if port_open "$port"; then
+    if wait_for "$name" 5 "$health"; then
+      log "$name: reusing the service already on port $port (not started by this stack)"; return 0
+    fi
+    die "port $port is taken by something that is not $name; set TRIBUTARY_${name^^}_PORT"
+  fi
+  log "starting $name on 127.0.0.1:$port"
+  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  echo $! >"$pidfile"
+  if ! wait_for "$name" 60 "$health"; then
+    tail -20 "$STATE/$name.log" >&2 || true
+    die "$name did not become healthy on port $port within 60 s (log: $STATE/$name.log)"
+  fi
+}
+
+up() {
+  install_all
+  mkdir -p "$STATE/tansu"
+  # Tansu takes the SQLite path relative to its working directory.
+  (cd "$STATE/tansu" && start kafka "$STATE/kafka.pid" kafka_healthy "$KAFKA_PORT" \
+    "$TANSU_BIN" broker --storage-engine sqlite://tansu.db \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT")
+  if pid_alive "$STATE/redis.pid"; then
+    log "redis already running (pid $(cat "$STATE/redis.pid"), port $REDIS_PORT)"
+  elif port_open "$REDIS_PORT"; then
+    wait_for redis 5 redis_healthy || die "port $REDIS_PORT is taken by something that is not redis; set TRIBUTARY_REDIS_PORT"
+    log "redis: reusing the server already on port $REDIS_PORT"
+  else
+    log "starting redis on 127.0.0.1:$REDIS_PORT"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+      --daemonize yes --pidfile "$STATE/redis.pid" --logfile "$STATE/redis.log" --dir "$STATE" \
+      || die "redis-server failed to start (log: $STATE/redis.log)"
+    wait_for redis 30 redis_healthy || die "redis did not answer PING on port $REDIS_PORT"
+  fi
+  start s3 "$STATE/s3.pid" s3_healthy "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
+  # The demo's bucket; tests make their own.
+  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$S3_BUCKET" || die "cannot create bucket $S3_BUCKET"
+  status
+}
+
+stop_pid() {
+  local name=$1 pidfile=$2
+  if pid_alive "$pidfile"; then
+    local pid; pid=$(cat "$pidfile")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    log "stopped $name (pid $pid)"
+  fi
+  rm -f "$pidfile"
+}
+
+down() {
+  stop_pid kafka "$STATE/kafka.pid"
+  stop_pid redis "$STATE/redis.pid"
+  stop_pid s3 "$STATE/s3.pid"
+}
+
+status() {
+  local line
+  for svc in "kafka:$KAFKA_PORT:kafka_healthy" "redis:$REDIS_PORT:redis_healthy" "s3:$S3_PORT:s3_healthy"; do
+    IFS=: read -r name port health <<<"$svc"
+    if "$health" >/dev/null 2>&1; then
+      if pid_alive "$STATE/$name.pid"; then line="up (pid $(cat "$STATE/$name.pid"))"; else line="up (not started by this stack)"; fi
+    else
+      line="down"
+    fi
+    printf '%-6s 127.0.0.1:%-6s %s\n' "$name" "$port" "$line"
+  done
+  printf 'state dir: %s\n' "$STATE"
+  printf 'ports: TRIBUTARY_KAFKA_PORT=%s TRIBUTARY_REDIS_PORT=%s TRIBUTARY_S3_PORT=%s (defaults 19092, 16379, 19000)\n' \
+    "$KAFKA_PORT" "$REDIS_PORT" "$S3_PORT"
+}
+
+# Variables the tests and the demo read to find the stack.
+print_env() {
+  cat <<EOF
+export TRIBUTARY_TEST_BROKERS=127.0.0.1:$KAFKA_PORT
+export TRIBUTARY_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT/0
+export TRIBUTARY_TEST_S3=http://127.0.0.1:$S3_PORT
+export TRIBUTARY_VENV=$VENV
+EOF
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  env) print_env ;;
+  install) install_all ;;
+  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+esac

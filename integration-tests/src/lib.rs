@@ -1,0 +1,178 @@
+//! Helpers for tests that run against the real local stack (`make up`): where the services
+//! are, unique names per test, topic creation, polling waits.
+//!
+//! A test that cannot reach a service fails and names it; nothing here skips.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use object_store::ObjectStore;
+use rand::Rng;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tributary_shared::config::StoreConfig;
+use tributary_shared::secret::Secret;
+
+/// Kafka bootstrap servers of the stack (`TRIBUTARY_TEST_BROKERS`, default the stack's port).
+pub fn brokers() -> String {
+    std::env::var("TRIBUTARY_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Redis URL of the stack.
+pub fn redis_url() -> String {
+    std::env::var("TRIBUTARY_TEST_REDIS").unwrap_or_else(|_| "redis://127.0.0.1:16379/0".into())
+}
+
+/// moto's S3 endpoint.
+pub fn s3_endpoint() -> String {
+    std::env::var("TRIBUTARY_TEST_S3").unwrap_or_else(|_| "http://127.0.0.1:19000".into())
+}
+
+/// A name no other test run uses: `<base>-<random hex>`.
+pub fn unique(base: &str) -> String {
+    let n: u64 = rand::rng().random();
+    format!("{base}-{n:016x}")
+}
+
+/// Creates a topic (and fails the test, naming the broker, if it cannot).
+pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .context("admin client")?;
+    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics([&topic], &opts)
+        .await
+        .with_context(|| {
+            format!(
+                "create topic {name} on Kafka at {} (is `make up` running?)",
+                brokers()
+            )
+        })?;
+    for r in results {
+        if let Err((t, code)) = r {
+            bail!("create topic {t}: {code}");
+        }
+    }
+    Ok(())
+}
+
+/// A producer tuned for tests: acks=all, no idempotence (Tansu has none).
+pub fn producer() -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("message.timeout.ms", "10000")
+        .set("linger.ms", "5")
+        .create()
+        .context("create producer")
+}
+
+/// Produces `payloads` to one partition of `topic`, waiting for every delivery.
+pub async fn produce_all(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    payloads: impl IntoIterator<Item = Vec<u8>>,
+) -> anyhow::Result<()> {
+    let futures: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            let producer = producer.clone();
+            let topic = topic.to_string();
+            async move {
+                let mut record = FutureRecord::<(), Vec<u8>>::to(&topic).payload(&p);
+                if let Some(part) = partition {
+                    record = record.partition(part);
+                }
+                producer
+                    .send(record, Duration::from_secs(10))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))
+            }
+        })
+        .collect();
+    for r in futures::future::join_all(futures).await {
+        r?;
+    }
+    Ok(())
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` saying what it waited for.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() >= deadline {
+            match last_err {
+                Some(e) => {
+                    bail!("timed out after {timeout:?} waiting for {what}; last error: {e:#}")
+                }
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Creates a bucket on moto (S3's CreateBucket is one unauthenticated PUT there).
+pub async fn create_s3_bucket(bucket: &str) -> anyhow::Result<()> {
+    let url = format!("{}/{bucket}", s3_endpoint());
+    let resp = reqwest::Client::new()
+        .put(&url)
+        .send()
+        .await
+        .with_context(|| format!("create bucket at {url} (is moto running? `make up`)"))?;
+    if !resp.status().is_success() {
+        bail!("create bucket {bucket}: HTTP {}", resp.status());
+    }
+    Ok(())
+}
+
+/// Store config for a fresh bucket on moto.
+pub async fn s3_store_config(prefix: &str) -> anyhow::Result<StoreConfig> {
+    let bucket = unique("it").to_ascii_lowercase();
+    create_s3_bucket(&bucket).await?;
+    Ok(StoreConfig {
+        url: format!("s3://{bucket}/{prefix}"),
+        endpoint: Some(s3_endpoint()),
+        region: Some("us-east-1".into()),
+        access_key_id: Some(Secret::new("test")),
+        secret_access_key: Some(Secret::new("test")),
+        allow_http: true,
+    })
+}
+
+/// Opens a store from config, failing with the URL in the message.
+pub fn open(config: &StoreConfig) -> anyhow::Result<Arc<dyn ObjectStore>> {
+    tributary_shared::store::open_store(config)
+        .with_context(|| format!("open store {}", config.url))
+}
+
+/// A Redis connection to the stack, failing loudly when Redis is not there.
+pub async fn redis() -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(redis_url()).context("redis url")?;
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .with_context(|| {
+            format!(
+                "connect to Redis at {} (is `make up` running?)",
+                redis_url()
+            )
+        })
+}

@@ -1,0 +1,25 @@
+//! Tributary's shared contracts: what the speed, batch and serving layers must agree on.
+//!
+//! - [`event`]: parsing and validating events;
+//! - [`config`]: `tributary.toml`, its layered loader and validation;
+//! - [`view`]: views compiled into plans;
+//! - [`bucket`]: UTC time buckets;
+//! - [`layout`]: Redis keys and object-store paths;
+//! - [`sketch`]: the quantile sketch both sides merge;
+//! - [`store`]: object stores from URLs.
+
+pub mod bucket;
+pub mod cli;
+pub mod config;
+pub mod event;
+pub mod layout;
+pub mod secret;
+pub mod sketch;
+pub mod store;
+pub mod telemetry;
+pub mod view;
+
+pub use bucket::Granularity;
+pub use config::Config;
+pub use event::{Event, EventError, EventSchema};
+pub use view::ViewPlan;

@@ -1,0 +1,269 @@
+//! Mergeable quantile sketch with relative accuracy (DDSketch's logarithmic mapping).
+//!
+//! A value `x > 0` falls in bucket `ceil(log_γ x)` with `γ = (1+α)/(1-α)`; every value of a
+//! bucket is within `α` (1%) of the bucket's representative `2γ^i/(γ+1)`. Counts of buckets
+//! only add, so sketches merge by addition: in Redis that is `HINCRBY` on a hash whose fields
+//! are [`SketchBucket::field`] names, and the batch layer stores the same buckets.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Relative accuracy of every quantile estimate.
+pub const RELATIVE_ACCURACY: f64 = 0.01;
+/// Magnitudes below this count as zero (the log mapping has no bucket for them).
+pub const MIN_MAGNITUDE: f64 = 1e-9;
+
+fn gamma() -> f64 {
+    (1.0 + RELATIVE_ACCURACY) / (1.0 - RELATIVE_ACCURACY)
+}
+
+/// The bucket a value falls into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SketchBucket {
+    Negative(i32),
+    Zero,
+    Positive(i32),
+}
+
+impl SketchBucket {
+    /// The bucket of `x`; `None` for NaN.
+    pub fn of(x: f64) -> Option<SketchBucket> {
+        if x.is_nan() {
+            return None;
+        }
+        let mag = x.abs();
+        if mag < MIN_MAGNITUDE {
+            return Some(SketchBucket::Zero);
+        }
+        // Clamp infinities to the largest finite bucket instead of overflowing the index.
+        let idx = (mag.min(f64::MAX).ln() / gamma().ln()).ceil() as i32;
+        Some(if x > 0.0 {
+            SketchBucket::Positive(idx)
+        } else {
+            SketchBucket::Negative(idx)
+        })
+    }
+
+    /// The hash field name: `p<i>`, `n<i>` or `z`.
+    pub fn field(self) -> String {
+        match self {
+            SketchBucket::Negative(i) => format!("n{i}"),
+            SketchBucket::Zero => "z".to_string(),
+            SketchBucket::Positive(i) => format!("p{i}"),
+        }
+    }
+
+    /// Inverse of [`SketchBucket::field`].
+    pub fn parse_field(s: &str) -> Option<SketchBucket> {
+        match s.as_bytes().first()? {
+            b'z' if s.len() == 1 => Some(SketchBucket::Zero),
+            b'p' => s[1..].parse().ok().map(SketchBucket::Positive),
+            b'n' => s[1..].parse().ok().map(SketchBucket::Negative),
+            _ => None,
+        }
+    }
+
+    /// The value a bucket stands for (within 1% of every value in it).
+    pub fn representative(self) -> f64 {
+        let g = gamma();
+        match self {
+            SketchBucket::Zero => 0.0,
+            SketchBucket::Positive(i) => 2.0 * g.powi(i) / (g + 1.0),
+            SketchBucket::Negative(i) => -2.0 * g.powi(i) / (g + 1.0),
+        }
+    }
+
+    /// Position in value order: negatives by descending magnitude, zero, positives ascending.
+    fn order_key(self) -> (i8, i64) {
+        match self {
+            SketchBucket::Negative(i) => (0, -(i as i64)),
+            SketchBucket::Zero => (1, 0),
+            SketchBucket::Positive(i) => (2, i as i64),
+        }
+    }
+}
+
+/// A quantile sketch: bucket counts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QuantileSketch {
+    /// Bucket field name → count (the Redis hash, as a map).
+    buckets: BTreeMap<String, u64>,
+}
+
+impl QuantileSketch {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, x: f64) {
+        if let Some(b) = SketchBucket::of(x) {
+            *self.buckets.entry(b.field()).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds `count` to a bucket given by its field name; unknown names are ignored.
+    pub fn add_field(&mut self, field: &str, count: u64) {
+        if SketchBucket::parse_field(field).is_some() && count > 0 {
+            *self.buckets.entry(field.to_string()).or_insert(0) += count;
+        }
+    }
+
+    pub fn merge(&mut self, other: &QuantileSketch) {
+        for (f, c) in &other.buckets {
+            *self.buckets.entry(f.clone()).or_insert(0) += c;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.values().sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// Bucket field names and counts.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.buckets.iter().map(|(f, c)| (f.as_str(), *c))
+    }
+
+    /// Estimate of the `q` quantile, rank `q·(n-1)` like `quantile_cont`; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 || !(0.0..=1.0).contains(&q) {
+            return None;
+        }
+        let mut ordered: Vec<(SketchBucket, u64)> = self
+            .buckets
+            .iter()
+            .filter_map(|(f, c)| SketchBucket::parse_field(f).map(|b| (b, *c)))
+            .collect();
+        ordered.sort_by_key(|(b, _)| b.order_key());
+        let rank = q * (n - 1) as f64;
+        let mut seen = 0u64;
+        for (b, c) in &ordered {
+            seen += c;
+            if seen as f64 > rank {
+                return Some(b.representative());
+            }
+        }
+        ordered.last().map(|(b, _)| b.representative())
+    }
+
+    /// Compact text form stored in batch view files: `field:count,field:count`.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(self.buckets.len() * 8);
+        for (i, (f, c)) in self.buckets.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push_str(f);
+            out.push(':');
+            out.push_str(&c.to_string());
+        }
+        out
+    }
+
+    /// Inverse of [`QuantileSketch::encode`]; `None` on malformed input.
+    pub fn decode(s: &str) -> Option<QuantileSketch> {
+        let mut sketch = QuantileSketch::new();
+        if s.is_empty() {
+            return Some(sketch);
+        }
+        for part in s.split(',') {
+            let (f, c) = part.split_once(':')?;
+            SketchBucket::parse_field(f)?;
+            sketch.add_field(f, c.parse().ok()?);
+        }
+        Some(sketch)
+    }
+}
+
+/// Exact quantile by linear interpolation between closest ranks (DuckDB `quantile_cont`,
+/// numpy's default) over sorted values.
+pub fn exact_quantile_cont(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    let frac = pos - lo as f64;
+    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_fields_round_trip() {
+        for x in [-1e6, -3.5, -1e-10, 0.0, 1e-10, 0.5, 1.0, 230.0, 1e12] {
+            let b = SketchBucket::of(x).expect("not NaN");
+            assert_eq!(SketchBucket::parse_field(&b.field()), Some(b));
+            let rep = b.representative();
+            if x.abs() >= MIN_MAGNITUDE {
+                assert!(
+                    ((rep - x) / x).abs() <= RELATIVE_ACCURACY + 1e-12,
+                    "{x} -> {rep}"
+                );
+            }
+        }
+        assert_eq!(SketchBucket::of(f64::NAN), None);
+        assert!(SketchBucket::of(f64::INFINITY).is_some());
+        assert_eq!(SketchBucket::parse_field("x1"), None);
+        assert_eq!(SketchBucket::parse_field("zz"), None);
+    }
+
+    #[test]
+    fn quantiles_are_within_one_percent_and_merge() {
+        // A skewed distribution with negatives and zeros.
+        let values: Vec<f64> = (0..20_000)
+            .map(|i| {
+                let x = (i as f64 * 0.618_033_988_7).fract();
+                if i % 10 == 0 {
+                    -x * 50.0
+                } else if i % 97 == 0 {
+                    0.0
+                } else {
+                    x.powi(3) * 5000.0 + 1.0
+                }
+            })
+            .collect();
+        let (a, b) = values.split_at(7_000);
+        let mut s1 = QuantileSketch::new();
+        a.iter().for_each(|x| s1.insert(*x));
+        let mut s2 = QuantileSketch::new();
+        b.iter().for_each(|x| s2.insert(*x));
+        s1.merge(&s2);
+        assert_eq!(s1.count(), 20_000);
+        let mut sorted = values.clone();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.01, 0.05, 0.5, 0.95, 0.99] {
+            let want = exact_quantile_cont(&sorted, q).expect("non-empty");
+            let got = s1.quantile(q).expect("non-empty");
+            // The rank of the estimate lies between the neighbours of the exact rank.
+            let lo = sorted[(q * (sorted.len() - 1) as f64).floor() as usize];
+            let hi = sorted[(q * (sorted.len() - 1) as f64).ceil() as usize];
+            let tol = RELATIVE_ACCURACY * lo.abs().max(hi.abs()) + 1e-9;
+            assert!(
+                got >= lo.min(hi) - tol && got <= lo.max(hi) + tol,
+                "q={q} want≈{want} got={got}"
+            );
+        }
+        let decoded = QuantileSketch::decode(&s1.encode()).expect("round trip");
+        assert_eq!(decoded, s1);
+        assert_eq!(QuantileSketch::decode("p1:x"), None);
+        assert_eq!(QuantileSketch::new().quantile(0.5), None);
+    }
+
+    #[test]
+    fn exact_quantile_interpolates() {
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert_eq!(exact_quantile_cont(&v, 0.5), Some(2.5));
+        assert_eq!(exact_quantile_cont(&v, 0.0), Some(1.0));
+        assert_eq!(exact_quantile_cont(&v, 1.0), Some(4.0));
+        assert_eq!(exact_quantile_cont(&[], 0.5), None);
+    }
+}

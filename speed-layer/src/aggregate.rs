@@ -1,0 +1,369 @@
+//! The in-memory half of the speed layer: parse, filter per view, bucket, pre-aggregate until
+//! the next flush. Pure and synchronous, so `run` (Kafka) and `replay` (a file) share it.
+//!
+//! Aggregates are kept per numeric *field* (sum, count of values, min, max), and one distinct
+//! set and one quantile sketch per field, so several measures on one field share storage.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use tributary_shared::config::AggKind;
+use tributary_shared::event::{EventError, EventSchema, check_future_skew};
+use tributary_shared::layout::push_json_string;
+use tributary_shared::sketch::SketchBucket;
+use tributary_shared::view::{FieldRef, ViewPlan, field_f64, write_field_text};
+use tributary_shared::{Event, Granularity};
+
+use crate::watermark::{PartitionProgress, Stored};
+
+/// Where a view's inputs live in a [`Cell`].
+#[derive(Debug, Clone)]
+pub struct ViewInputs {
+    /// Numeric fields feeding sum/min/max/avg, by name.
+    pub numeric: Vec<(String, FieldRef)>,
+    /// Fields feeding count_distinct.
+    pub distinct: Vec<(String, FieldRef)>,
+    /// Fields feeding quantile.
+    pub quantile: Vec<(String, FieldRef)>,
+}
+
+impl ViewInputs {
+    pub fn of(plan: &ViewPlan) -> Self {
+        let mut inputs = ViewInputs {
+            numeric: Vec::new(),
+            distinct: Vec::new(),
+            quantile: Vec::new(),
+        };
+        for m in &plan.measures {
+            let (Some(name), Some(field)) = (&m.field_name, m.field) else {
+                continue;
+            };
+            let list = match m.agg {
+                AggKind::Count => continue,
+                AggKind::Sum | AggKind::Min | AggKind::Max | AggKind::Avg => &mut inputs.numeric,
+                AggKind::CountDistinct => &mut inputs.distinct,
+                AggKind::Quantile => &mut inputs.quantile,
+            };
+            if !list.iter().any(|(n, _)| n == name) {
+                list.push((name.clone(), field));
+            }
+        }
+        inputs
+    }
+}
+
+/// Sum, count, min and max of one numeric field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NumAcc {
+    pub sum: f64,
+    pub n: u64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Default for NumAcc {
+    fn default() -> Self {
+        NumAcc {
+            sum: 0.0,
+            n: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+        }
+    }
+}
+
+impl NumAcc {
+    fn add(&mut self, x: f64) {
+        self.sum += x;
+        self.n += 1;
+        self.min = self.min.min(x);
+        self.max = self.max.max(x);
+    }
+}
+
+/// Pre-aggregated state of one (granularity, bucket, group) since the last flush.
+#[derive(Debug, Clone, Default)]
+pub struct Cell {
+    pub count: u64,
+    pub numeric: Vec<NumAcc>,
+    pub distinct: Vec<HashSet<Box<str>>>,
+    pub sketches: Vec<HashMap<SketchBucket, u64>>,
+}
+
+/// Everything one view accumulated since the last flush.
+#[derive(Debug, Default)]
+pub struct ViewBuffer {
+    group_ids: HashMap<String, u32>,
+    /// Encoded groups (see `layout::encode_group`), by id.
+    pub groups: Vec<String>,
+    /// (granularity, bucket start ms, group id) → cell.
+    pub cells: HashMap<(Granularity, i64, u32), Cell>,
+    pub applied: u64,
+    pub late_dropped: u64,
+}
+
+/// One view's share of a flush: its cells and the offsets they bring it to.
+#[derive(Debug)]
+pub struct ViewFlush {
+    pub view: usize,
+    pub data: ViewBuffer,
+    /// (partition, value Redis must hold now, value to store).
+    pub offsets: Vec<(i32, Option<Stored>, Stored)>,
+}
+
+/// What one flush writes.
+#[derive(Debug)]
+pub struct Flush {
+    pub views: Vec<ViewFlush>,
+    /// Records consumed since the previous flush (valid, invalid and late alike).
+    pub records: usize,
+    /// Next offset per partition after this flush, for the advisory Kafka commit.
+    pub positions: Vec<(i32, i64)>,
+}
+
+/// The result of feeding one record.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Valid; applied to, or judged late by, the views that needed it.
+    Processed,
+    /// Invalid: belongs in the DLQ.
+    Invalid(EventError),
+    /// Every view had already applied this offset (a replay after a crash).
+    AlreadyApplied,
+}
+
+/// Parse → filter → bucket → pre-aggregate, with offsets and watermarks per partition.
+pub struct Pipeline {
+    schema: EventSchema,
+    views: Vec<ViewPlan>,
+    inputs: Vec<ViewInputs>,
+    allowed_lateness_ms: i64,
+    max_future_skew_ms: i64,
+    partitions: HashMap<i32, PartitionProgress>,
+    buffers: Vec<ViewBuffer>,
+    touched: BTreeSet<i32>,
+    records: usize,
+    group: String,
+    text: String,
+}
+
+impl Pipeline {
+    pub fn new(
+        schema: EventSchema,
+        views: Vec<ViewPlan>,
+        allowed_lateness_ms: i64,
+        max_future_skew_ms: i64,
+    ) -> Self {
+        let inputs = views.iter().map(ViewInputs::of).collect();
+        let buffers = views.iter().map(|_| ViewBuffer::default()).collect();
+        Pipeline {
+            schema,
+            views,
+            inputs,
+            allowed_lateness_ms,
+            max_future_skew_ms,
+            partitions: HashMap::new(),
+            buffers,
+            touched: BTreeSet::new(),
+            records: 0,
+            group: String::with_capacity(64),
+            text: String::with_capacity(64),
+        }
+    }
+
+    pub fn views(&self) -> &[ViewPlan] {
+        &self.views
+    }
+
+    pub fn inputs(&self) -> &[ViewInputs] {
+        &self.inputs
+    }
+
+    /// Records buffered since the last flush.
+    pub fn pending(&self) -> usize {
+        self.records
+    }
+
+    pub fn partitions(&self) -> &HashMap<i32, PartitionProgress> {
+        &self.partitions
+    }
+
+    /// Drops everything buffered and starts over from the given progress (after a rebalance
+    /// or a fenced flush: the buffer may hold records another consumer now owns).
+    pub fn reset(&mut self, partitions: HashMap<i32, PartitionProgress>) {
+        self.partitions = partitions;
+        self.buffers = self.views.iter().map(|_| ViewBuffer::default()).collect();
+        self.touched.clear();
+        self.records = 0;
+    }
+
+    /// Records the broker's high watermark of a partition (for lag).
+    pub fn set_high_watermark(&mut self, partition: i32, high: i64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.high_watermark = Some(high);
+        }
+    }
+
+    /// Feeds one record.
+    pub fn process(&mut self, partition: i32, offset: i64, payload: &[u8], now_ms: i64) -> Outcome {
+        let nviews = self.views.len();
+        let progress = self
+            .partitions
+            .entry(partition)
+            .or_insert_with(|| PartitionProgress::new(vec![None; nviews]));
+        if progress.views.iter().all(|v| offset < v.skip_below) {
+            return Outcome::AlreadyApplied;
+        }
+        progress.next_offset = Some(
+            progress
+                .next_offset
+                .map_or(offset + 1, |n| n.max(offset + 1)),
+        );
+        self.touched.insert(partition);
+        self.records += 1;
+
+        let event = match self.schema.parse(payload) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Invalid(e),
+        };
+        if let Err(e) = check_future_skew(&event, now_ms, self.max_future_skew_ms) {
+            return Outcome::Invalid(e);
+        }
+        for (vi, view) in self.views.iter().enumerate() {
+            let vp = &mut progress.views[vi];
+            if offset < vp.skip_below {
+                continue;
+            }
+            let late = event.event_time_ms < vp.watermark(self.allowed_lateness_ms);
+            vp.max_event_time_ms = vp.max_event_time_ms.max(event.event_time_ms);
+            if !view.matches(&event) {
+                continue;
+            }
+            let buffer = &mut self.buffers[vi];
+            if late {
+                buffer.late_dropped += 1;
+                continue;
+            }
+            buffer.applied += 1;
+            accumulate(
+                view,
+                &self.inputs[vi],
+                buffer,
+                &event,
+                &mut self.group,
+                &mut self.text,
+            );
+        }
+        Outcome::Processed
+    }
+
+    /// Hands over everything buffered, with the offsets each view moves to; `None` when
+    /// nothing was consumed since the last flush.
+    pub fn take_flush(&mut self) -> Option<Flush> {
+        if self.records == 0 {
+            return None;
+        }
+        let mut views = Vec::with_capacity(self.views.len());
+        let mut positions = Vec::new();
+        for &p in &self.touched {
+            if let Some(next) = self.partitions.get(&p).and_then(|pp| pp.next_offset) {
+                positions.push((p, next));
+            }
+        }
+        for vi in 0..self.views.len() {
+            let mut offsets = Vec::new();
+            for &p in &self.touched {
+                let Some(pp) = self.partitions.get_mut(&p) else {
+                    continue;
+                };
+                let Some(next) = pp.next_offset else { continue };
+                let vp = &mut pp.views[vi];
+                let new = Stored {
+                    next_offset: next.max(vp.committed.map_or(i64::MIN, |s| s.next_offset)),
+                    max_event_time_ms: vp.max_event_time_ms,
+                };
+                if vp.committed != Some(new) {
+                    offsets.push((p, vp.committed, new));
+                    vp.committed = Some(new);
+                }
+            }
+            let data = std::mem::take(&mut self.buffers[vi]);
+            views.push(ViewFlush {
+                view: vi,
+                data,
+                offsets,
+            });
+        }
+        let records = std::mem::take(&mut self.records);
+        self.touched.clear();
+        Some(Flush {
+            views,
+            records,
+            positions,
+        })
+    }
+}
+
+fn accumulate(
+    view: &ViewPlan,
+    inputs: &ViewInputs,
+    buffer: &mut ViewBuffer,
+    event: &Event<'_>,
+    group: &mut String,
+    text: &mut String,
+) {
+    group.clear();
+    group.push('[');
+    for i in 0..view.dimensions.len() {
+        if i > 0 {
+            group.push(',');
+        }
+        text.clear();
+        if view.write_dimension(i, event, text) {
+            push_json_string(group, text);
+        } else {
+            group.push_str("null");
+        }
+    }
+    group.push(']');
+    let gid = match buffer.group_ids.get(group.as_str()) {
+        Some(id) => *id,
+        None => {
+            let id = buffer.groups.len() as u32;
+            buffer.groups.push(group.clone());
+            buffer.group_ids.insert(group.clone(), id);
+            id
+        }
+    };
+    for g in &view.granularities {
+        let bucket = g.floor(event.event_time_ms);
+        let cell = buffer
+            .cells
+            .entry((*g, bucket, gid))
+            .or_insert_with(|| Cell {
+                count: 0,
+                numeric: vec![NumAcc::default(); inputs.numeric.len()],
+                distinct: vec![HashSet::new(); inputs.distinct.len()],
+                sketches: vec![HashMap::new(); inputs.quantile.len()],
+            });
+        cell.count += 1;
+        for (i, (_, field)) in inputs.numeric.iter().enumerate() {
+            if let Some(x) = field_f64(event, *field) {
+                cell.numeric[i].add(x);
+            }
+        }
+        for (i, (_, field)) in inputs.distinct.iter().enumerate() {
+            text.clear();
+            if write_field_text(event, *field, text) && !cell.distinct[i].contains(text.as_str()) {
+                cell.distinct[i].insert(text.as_str().into());
+            }
+        }
+        for (i, (_, field)) in inputs.quantile.iter().enumerate() {
+            if let Some(b) = field_f64(event, *field).and_then(SketchBucket::of) {
+                *cell.sketches[i].entry(b).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,60 @@
+//! The speed layer: Kafka → real-time approximate aggregates in Redis, exactly once.
+//!
+//! - [`aggregate`]: parse, filter, bucket and pre-aggregate between flushes;
+//! - [`watermark`]: per-partition offsets and event-time watermarks;
+//! - [`redis_sink`]: one atomic, fenced Lua script per view and flush;
+//! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`);
+//! - [`replay`]: the same pipeline fed from a file (`speed-layer replay`);
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod aggregate;
+pub mod consumer;
+pub mod metrics;
+pub mod redis_sink;
+pub mod replay;
+pub mod watermark;
+
+use anyhow::Context;
+use tokio::sync::watch;
+use tributary_shared::{Config, EventSchema, ViewPlan};
+
+use crate::aggregate::Pipeline;
+
+/// The Redis URL with the configured password (kept out of the URL in config) filled in.
+pub fn redis_url(config: &Config) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(&config.redis.url).context("redis.url")?;
+    if let Some(pw) = &config.redis.password {
+        url.set_password(Some(pw.expose()))
+            .map_err(|_| anyhow::anyhow!("redis.url cannot carry a password"))?;
+    }
+    Ok(url.to_string())
+}
+
+/// Compiles the config's views into a pipeline.
+pub fn build_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
+    let schema = EventSchema::from_config(config);
+    let views = ViewPlan::compile_all(config, &schema)?;
+    Ok(Pipeline::new(
+        schema,
+        views,
+        config.speed.allowed_lateness.as_millis() as i64,
+        config.speed.max_future_skew.as_millis() as i64,
+    ))
+}
+
+/// `speed-layer run`: serves metrics and consumes until `shutdown` turns true.
+pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let metrics = metrics::SpeedMetrics::new();
+    let listen = config
+        .speed
+        .metrics_listen
+        .parse()
+        .context("speed.metrics_listen")?;
+    let addr = metrics::serve(listen, metrics.clone())
+        .await
+        .with_context(|| format!("bind metrics on {listen}"))?;
+    tracing::info!(%addr, "metrics listening");
+    let pipeline = build_pipeline(&config)?;
+    let consumer = consumer::SpeedConsumer::new(config, pipeline, metrics).await?;
+    consumer.run(shutdown).await
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics of the speed layer and the small HTTP server that exposes them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the speed layer exports.
+pub struct SpeedMetrics {
+    pub events_in: Counter,
+    pub applied: Family<Labels, Counter>,
+    pub late_dropped: Family<Labels, Counter>,
+    pub dlq: Family<Labels, Counter>,
+    pub flushes: Counter,
+    pub fenced: Counter,
+    pub flush_seconds: Histogram,
+    pub lag_offsets: Family<Labels, Gauge>,
+    pub lag_event_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
+    registry: Registry,
+}
+
+impl SpeedMetrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("tributary_speed");
+        let events_in = Counter::default();
+        let applied = Family::<Labels, Counter>::default();
+        let late_dropped = Family::<Labels, Counter>::default();
+        let dlq = Family::<Labels, Counter>::default();
+        let flushes = Counter::default();
+        let fenced = Counter::default();
+        let flush_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let lag_offsets = Family::<Labels, Gauge>::default();
+        let lag_event_seconds = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        registry.register("events_in", "Records consumed", events_in.clone());
+        registry.register("applied", "Events applied to a view", applied.clone());
+        registry.register(
+            "late_dropped",
+            "Events behind the watermark, not applied (the batch layer corrects them)",
+            late_dropped.clone(),
+        );
+        registry.register(
+            "dlq",
+            "Invalid events sent to the dead-letter topic, by reason",
+            dlq.clone(),
+        );
+        registry.register("flushes", "Flushes written to Redis", flushes.clone());
+        registry.register(
+            "fenced",
+            "Flushes refused because another consumer owns the partition now",
+            fenced.clone(),
+        );
+        registry.register(
+            "flush_seconds",
+            "Time to write one flush to Redis",
+            flush_seconds.clone(),
+        );
+        registry.register(
+            "lag_offsets",
+            "Records behind the partition's end",
+            lag_offsets.clone(),
+        );
+        registry.register(
+            "lag_event_seconds",
+            "Now minus the newest event time applied, per partition",
+            lag_event_seconds.clone(),
+        );
+        Arc::new(SpeedMetrics {
+            events_in,
+            applied,
+            late_dropped,
+            dlq,
+            flushes,
+            fenced,
+            flush_seconds,
+            lag_offsets,
+            lag_event_seconds,
+            registry,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(listen: SocketAddr, metrics: Arc<SpeedMetrics>) -> std::io::Result<SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/healthz", get(|| async { "ok" }))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(addr)
+}
+
+async fn render(State(m): State<Arc<SpeedMetrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.render(),
+    )
+}
+
+/// `[("view", name)]`
+pub fn label(key: &'static str, value: impl Into<String>) -> Labels {
+    vec![(key, value.into())]
+}

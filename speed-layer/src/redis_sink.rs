@@ -1,0 +1,316 @@
+//! Writes flushes to Redis, one atomic Lua script per view: the view's offsets are compared and
+//! set in the same script that applies its aggregates, so a flush is applied entirely or not
+//! at all, exactly once, and a consumer that lost its partitions is fenced off.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tributary_shared::Granularity;
+use tributary_shared::layout::RedisKeys;
+use tributary_shared::sketch::SketchBucket;
+use tributary_shared::view::ViewPlan;
+
+use crate::aggregate::{Flush, ViewFlush, ViewInputs};
+use crate::watermark::Stored;
+
+/// Applies one view's flush. KEYS[1] is the view's offsets hash; ARGV holds the partition
+/// count, then (partition, expected, new) triples, then ops until the end:
+/// `I key field n` HINCRBY · `F key field x` HINCRBYFLOAT · `m`/`M key field x` keep min/max ·
+/// `S key member` SADD · `P key n e1..en` PFADD · `X key ms` PEXPIREAT.
+/// An offset that differs from the expected one means another consumer moved on: the whole
+/// script is refused with `FENCED` before anything is written.
+const APPLY_LUA: &str = r#"
+local off = KEYS[1]
+local np = tonumber(ARGV[1])
+local i = 2
+for _ = 1, np do
+  local cur = redis.call('HGET', off, ARGV[i])
+  if (cur or '') ~= ARGV[i + 1] then
+    return redis.error_reply('FENCED partition ' .. ARGV[i] .. ' holds ' .. tostring(cur) .. ', expected ' .. ARGV[i + 1])
+  end
+  i = i + 3
+end
+i = 2
+for _ = 1, np do
+  redis.call('HSET', off, ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'I' then
+    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'F' then
+    redis.call('HINCRBYFLOAT', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
+  elseif op == 'm' or op == 'M' then
+    local cur = redis.call('HGET', ARGV[i + 1], ARGV[i + 2])
+    local x = tonumber(ARGV[i + 3])
+    if not cur or (op == 'm' and x < tonumber(cur)) or (op == 'M' and x > tonumber(cur)) then
+      redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
+    end
+    i = i + 4
+  elseif op == 'S' then
+    redis.call('SADD', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  elseif op == 'P' then
+    local cnt = tonumber(ARGV[i + 2])
+    redis.call('PFADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
+  elseif op == 'X' then
+    redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  else
+    return redis.error_reply('bad op ' .. tostring(op))
+  end
+end
+return 'OK'
+"#;
+
+/// Elements per PFADD op: Lua's `unpack` has a stack limit.
+const PFADD_CHUNK: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("fenced: {0}")]
+    Fenced(String),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl SinkError {
+    fn classify(e: redis::RedisError) -> SinkError {
+        let text = e.to_string();
+        if text.contains("FENCED") {
+            SinkError::Fenced(text)
+        } else {
+            SinkError::Redis(e)
+        }
+    }
+
+    /// Worth retrying (a connection problem), as opposed to a refusal.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Fenced(_) => false,
+            SinkError::Redis(e) => {
+                e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+            }
+        }
+    }
+}
+
+/// The Redis side of the speed layer.
+pub struct RedisSink {
+    con: ConnectionManager,
+    script: redis::Script,
+    keys: RedisKeys,
+    topic: String,
+    retention_ms: i64,
+}
+
+impl RedisSink {
+    pub async fn connect(
+        client: &redis::Client,
+        keys: RedisKeys,
+        topic: String,
+        retention: Duration,
+    ) -> redis::RedisResult<Self> {
+        let con = ConnectionManager::new(client.clone()).await?;
+        Ok(RedisSink {
+            con,
+            script: redis::Script::new(APPLY_LUA),
+            keys,
+            topic,
+            retention_ms: retention.as_millis() as i64,
+        })
+    }
+
+    pub fn keys(&self) -> &RedisKeys {
+        &self.keys
+    }
+
+    /// Applies a flush, view by view (each view atomically).
+    pub async fn write(
+        &mut self,
+        flush: &Flush,
+        views: &[ViewPlan],
+        inputs: &[ViewInputs],
+    ) -> Result<(), SinkError> {
+        for vf in &flush.views {
+            let (Some(plan), Some(inp)) = (views.get(vf.view), inputs.get(vf.view)) else {
+                continue;
+            };
+            if vf.offsets.is_empty() && vf.data.cells.is_empty() && vf.data.late_dropped == 0 {
+                continue;
+            }
+            let (key, args) = build_args(&self.keys, &self.topic, self.retention_ms, vf, plan, inp);
+            let mut invocation = self.script.key(key);
+            for a in args {
+                invocation.arg(a);
+            }
+            invocation
+                .invoke_async::<()>(&mut self.con)
+                .await
+                .map_err(SinkError::classify)?;
+        }
+        Ok(())
+    }
+
+    /// Loads what Redis holds for (view, partition) offsets.
+    pub async fn load_offsets(
+        &mut self,
+        view: &str,
+        partitions: &[i32],
+    ) -> redis::RedisResult<Vec<Option<Stored>>> {
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let key = self.keys.offsets(view, &self.topic);
+        let fields: Vec<String> = partitions.iter().map(|p| p.to_string()).collect();
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&fields)
+            .query_async(&mut self.con)
+            .await?;
+        Ok(values
+            .iter()
+            .map(|v| v.as_deref().and_then(Stored::parse))
+            .collect())
+    }
+
+    /// Publishes per-partition progress for `/v1/status` (outside the fenced scripts: it is
+    /// informational and not per view).
+    pub async fn write_progress(
+        &mut self,
+        fields: Vec<(String, String)>,
+    ) -> redis::RedisResult<()> {
+        if fields.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("HSET")
+            .arg(self.keys.speed_progress(&self.topic))
+            .arg(fields)
+            .query_async::<()>(&mut self.con)
+            .await
+    }
+
+    /// Counts DLQ records by reason code.
+    pub async fn count_dlq(&mut self, by_code: &[(&'static str, u64)]) -> redis::RedisResult<()> {
+        if by_code.is_empty() {
+            return Ok(());
+        }
+        let key = self.keys.speed_stats(&self.topic);
+        let mut pipe = redis::pipe();
+        for (code, n) in by_code {
+            pipe.hincr(&key, format!("dlq:{code}"), *n).ignore();
+        }
+        pipe.query_async::<()>(&mut self.con).await
+    }
+}
+
+/// The script's key and arguments for one view's flush.
+fn build_args(
+    keys: &RedisKeys,
+    topic: &str,
+    retention_ms: i64,
+    vf: &ViewFlush,
+    plan: &ViewPlan,
+    inputs: &ViewInputs,
+) -> (String, Vec<String>) {
+    let mut args: Vec<String> = Vec::with_capacity(64 + vf.data.cells.len() * 16);
+    args.push(vf.offsets.len().to_string());
+    for (p, expected, new) in &vf.offsets {
+        args.push(p.to_string());
+        args.push(expected.map(|s: Stored| s.to_string()).unwrap_or_default());
+        args.push(new.to_string());
+    }
+    let stats = keys.view_stats(&plan.name);
+    if vf.data.applied > 0 {
+        push(
+            &mut args,
+            ["I", &stats, "applied", &vf.data.applied.to_string()],
+        );
+    }
+    if vf.data.late_dropped > 0 {
+        push(
+            &mut args,
+            [
+                "I",
+                &stats,
+                "late_dropped",
+                &vf.data.late_dropped.to_string(),
+            ],
+        );
+    }
+    let mut expire: Vec<(String, i64)> = Vec::new();
+    let mut groups_touched: std::collections::HashSet<(Granularity, i64)> = Default::default();
+    for ((g, bucket, gid), cell) in &vf.data.cells {
+        let Some(group) = vf.data.groups.get(*gid as usize) else {
+            continue;
+        };
+        let expire_at = g.end(*bucket) + retention_ms;
+        let key = keys.aggregates(&plan.name, *g, *bucket, group);
+        push(&mut args, ["I", &key, "count", &cell.count.to_string()]);
+        for ((field, _), acc) in inputs.numeric.iter().zip(&cell.numeric) {
+            if acc.n == 0 {
+                continue;
+            }
+            push(
+                &mut args,
+                ["I", &key, &format!("n:{field}"), &acc.n.to_string()],
+            );
+            push(
+                &mut args,
+                ["F", &key, &format!("sum:{field}"), &acc.sum.to_string()],
+            );
+            push(
+                &mut args,
+                ["m", &key, &format!("min:{field}"), &acc.min.to_string()],
+            );
+            push(
+                &mut args,
+                ["M", &key, &format!("max:{field}"), &acc.max.to_string()],
+            );
+        }
+        expire.push((key, expire_at));
+        let gkey = keys.groups(&plan.name, *g, *bucket);
+        push(&mut args, ["S", &gkey, group]);
+        if groups_touched.insert((*g, *bucket)) {
+            expire.push((gkey, expire_at));
+        }
+        for ((field, _), set) in inputs.distinct.iter().zip(&cell.distinct) {
+            if set.is_empty() {
+                continue;
+            }
+            let hkey = keys.hll(&plan.name, field, *g, *bucket, group);
+            let elems: Vec<&str> = set.iter().map(|s| s.as_ref()).collect();
+            for chunk in elems.chunks(PFADD_CHUNK) {
+                args.push("P".into());
+                args.push(hkey.clone());
+                args.push(chunk.len().to_string());
+                args.extend(chunk.iter().map(|s| s.to_string()));
+            }
+            expire.push((hkey, expire_at));
+        }
+        for ((field, _), sketch) in inputs.quantile.iter().zip(&cell.sketches) {
+            if sketch.is_empty() {
+                continue;
+            }
+            let qkey = keys.sketch(&plan.name, field, *g, *bucket, group);
+            for (b, c) in sketch {
+                push(
+                    &mut args,
+                    ["I", &qkey, &SketchBucket::field(*b), &c.to_string()],
+                );
+            }
+            expire.push((qkey, expire_at));
+        }
+    }
+    for (key, at) in expire {
+        push(&mut args, ["X", &key, &at.to_string()]);
+    }
+    (keys.offsets(&plan.name, topic), args)
+}
+
+fn push<const N: usize>(args: &mut Vec<String>, items: [&str; N]) {
+    args.extend(items.iter().map(|s| s.to_string()));
+}
