@@ -32,6 +32,7 @@ fmt: ## format the code
 	cargo fmt --all
 
 test: lint up ## lint, bring the stack up, run every test of the workspace
+	cargo build --workspace --bins
 	$(TEST_ENV) cargo test --workspace --no-fail-fast
 
 test-unit: ## unit tests only (no services needed)

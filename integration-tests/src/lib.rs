@@ -176,3 +176,60 @@ pub async fn redis() -> anyhow::Result<redis::aio::MultiplexedConnection> {
             )
         })
 }
+
+/// A config for one test: its own topic and Redis key prefix, the stack's services, metrics
+/// on an ephemeral port, and `extra` TOML (fields, views, overrides) appended.
+pub fn test_config(
+    topic: &str,
+    key_prefix: &str,
+    extra: &str,
+) -> anyhow::Result<tributary_shared::Config> {
+    let text = format!(
+        r#"
+[source]
+brokers = "{brokers}"
+topic = "{topic}"
+group_prefix = "{topic}"
+
+[redis]
+url = "{redis}"
+key_prefix = "{key_prefix}"
+
+{extra}
+"#,
+        brokers = brokers(),
+        redis = redis_url(),
+    );
+    tributary_shared::Config::from_toml_str_with_env(&text, "test config", Vec::new())
+        .context("test config")
+}
+
+/// Path of a workspace binary next to the test executable (`make test` builds them first).
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("current exe")?;
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .context("target dir")?;
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build it first (`cargo build --bins`, as `make test` does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// All fields of a Redis hash.
+pub async fn hgetall(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    Ok(redis::cmd("HGETALL").arg(key).query_async(con).await?)
+}
+
+/// Epoch milliseconds now.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
