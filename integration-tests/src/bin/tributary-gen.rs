@@ -50,7 +50,12 @@ struct Args {
 
 const COUNTRIES: [&str; 10] = ["DE", "FR", "US", "GB", "BR", "IN", "JP", "ES", "IT", "NL"];
 const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
-const TYPES: [(&str, f64); 4] = [("page_view", 0.6), ("add_to_cart", 0.15), ("checkout", 0.2), ("refund", 0.05)];
+const TYPES: [(&str, f64); 4] = [
+    ("page_view", 0.6),
+    ("add_to_cart", 0.15),
+    ("checkout", 0.2),
+    ("refund", 0.05),
+];
 
 struct Generator {
     rng: StdRng,
@@ -82,7 +87,9 @@ impl Generator {
             return match self.rng.random_range(0..3) {
                 0 => format!("{{\"event_id\":\"bad-{i}\",\"event_time\":{t},\"type\":\"checkout\""),
                 1 => format!("{{\"event_time\":{t},\"type\":\"checkout\",\"amount\":3.5}}"),
-                _ => format!("{{\"event_id\":\"bad-{i}\",\"event_time\":{t},\"type\":\"checkout\",\"amount\":\"12,5\"}}"),
+                _ => format!(
+                    "{{\"event_id\":\"bad-{i}\",\"event_time\":{t},\"type\":\"checkout\",\"amount\":\"12,5\"}}"
+                ),
             };
         }
         let r: f64 = self.rng.random();
@@ -141,7 +148,10 @@ async fn main() -> anyhow::Result<()> {
         }
         w.flush()?;
     } else {
-        let topic = args.topic.as_deref().context("give --out FILE or --topic T")?;
+        let topic = args
+            .topic
+            .as_deref()
+            .context("give --out FILE or --topic T")?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &args.brokers)
             .set("linger.ms", "10")
@@ -167,12 +177,14 @@ async fn main() -> anyhow::Result<()> {
             }
             if inflight.len() >= 10_000 {
                 for f in inflight.drain(..) {
-                    f.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+                    f.await?
+                        .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
                 }
             }
         }
         for f in inflight.drain(..) {
-            f.await?.map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+            f.await?
+                .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
         }
     }
     eprintln!(
