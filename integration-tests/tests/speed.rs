@@ -257,7 +257,7 @@ async fn aggregates_equal_an_independent_ground_truth() -> anyhow::Result<()> {
     create_topic(&topic, 4).await?;
     let prefix = unique("it");
     let config = test_config(&topic, &prefix, &speed_section("2h", ""))?;
-    let keys = RedisKeys::new(prefix);
+    let keys = RedisKeys::new(prefix.clone());
     let events = generate(8_000, 4, 1);
     produce_gen(&topic, &events).await?;
     let (tx, handle) = start(config);
@@ -596,5 +596,63 @@ async fn a_rebalance_between_two_consumers_keeps_totals_exact() -> anyhow::Resul
     let buckets: BTreeSet<i64> = truth.keys().map(|(b, _)| *b).collect();
     let got = read_back(&keys, Granularity::Hour, &buckets).await?;
     assert_matches_truth(&got, &truth, "after a rebalance");
+    Ok(())
+}
+
+/// Producer duplicates (same event_id and time) are applied once with `dedup_window` on, even
+/// when the copy arrives after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_duplicates_are_applied_once_across_a_restart() -> anyhow::Result<()> {
+    let topic = unique("speed-dedup");
+    create_topic(&topic, 1).await?;
+    let prefix = unique("it");
+    let config = test_config(
+        &topic,
+        &prefix,
+        &speed_section("5m", "dedup_window = \"10m\""),
+    )?;
+    let keys = RedisKeys::new(prefix);
+    let events = generate(400, 1, 11);
+    let checkouts = events.iter().filter(|e| e.checkout).count() as i64;
+    // First run: every event, and every tenth one twice.
+    let mut first: Vec<Vec<u8>> = Vec::new();
+    let mut dup_checkouts = 0;
+    for (i, e) in events.iter().enumerate() {
+        first.push(e.json.clone());
+        if i % 10 == 0 {
+            first.push(e.json.clone());
+            dup_checkouts += i64::from(e.checkout);
+        }
+    }
+    produce_all(&producer()?, &topic, Some(0), first.clone()).await?;
+    let (tx, handle) = start(config.clone());
+    let mut ends = HashMap::new();
+    ends.insert(0, first.len() as i64);
+    wait_applied(&keys, &topic, &ends).await?;
+    stop(tx, handle).await?;
+
+    // After a restart, copies of the last 50 events arrive again.
+    let again: Vec<Vec<u8>> = events[350..].iter().map(|e| e.json.clone()).collect();
+    let again_checkouts = events[350..].iter().filter(|e| e.checkout).count() as i64;
+    produce_all(&producer()?, &topic, Some(0), again.clone()).await?;
+    let (tx, handle) = start(config);
+    ends.insert(0, (first.len() + again.len()) as i64);
+    wait_applied(&keys, &topic, &ends).await?;
+    stop(tx, handle).await?;
+
+    let mut con = redis().await?;
+    let stats = hgetall(&mut con, &keys.view_stats("checkouts")).await?;
+    assert_eq!(
+        stats.get("applied").map(String::as_str),
+        Some(checkouts.to_string().as_str())
+    );
+    assert_eq!(
+        stats.get("duplicates").map(String::as_str),
+        Some((dup_checkouts + again_checkouts).to_string().as_str())
+    );
+    let truth = ground_truth(&events, Granularity::Hour);
+    let buckets: BTreeSet<i64> = truth.keys().map(|(b, _)| *b).collect();
+    let got = read_back(&keys, Granularity::Hour, &buckets).await?;
+    assert_matches_truth(&got, &truth, "with producer duplicates");
     Ok(())
 }

@@ -84,9 +84,10 @@ impl RedisKeys {
         format!("{}:speed:{topic}:stats", self.prefix)
     }
 
-    /// Set used by the optional producer-duplicate filter (one key per time slot).
-    pub fn dedup(&self, topic: &str, slot: i64) -> String {
-        format!("{}:speed:{topic}:dedup:{slot}", self.prefix)
+    /// Set of event-id hashes the producer-duplicate filter saw in one event-time slot of a
+    /// partition, for one view.
+    pub fn dedup(&self, view: &str, topic: &str, partition: i32, slot: i64) -> String {
+        format!("{}:dedup:{topic}:{partition}:{slot}", self.view(view))
     }
 }
 

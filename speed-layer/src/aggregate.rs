@@ -13,6 +13,7 @@ use tributary_shared::sketch::SketchBucket;
 use tributary_shared::view::{FieldRef, ViewPlan, field_f64, write_field_text};
 use tributary_shared::{Event, Granularity};
 
+use crate::dedup::id_hash;
 use crate::watermark::{PartitionProgress, Stored};
 
 /// Where a view's inputs live in a [`Cell`].
@@ -99,6 +100,8 @@ pub struct ViewBuffer {
     pub cells: HashMap<(Granularity, i64, u32), Cell>,
     pub applied: u64,
     pub late_dropped: u64,
+    /// Producer duplicates filtered out.
+    pub duplicates: u64,
 }
 
 /// One view's share of a flush: its cells and the offsets they bring it to.
@@ -108,6 +111,8 @@ pub struct ViewFlush {
     pub data: ViewBuffer,
     /// (partition, value Redis must hold now, value to store).
     pub offsets: Vec<(i32, Option<Stored>, Stored)>,
+    /// Event-id hashes first seen in this flush: (partition, slot, expire at ms, ids).
+    pub dedup: Vec<(i32, i64, i64, Vec<u64>)>,
 }
 
 /// What one flush writes.
@@ -138,6 +143,8 @@ pub struct Pipeline {
     inputs: Vec<ViewInputs>,
     allowed_lateness_ms: i64,
     max_future_skew_ms: i64,
+    /// 0: no duplicate filter.
+    dedup_window_ms: i64,
     partitions: HashMap<i32, PartitionProgress>,
     buffers: Vec<ViewBuffer>,
     touched: BTreeSet<i32>,
@@ -161,6 +168,7 @@ impl Pipeline {
             inputs,
             allowed_lateness_ms,
             max_future_skew_ms,
+            dedup_window_ms: 0,
             partitions: HashMap::new(),
             buffers,
             touched: BTreeSet::new(),
@@ -168,6 +176,20 @@ impl Pipeline {
             group: String::with_capacity(64),
             text: String::with_capacity(64),
         }
+    }
+
+    /// Turns on the producer-duplicate filter (see `dedup`).
+    pub fn with_dedup_window(mut self, window_ms: i64) -> Self {
+        self.dedup_window_ms = window_ms.max(0);
+        self
+    }
+
+    pub fn dedup_window_ms(&self) -> i64 {
+        self.dedup_window_ms
+    }
+
+    pub fn allowed_lateness_ms(&self) -> i64 {
+        self.allowed_lateness_ms
     }
 
     pub fn views(&self) -> &[ViewPlan] {
@@ -228,6 +250,7 @@ impl Pipeline {
         if let Err(e) = check_future_skew(&event, now_ms, self.max_future_skew_ms) {
             return Outcome::Invalid(e);
         }
+        let mut id = None;
         for (vi, view) in self.views.iter().enumerate() {
             let vp = &mut progress.views[vi];
             if offset < vp.skip_below {
@@ -242,6 +265,16 @@ impl Pipeline {
             if late {
                 buffer.late_dropped += 1;
                 continue;
+            }
+            if self.dedup_window_ms > 0 {
+                let h = *id.get_or_insert_with(|| id_hash(&event.event_id));
+                if vp
+                    .dedup
+                    .check_and_insert(self.dedup_window_ms, event.event_time_ms, h)
+                {
+                    buffer.duplicates += 1;
+                    continue;
+                }
             }
             buffer.applied += 1;
             accumulate(
@@ -271,6 +304,7 @@ impl Pipeline {
         }
         for vi in 0..self.views.len() {
             let mut offsets = Vec::new();
+            let mut dedup = Vec::new();
             for &p in &self.touched {
                 let Some(pp) = self.partitions.get_mut(&p) else {
                     continue;
@@ -285,12 +319,23 @@ impl Pipeline {
                     offsets.push((p, vp.committed, new));
                     vp.committed = Some(new);
                 }
+                if self.dedup_window_ms > 0 {
+                    let w = self.dedup_window_ms;
+                    let watermark = vp.watermark(self.allowed_lateness_ms);
+                    for (slot, ids) in vp.dedup.take_fresh() {
+                        // Kept until the watermark has passed the slot, plus one window of slack.
+                        let expire = (slot + 1) * w + self.allowed_lateness_ms + w;
+                        dedup.push((p, slot, expire, ids));
+                    }
+                    vp.dedup.evict(w, watermark);
+                }
             }
             let data = std::mem::take(&mut self.buffers[vi]);
             views.push(ViewFlush {
                 view: vi,
                 data,
                 offsets,
+                dedup,
             });
         }
         let records = std::mem::take(&mut self.records);

@@ -44,6 +44,7 @@ struct SpeedContext {
     views: Vec<String>,
     assignment: Arc<Mutex<Assignment>>,
     high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    dedup: bool,
 }
 
 impl SpeedContext {
@@ -124,7 +125,8 @@ impl ConsumerContext for SpeedContext {
                             }
                         }
                         state.partitions = progress;
-                        state.reload = false;
+                        // The duplicate filter's ids are loaded by the loop (async).
+                        state.reload = self.dedup;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read offsets from redis during rebalance; will retry");
@@ -257,6 +259,7 @@ impl SpeedConsumer {
             views: pipeline.views().iter().map(|v| v.name.clone()).collect(),
             assignment: assignment.clone(),
             high_watermarks: high_watermarks.clone(),
+            dedup: pipeline.dedup_window_ms() > 0,
         };
         let consumer: StreamConsumer<SpeedContext> = ClientConfig::new()
             .set("bootstrap.servers", &config.source.brokers)
@@ -505,7 +508,24 @@ impl SpeedConsumer {
                     .collect::<Vec<_>>(),
             );
         }
-        let progress = progress_from(&partitions, &per_view);
+        let mut progress = progress_from(&partitions, &per_view);
+        let window = self.pipeline.dedup_window_ms();
+        if window > 0 {
+            let lateness = self.pipeline.allowed_lateness_ms();
+            for (p, pp) in progress.iter_mut() {
+                for (vi, vp) in pp.views.iter_mut().enumerate() {
+                    let Some(stored) = vp.committed else { continue };
+                    let slots = crate::dedup::slots_to_restore(
+                        window,
+                        stored.max_event_time_ms.saturating_sub(lateness),
+                        stored.max_event_time_ms,
+                    );
+                    for (slot, ids) in self.sink.load_dedup(&names[vi], *p, slots).await? {
+                        vp.dedup.restore(slot, ids);
+                    }
+                }
+            }
+        }
         for (p, pp) in &progress {
             if let Some(o) = pp.resume_offset()
                 && let Err(e) = self.consumer.seek(

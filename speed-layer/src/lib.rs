@@ -2,14 +2,18 @@
 //!
 //! - [`aggregate`]: parse, filter, bucket and pre-aggregate between flushes;
 //! - [`watermark`]: per-partition offsets and event-time watermarks;
+//! - [`dedup`]: the optional producer-duplicate filter;
 //! - [`redis_sink`]: one atomic, fenced Lua script per view and flush;
 //! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`);
 //! - [`replay`]: the same pipeline fed from a file (`speed-layer replay`);
+//! - [`read`]: reading aggregates back for the serving layer;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod aggregate;
 pub mod consumer;
+pub mod dedup;
 pub mod metrics;
+pub mod read;
 pub mod redis_sink;
 pub mod replay;
 pub mod watermark;
@@ -39,7 +43,8 @@ pub fn build_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
         views,
         config.speed.allowed_lateness.as_millis() as i64,
         config.speed.max_future_skew.as_millis() as i64,
-    ))
+    )
+    .with_dedup_window(config.speed.dedup_window.as_millis() as i64))
 }
 
 /// `speed-layer run`: serves metrics and consumes until `shutdown` turns true.

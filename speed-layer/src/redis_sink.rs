@@ -16,7 +16,8 @@ use crate::watermark::Stored;
 /// Applies one view's flush. KEYS[1] is the view's offsets hash; ARGV holds the partition
 /// count, then (partition, expected, new) triples, then ops until the end:
 /// `I key field n` HINCRBY · `F key field x` HINCRBYFLOAT · `m`/`M key field x` keep min/max ·
-/// `S key member` SADD · `P key n e1..en` PFADD · `X key ms` PEXPIREAT.
+/// `S key member` SADD · `P key n e1..en` PFADD · `A key n m1..mn` SADD many · `X key ms`
+/// PEXPIREAT.
 /// An offset that differs from the expected one means another consumer moved on: the whole
 /// script is refused with `FENCED` before anything is written.
 const APPLY_LUA: &str = r#"
@@ -54,6 +55,9 @@ while i <= n do
   elseif op == 'P' then
     local cnt = tonumber(ARGV[i + 2])
     redis.call('PFADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
+  elseif op == 'A' then
+    local cnt = tonumber(ARGV[i + 2])
+    redis.call('SADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
   elseif op == 'X' then
     redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   else
@@ -139,7 +143,11 @@ impl RedisSink {
             let (Some(plan), Some(inp)) = (views.get(vf.view), inputs.get(vf.view)) else {
                 continue;
             };
-            if vf.offsets.is_empty() && vf.data.cells.is_empty() && vf.data.late_dropped == 0 {
+            if vf.offsets.is_empty()
+                && vf.data.cells.is_empty()
+                && vf.data.late_dropped == 0
+                && vf.dedup.is_empty()
+            {
                 continue;
             }
             let (key, args) = build_args(&self.keys, &self.topic, self.retention_ms, vf, plan, inp);
@@ -175,6 +183,25 @@ impl RedisSink {
             .iter()
             .map(|v| v.as_deref().and_then(Stored::parse))
             .collect())
+    }
+
+    /// Loads the event-id hashes of the producer-duplicate filter for some slots of a partition.
+    pub async fn load_dedup(
+        &mut self,
+        view: &str,
+        partition: i32,
+        slots: std::ops::RangeInclusive<i64>,
+    ) -> redis::RedisResult<Vec<(i64, Vec<u64>)>> {
+        let slots: Vec<i64> = slots.collect();
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for s in &slots {
+            pipe.smembers(self.keys.dedup(view, &self.topic, partition, *s));
+        }
+        let sets: Vec<Vec<u64>> = pipe.query_async(&mut self.con).await?;
+        Ok(slots.into_iter().zip(sets).collect())
     }
 
     /// Publishes per-partition progress for `/v1/status` (outside the fenced scripts: it is
@@ -229,6 +256,22 @@ fn build_args(
             &mut args,
             ["I", &stats, "applied", &vf.data.applied.to_string()],
         );
+    }
+    if vf.data.duplicates > 0 {
+        push(
+            &mut args,
+            ["I", &stats, "duplicates", &vf.data.duplicates.to_string()],
+        );
+    }
+    for (p, slot, expire_at, ids) in &vf.dedup {
+        let key = keys.dedup(&plan.name, topic, *p, *slot);
+        for chunk in ids.chunks(PFADD_CHUNK) {
+            args.push("A".into());
+            args.push(key.clone());
+            args.push(chunk.len().to_string());
+            args.extend(chunk.iter().map(u64::to_string));
+        }
+        push(&mut args, ["X", &key, &expire_at.to_string()]);
     }
     if vf.data.late_dropped > 0 {
         push(

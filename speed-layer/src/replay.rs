@@ -140,8 +140,9 @@ fn send(
         for vf in &mut flush.views {
             summary.applied += vf.data.applied;
             summary.late_dropped += vf.data.late_dropped;
-            // Not a consumer: no offsets to compare or store.
+            // Not a consumer: no offsets to compare or store, no partition state to keep.
             vf.offsets.clear();
+            vf.dedup.clear();
         }
         tx.blocking_send(flush)
             .map_err(|_| anyhow::anyhow!("redis writer stopped"))?;

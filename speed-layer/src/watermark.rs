@@ -31,7 +31,7 @@ impl fmt::Display for Stored {
 }
 
 /// One view's progress on one partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ViewProgress {
     /// What Redis holds now (the compare-and-set value of the next flush); `None` before the
     /// view's first flush on this partition.
@@ -40,6 +40,8 @@ pub struct ViewProgress {
     pub skip_below: i64,
     /// Max event time seen by this view on this partition, including unflushed events.
     pub max_event_time_ms: i64,
+    /// Event ids seen recently (only with `dedup_window > 0`).
+    pub dedup: crate::dedup::DedupSet,
 }
 
 impl ViewProgress {
@@ -48,6 +50,7 @@ impl ViewProgress {
             committed,
             skip_below: committed.map_or(i64::MIN, |s| s.next_offset),
             max_event_time_ms: committed.map_or(i64::MIN, |s| s.max_event_time_ms),
+            dedup: Default::default(),
         }
     }
 

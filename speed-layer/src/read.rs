@@ -1,0 +1,276 @@
+//! Reading the speed layer's aggregates back (the serving layer's Redis side).
+//!
+//! Per bucket: the groups set says which dimension tuples have data; the filters keep some,
+//! `group_by` folds them into output groups, and the values merge: additive aggregates by
+//! addition, distinct counts by a multi-key `PFCOUNT` (a true union, never a sum), quantiles by
+//! adding sketch buckets. Reads are pipelined: three round trips whatever the range.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redis::aio::ConnectionLike;
+use tributary_shared::Granularity;
+use tributary_shared::config::AggKind;
+use tributary_shared::layout::{RedisKeys, decode_group};
+use tributary_shared::sketch::QuantileSketch;
+use tributary_shared::view::ViewPlan;
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub struct SpeedQuery {
+    pub granularity: Granularity,
+    /// Bucket starts to read.
+    pub buckets: Vec<i64>,
+    /// (dimension index, accepted values): a group passes when its value is one of them.
+    pub filters: Vec<(usize, Vec<String>)>,
+    /// Dimension indices of the output groups (empty: one total series).
+    pub group_by: Vec<usize>,
+    /// Measure indices of the view.
+    pub measures: Vec<usize>,
+}
+
+/// One output group's value in one bucket; `None` where the measure has no input (a sum over
+/// events that all lacked the field).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpeedPoint {
+    pub values: BTreeMap<String, Option<f64>>,
+    /// False when a value comes from a sketch (distinct counts, quantiles).
+    pub exact: bool,
+}
+
+/// Output group (values of the `group_by` dimensions) → bucket start → point. Groups and
+/// buckets without data are absent.
+pub type SpeedSeries = BTreeMap<Vec<Option<String>>, BTreeMap<i64, SpeedPoint>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// Sum, count, min, max of a numeric field across merged cells.
+#[derive(Debug, Clone, Copy)]
+struct Num {
+    sum: f64,
+    n: u64,
+    min: f64,
+    max: f64,
+}
+
+#[derive(Debug, Default)]
+struct Merged {
+    count: u64,
+    numeric: HashMap<String, Num>,
+    /// Member cells' group encodings, for the distinct union.
+    members: Vec<String>,
+    sketches: HashMap<String, QuantileSketch>,
+}
+
+/// Reads a query's points from Redis.
+pub async fn read<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &ViewPlan,
+    q: &SpeedQuery,
+) -> Result<SpeedSeries, ReadError> {
+    let g = q.granularity;
+    // 1. Which groups have data in each bucket.
+    let mut pipe = redis::pipe();
+    for b in &q.buckets {
+        pipe.smembers(keys.groups(&view.name, g, *b));
+    }
+    let members: Vec<Vec<String>> = if q.buckets.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(con).await?
+    };
+
+    // 2. Keep the groups passing the filters, and fold them into output groups.
+    let mut cells: Vec<(i64, String, Vec<Option<String>>)> = Vec::new();
+    for (b, groups) in q.buckets.iter().zip(members) {
+        for encoded in groups {
+            let Some(values) = decode_group(&encoded) else {
+                continue;
+            };
+            let pass = q.filters.iter().all(|(dim, accepted)| {
+                values
+                    .get(*dim)
+                    .and_then(|v| v.as_ref())
+                    .is_some_and(|v| accepted.iter().any(|a| a == v))
+            });
+            if !pass {
+                continue;
+            }
+            let out: Vec<Option<String>> = q
+                .group_by
+                .iter()
+                .map(|d| values.get(*d).cloned().flatten())
+                .collect();
+            cells.push((*b, encoded, out));
+        }
+    }
+
+    let wants = |k: AggKind| {
+        q.measures
+            .iter()
+            .any(|m| view.measures.get(*m).is_some_and(|x| x.agg == k))
+    };
+    let quantile_fields: Vec<String> = q
+        .measures
+        .iter()
+        .filter_map(|m| view.measures.get(*m))
+        .filter(|m| m.agg == AggKind::Quantile)
+        .filter_map(|m| m.field_name.clone())
+        .collect();
+
+    // 3. The cells' hashes and sketches.
+    let mut pipe = redis::pipe();
+    for (b, enc, _) in &cells {
+        pipe.hgetall(keys.aggregates(&view.name, g, *b, enc));
+        for f in &quantile_fields {
+            pipe.hgetall(keys.sketch(&view.name, f, g, *b, enc));
+        }
+    }
+    let hashes: Vec<HashMap<String, String>> = if cells.is_empty() {
+        Vec::new()
+    } else {
+        pipe.query_async(con).await?
+    };
+    let per_cell = 1 + quantile_fields.len();
+    let mut merged: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
+    for (i, (b, enc, out)) in cells.iter().enumerate() {
+        let Some(h) = hashes.get(i * per_cell) else {
+            continue;
+        };
+        let m = merged.entry((out.clone(), *b)).or_default();
+        m.count += h
+            .get("count")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        for (field, value) in h {
+            let Some((stat, name)) = field.split_once(':') else {
+                continue;
+            };
+            let Ok(x) = value.parse::<f64>() else {
+                continue;
+            };
+            let e = m.numeric.entry(name.to_string()).or_insert(Num {
+                sum: 0.0,
+                n: 0,
+                min: f64::INFINITY,
+                max: f64::NEG_INFINITY,
+            });
+            match stat {
+                "sum" => e.sum += x,
+                "n" => e.n += x as u64,
+                "min" => e.min = e.min.min(x),
+                "max" => e.max = e.max.max(x),
+                _ => {}
+            }
+        }
+        m.members.push(enc.clone());
+        for (j, f) in quantile_fields.iter().enumerate() {
+            if let Some(sk) = hashes.get(i * per_cell + 1 + j) {
+                let sketch = m.sketches.entry(f.clone()).or_default();
+                for (bucket, c) in sk {
+                    if let Ok(c) = c.parse::<u64>() {
+                        sketch.add_field(bucket, c);
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
+    let distinct_fields: Vec<String> = q
+        .measures
+        .iter()
+        .filter_map(|m| view.measures.get(*m))
+        .filter(|m| m.agg == AggKind::CountDistinct)
+        .filter_map(|m| m.field_name.clone())
+        .collect();
+    let mut distinct: HashMap<(usize, String), u64> = HashMap::new();
+    if wants(AggKind::CountDistinct) && !merged.is_empty() {
+        let mut pipe = redis::pipe();
+        let mut order = Vec::new();
+        for (i, ((_, b), m)) in merged.iter().enumerate() {
+            for f in &distinct_fields {
+                let hkeys: Vec<String> = m
+                    .members
+                    .iter()
+                    .map(|enc| keys.hll(&view.name, f, g, *b, enc))
+                    .collect();
+                pipe.cmd("PFCOUNT").arg(hkeys);
+                order.push((i, f.clone()));
+            }
+        }
+        let counts: Vec<u64> = pipe.query_async(con).await?;
+        distinct.extend(order.into_iter().zip(counts));
+    }
+
+    // 5. Values per measure.
+    let mut series = SpeedSeries::new();
+    for (i, ((out, b), m)) in merged.into_iter().enumerate() {
+        if m.count == 0 {
+            continue;
+        }
+        let mut values = BTreeMap::new();
+        let mut exact = true;
+        for mi in &q.measures {
+            let Some(measure) = view.measures.get(*mi) else {
+                continue;
+            };
+            let num = measure
+                .field_name
+                .as_ref()
+                .and_then(|f| m.numeric.get(f))
+                .filter(|n| n.n > 0);
+            let v = match measure.agg {
+                AggKind::Count => Some(m.count as f64),
+                AggKind::Sum => num.map(|n| n.sum),
+                AggKind::Min => num.map(|n| n.min),
+                AggKind::Max => num.map(|n| n.max),
+                AggKind::Avg => num.map(|n| n.sum / n.n as f64),
+                AggKind::CountDistinct => {
+                    exact = false;
+                    measure
+                        .field_name
+                        .as_ref()
+                        .and_then(|f| distinct.get(&(i, f.clone())))
+                        .map(|c| *c as f64)
+                }
+                AggKind::Quantile => {
+                    exact = false;
+                    let q = measure.q.unwrap_or(0.5);
+                    measure
+                        .field_name
+                        .as_ref()
+                        .and_then(|f| m.sketches.get(f))
+                        .and_then(|s| s.quantile(q))
+                }
+            };
+            values.insert(measure.name.clone(), v);
+        }
+        series
+            .entry(out)
+            .or_default()
+            .insert(b, SpeedPoint { values, exact });
+    }
+    Ok(series)
+}
+
+/// Per-partition progress the consumers publish (`next_offset`, `high_watermark`,
+/// `lag_offsets`, `max_event_time_ms`, `watermark_ms`, `updated_ms`), as JSON per partition.
+pub async fn progress<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    topic: &str,
+) -> Result<BTreeMap<i32, serde_json::Value>, ReadError> {
+    let raw: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(keys.speed_progress(topic))
+        .query_async(con)
+        .await?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|(p, v)| Some((p.parse().ok()?, serde_json::from_str(&v).ok()?)))
+        .collect())
+}
