@@ -204,6 +204,11 @@ async fn wait_applied(
     Ok(())
 }
 
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
 fn ends_of(events: &[Gen]) -> HashMap<i32, i64> {
     let mut ends = HashMap::new();
     for e in events {
@@ -295,7 +300,12 @@ async fn malformed_events_go_to_the_dlq_with_their_reason() -> anyhow::Result<()
     let topic = unique("speed-dlq");
     create_topic(&topic, 1).await?;
     let prefix = unique("it");
-    let config = test_config(&topic, &prefix, &speed_section("2h", ""))?;
+    let metrics_port = free_port()?;
+    let section = speed_section("2h", "").replace(
+        "metrics_listen = \"127.0.0.1:0\"",
+        &format!("metrics_listen = \"127.0.0.1:{metrics_port}\""),
+    );
+    let config = test_config(&topic, &prefix, &section)?;
     let keys = RedisKeys::new(prefix);
     let now = now_ms();
     let good = |i: i64| {
@@ -337,6 +347,22 @@ async fn malformed_events_go_to_the_dlq_with_their_reason() -> anyhow::Result<()
     let mut ends = HashMap::new();
     ends.insert(0, payloads.len() as i64);
     wait_applied(&keys, &topic, &ends).await?;
+    // Prometheus sees them too.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await?
+        .text()
+        .await?;
+    for line in [
+        "tributary_speed_dlq_total{reason=\"not_json\"} 1",
+        "tributary_speed_dlq_total{reason=\"missing_field\"} 1",
+        "tributary_speed_dlq_total{reason=\"ill_typed_field\"} 1",
+        "tributary_speed_dlq_total{reason=\"future_event_time\"} 1",
+        "tributary_speed_events_in_total 9",
+        "tributary_speed_applied_total{view=\"checkouts\"} 5",
+    ] {
+        assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
+    }
+    assert!(metrics.contains("tributary_speed_flush_seconds_bucket"), "flush latency histogram");
     stop(tx, handle).await?;
 
     // The good events around the bad ones are all counted.
