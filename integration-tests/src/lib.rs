@@ -3,6 +3,8 @@
 //!
 //! A test that cannot reach a service fails and names it; nothing here skips.
 
+pub mod generator;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -362,7 +362,10 @@ async fn malformed_events_go_to_the_dlq_with_their_reason() -> anyhow::Result<()
     ] {
         assert!(metrics.contains(line), "metrics lack {line:?}:\n{metrics}");
     }
-    assert!(metrics.contains("tributary_speed_flush_seconds_bucket"), "flush latency histogram");
+    assert!(
+        metrics.contains("tributary_speed_flush_seconds_bucket"),
+        "flush latency histogram"
+    );
     stop(tx, handle).await?;
 
     // The good events around the bad ones are all counted.

@@ -1,0 +1,196 @@
+//! `bench-speed`: the speed layer through the broker against a bare rdkafka consumer reading
+//! the same topic in the same run, pair by pair (machines here are noisy: only ratios measured
+//! side by side mean anything). Prints JSON.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+use tributary_it::generator::{Generator, GeneratorOptions};
+use tributary_it::{brokers, create_topic, redis, test_config, unique};
+use tributary_shared::layout::RedisKeys;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+const VIEWS: &str = r#"
+[speed]
+allowed_lateness = "48h"
+metrics_listen = "127.0.0.1:0"
+
+[fields]
+country = "string"
+device = "string"
+user_id = "string"
+amount = "float"
+latency_ms = "float"
+
+[[views]]
+name = "checkouts"
+where = { type = "checkout" }
+dimensions = ["country", "device"]
+granularities = ["minute", "hour", "day"]
+measures = [
+  { name = "events",  agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+  { name = "max_amount", agg = "max", field = "amount" },
+  { name = "buyers",  agg = "count_distinct", field = "user_id" },
+  { name = "p95_latency", agg = "quantile", field = "latency_ms", q = 0.95 },
+]
+"#;
+
+async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut g = Generator::new(GeneratorOptions {
+        seed: 42,
+        late: 0.0,
+        malformed: 0.0,
+        duplicates: 0.0,
+        start_ms: now - 2 * 3_600_000,
+        span_ms: 2 * 3_600_000,
+        count: n,
+    });
+    let mut inflight = Vec::with_capacity(20_000);
+    for i in 0..n {
+        let payload = g.event(i);
+        let key = format!("k{}", i % 4096);
+        let f = producer
+            .send_result(FutureRecord::to(topic).payload(&payload).key(&key))
+            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
+        inflight.push(f);
+        if inflight.len() >= 20_000 {
+            for f in inflight.drain(..) {
+                f.await?
+                    .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+            }
+        }
+    }
+    for f in inflight.drain(..) {
+        f.await?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Reads every record and discards it; seconds from subscribe to the last record.
+async fn bare_consumer(topic: &str, n: u64) -> anyhow::Result<f64> {
+    let c: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("bare"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "32768")
+        .set("fetch.max.bytes", "16777216")
+        .create()?;
+    let started = Instant::now();
+    c.subscribe(&[topic])?;
+    let mut seen = 0u64;
+    let mut bytes = 0usize;
+    while seen < n {
+        let m = tokio::time::timeout(Duration::from_secs(60), c.recv())
+            .await
+            .context("bare consumer stalled")??;
+        bytes += m.payload_len();
+        seen += 1;
+    }
+    std::hint::black_box(bytes);
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// Runs the speed layer in-process until it has applied every record; seconds from start.
+async fn speed_layer(topic: &str, n: u64) -> anyhow::Result<f64> {
+    let prefix = unique("bench");
+    let mut config = test_config(topic, &prefix, VIEWS)?;
+    config.source.group_prefix = unique("bench");
+    let keys = RedisKeys::new(prefix);
+    let (tx, rx) = watch::channel(false);
+    let started = Instant::now();
+    let handle = tokio::spawn(tributary_speed_layer::run(config, rx));
+    let mut con = redis().await?;
+    let key = keys.offsets("checkouts", topic);
+    loop {
+        let stored: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut con)
+            .await?;
+        let total: i64 = stored
+            .values()
+            .filter_map(|v| v.split(':').next()?.parse::<i64>().ok())
+            .sum();
+        if total as u64 >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("speed layer did not finish in 600 s ({total} of {n})");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tx.send(true).ok();
+    handle.await??;
+    Ok(secs)
+}
+
+fn stats(v: &[f64]) -> serde_json::Value {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "median": s.get(s.len() / 2),
+        "min": s.first(),
+        "max": s.last(),
+        "runs": v,
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let topic = unique("bench-speed");
+    create_topic(&topic, args.partitions).await?;
+    let t = Instant::now();
+    produce(&topic, args.events).await?;
+    eprintln!(
+        "produced {} events in {:.1}s",
+        args.events,
+        t.elapsed().as_secs_f64()
+    );
+    let (mut bare, mut speed, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let b = args.events as f64 / bare_consumer(&topic, args.events).await?;
+        let s = args.events as f64 / speed_layer(&topic, args.events).await?;
+        eprintln!(
+            "run {run}: bare {b:.0}/s, speed-layer {s:.0}/s, ratio {:.2}",
+            s / b
+        );
+        bare.push(b);
+        speed.push(s);
+        ratio.push(s / b);
+    }
+    let out = serde_json::json!({
+        "events": args.events,
+        "partitions": args.partitions,
+        "bare_consumer_events_per_sec": stats(&bare),
+        "speed_layer_events_per_sec": stats(&speed),
+        "ratio_speed_to_bare": stats(&ratio),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
