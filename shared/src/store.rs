@@ -152,6 +152,7 @@ mod tests {
 
     #[tokio::test]
     async fn file_store_is_created_and_round_trips() {
+        use object_store::ObjectStoreExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("nested/store");
         let config = StoreConfig {
