@@ -49,12 +49,13 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     cli::run_async(async move {
-        let what = match args.command {
-            Command::Archive => "archive",
-            Command::Run => "run",
-            Command::Schedule => "schedule",
-            Command::Backfill { .. } => "backfill",
-        };
-        tributary_batch_layer::not_built_yet(&config, what)
+        match args.command {
+            Command::Archive => {
+                tributary_batch_layer::archive(config, cli::shutdown_signal()).await
+            }
+            Command::Run => tributary_batch_layer::not_built_yet(&config, "run"),
+            Command::Schedule => tributary_batch_layer::not_built_yet(&config, "schedule"),
+            Command::Backfill { .. } => tributary_batch_layer::not_built_yet(&config, "backfill"),
+        }
     })
 }

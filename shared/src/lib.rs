@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod layout;
+pub mod metrics_http;
 pub mod secret;
 pub mod sketch;
 pub mod store;

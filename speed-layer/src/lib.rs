@@ -55,7 +55,11 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
         .metrics_listen
         .parse()
         .context("speed.metrics_listen")?;
-    let addr = metrics::serve(listen, metrics.clone())
+    let render = {
+        let m = metrics.clone();
+        std::sync::Arc::new(move || m.render())
+    };
+    let addr = tributary_shared::metrics_http::serve(listen, render)
         .await
         .with_context(|| format!("bind metrics on {listen}"))?;
     tracing::info!(%addr, "metrics listening");

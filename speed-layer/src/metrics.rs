@@ -1,14 +1,8 @@
 //! Prometheus metrics of the speed layer and the small HTTP server that exposes them.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -98,32 +92,6 @@ impl SpeedMetrics {
         let _ = encode(&mut out, &self.registry);
         out
     }
-}
-
-/// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(listen: SocketAddr, metrics: Arc<SpeedMetrics>) -> std::io::Result<SocketAddr> {
-    let app = Router::new()
-        .route("/metrics", get(render))
-        .route("/healthz", get(|| async { "ok" }))
-        .with_state(metrics);
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics server stopped");
-        }
-    });
-    Ok(addr)
-}
-
-async fn render(State(m): State<Arc<SpeedMetrics>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.render(),
-    )
 }
 
 /// `[("view", name)]`

@@ -1,0 +1,490 @@
+//! `batch-layer archive`: the topic → the Parquet master dataset, each record once.
+//!
+//! A flush, per partition: record the files about to be written in the state's `pending`,
+//! write them (one per event hour), then move `committed_offset` past them. The state file is
+//! the commit point; on assignment the archiver deletes pending files a crash left behind and
+//! resumes from `committed_offset`. Kafka offsets are committed after the state, for lag tools.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use arrow::datatypes::SchemaRef;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use tokio::sync::watch;
+use tributary_shared::event::{EventSchema, check_future_skew};
+use tributary_shared::layout::paths;
+use tributary_shared::{Config, Granularity};
+
+use crate::master::{RowBuffer, master_schema};
+use crate::state::{PartitionState, StateError, StateStore};
+
+/// A partition's state as loaded at assignment.
+#[derive(Clone)]
+struct Loaded {
+    state: PartitionState,
+    version: Option<UpdateVersion>,
+}
+
+#[derive(Default)]
+struct Assignment {
+    generation: u64,
+    partitions: HashMap<i32, Loaded>,
+    error: Option<String>,
+}
+
+struct ArchiveContext {
+    states: StateStore,
+    store: Arc<dyn ObjectStore>,
+    topic: String,
+    runtime: tokio::runtime::Handle,
+    assignment: Arc<Mutex<Assignment>>,
+    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+}
+
+impl ClientContext for ArchiveContext {
+    fn stats(&self, statistics: Statistics) {
+        if let (Some(topic), Ok(mut hw)) = (
+            statistics.topics.get(&self.topic),
+            self.high_watermarks.lock(),
+        ) {
+            for (p, s) in &topic.partitions {
+                if *p >= 0 && s.hi_offset >= 0 {
+                    hw.insert(*p, s.hi_offset);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ArchiveContext {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let Ok(mut state) = self.assignment.lock() else {
+            return;
+        };
+        state.generation += 1;
+        state.partitions.clear();
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
+            tracing::info!("archive partitions revoked");
+            if let Err(e) = base.unassign() {
+                tracing::error!(error = %e, "unassign failed");
+            }
+            return;
+        }
+        let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+        // The state lives in the object store (async); this callback runs on a runtime worker,
+        // so it blocks in place while loading.
+        let loaded = tokio::task::block_in_place(|| {
+            self.runtime
+                .block_on(recover(&self.states, &self.store, &self.topic, &partitions))
+        });
+        match loaded {
+            Ok(loaded) => {
+                for (p, l) in &loaded {
+                    let _ = tpl.set_partition_offset(
+                        &self.topic,
+                        *p,
+                        Offset::Offset(l.state.committed_offset),
+                    );
+                }
+                state.partitions = loaded;
+                state.error = None;
+            }
+            Err(e) => state.error = Some(format!("{e:#}")),
+        }
+        tracing::info!(?partitions, "archive partitions assigned");
+        if let Err(e) = base.assign(tpl) {
+            tracing::error!(error = %e, "assign failed");
+        }
+    }
+}
+
+/// Loads each partition's state and deletes the files a crashed flush left pending.
+async fn recover(
+    states: &StateStore,
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    partitions: &[i32],
+) -> anyhow::Result<HashMap<i32, Loaded>> {
+    let mut out = HashMap::new();
+    for p in partitions {
+        let (mut state, mut version) = match states.load(*p).await? {
+            Some((s, v)) => (s, Some(v)),
+            None => (PartitionState::default(), None),
+        };
+        if !state.pending.is_empty() {
+            for file in &state.pending {
+                match store.delete(&Path::from(file.as_str())).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("delete uncommitted file {file}"));
+                    }
+                }
+                tracing::warn!(partition = p, file = %file, "removed a file beyond the commit point");
+            }
+            state.pending.clear();
+            version = Some(states.save(*p, &state, version).await?);
+        }
+        tracing::debug!(
+            topic,
+            partition = p,
+            committed = state.committed_offset,
+            "archive state loaded"
+        );
+        out.insert(*p, Loaded { state, version });
+    }
+    Ok(out)
+}
+
+/// Buffered rows and progress of one assigned partition.
+struct PartitionBuf {
+    state: PartitionState,
+    version: Option<UpdateVersion>,
+    /// Rows per event hour (start ms).
+    hours: BTreeMap<i64, RowBuffer>,
+    next_offset: i64,
+    rows: usize,
+    invalid: u64,
+    dirty: bool,
+}
+
+/// Fault injection for tests: `TRIBUTARY_CRASH_AT=archive_before_state` exits after the data
+/// files are written and before the state moves.
+fn crash_before_state() -> bool {
+    std::env::var("TRIBUTARY_CRASH_AT").is_ok_and(|v| v == "archive_before_state")
+}
+
+/// The archiver.
+pub struct Archiver {
+    config: Config,
+    consumer: StreamConsumer<ArchiveContext>,
+    store: Arc<dyn ObjectStore>,
+    states: StateStore,
+    schema: EventSchema,
+    arrow_schema: SchemaRef,
+    assignment: Arc<Mutex<Assignment>>,
+    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    generation: u64,
+    partitions: HashMap<i32, PartitionBuf>,
+    metrics: Arc<crate::metrics::BatchMetrics>,
+}
+
+impl Archiver {
+    pub async fn new(
+        config: Config,
+        store: Arc<dyn ObjectStore>,
+        metrics: Arc<crate::metrics::BatchMetrics>,
+    ) -> anyhow::Result<Self> {
+        let topic = config.source.topic.clone();
+        let states = StateStore::new(store.clone(), topic.clone());
+        let assignment = Arc::new(Mutex::new(Assignment::default()));
+        let high_watermarks = Arc::new(Mutex::new(HashMap::new()));
+        let context = ArchiveContext {
+            states: states.clone(),
+            store: store.clone(),
+            topic: topic.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            assignment: assignment.clone(),
+            high_watermarks: high_watermarks.clone(),
+        };
+        let consumer: StreamConsumer<ArchiveContext> = ClientConfig::new()
+            .set("bootstrap.servers", &config.source.brokers)
+            .set("group.id", config.source.archive_group())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "30000")
+            .set("statistics.interval.ms", "2000")
+            .set("queued.max.messages.kbytes", "65536")
+            .set("fetch.max.bytes", "16777216")
+            .create_with_context(context)
+            .context("create kafka consumer")?;
+        crate::ensure_topic_exists(&config).await?;
+        consumer
+            .subscribe(&[&topic])
+            .with_context(|| format!("subscribe to {topic}"))?;
+        let schema = EventSchema::from_config(&config);
+        let arrow_schema = master_schema(&schema);
+        Ok(Archiver {
+            config,
+            consumer,
+            store,
+            states,
+            schema,
+            arrow_schema,
+            assignment,
+            high_watermarks,
+            generation: 0,
+            partitions: HashMap::new(),
+            metrics,
+        })
+    }
+
+    /// Archives until `shutdown`, then flushes and returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let interval = self.config.batch.archive_flush_interval;
+        let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_flush = Instant::now();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                _ = tick.tick() => {
+                    self.sync_assignment()?;
+                    if last_flush.elapsed() >= interval {
+                        self.flush().await?;
+                        last_flush = Instant::now();
+                    }
+                }
+                msg = self.consumer.recv() => {
+                    let msg = match msg {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "kafka consume error");
+                            continue;
+                        }
+                    };
+                    let (p, o) = (msg.partition(), msg.offset());
+                    let payload = msg.payload().unwrap_or_default().to_vec();
+                    drop(msg);
+                    self.sync_assignment()?;
+                    self.handle(p, o, &payload);
+                    let buffered: usize = self.partitions.values().map(|b| b.rows).sum();
+                    if buffered >= self.config.batch.archive_max_rows {
+                        self.flush().await?;
+                        last_flush = Instant::now();
+                    }
+                }
+            }
+        }
+        tracing::info!("shutting down: flushing the archive");
+        self.flush().await
+    }
+
+    fn sync_assignment(&mut self) -> anyhow::Result<()> {
+        let state = self
+            .assignment
+            .lock()
+            .map_err(|_| anyhow::anyhow!("assignment lock poisoned"))?;
+        if let Some(e) = &state.error {
+            anyhow::bail!("cannot recover the archive state: {e}");
+        }
+        if state.generation == self.generation {
+            return Ok(());
+        }
+        self.generation = state.generation;
+        // Buffered rows of revoked partitions are dropped: the next owner re-reads them.
+        self.partitions = state
+            .partitions
+            .iter()
+            .map(|(p, l)| {
+                (
+                    *p,
+                    PartitionBuf {
+                        state: l.state.clone(),
+                        version: l.version.clone(),
+                        hours: BTreeMap::new(),
+                        next_offset: l.state.committed_offset,
+                        rows: 0,
+                        invalid: 0,
+                        dirty: false,
+                    },
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
+    fn handle(&mut self, partition: i32, offset: i64, payload: &[u8]) {
+        self.metrics.archive_records.inc();
+        let Some(buf) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if offset < buf.next_offset {
+            return; // archived already
+        }
+        buf.next_offset = offset + 1;
+        buf.dirty = true;
+        buf.state.last_record_ms = Some(chrono::Utc::now().timestamp_millis());
+        let now = chrono::Utc::now().timestamp_millis();
+        let skew = self.config.speed.max_future_skew.as_millis() as i64;
+        let event = match self.schema.parse(payload) {
+            Ok(e) if check_future_skew(&e, now, skew).is_ok() => e,
+            // Invalid events are the speed layer's DLQ's; here they are only counted.
+            _ => {
+                buf.invalid += 1;
+                self.metrics.archive_invalid.inc();
+                return;
+            }
+        };
+        // Parsed as JSON, so the bytes are UTF-8.
+        let text = std::str::from_utf8(payload).unwrap_or_default();
+        let hour = Granularity::Hour.floor(event.event_time_ms);
+        buf.hours
+            .entry(hour)
+            .or_insert_with(|| RowBuffer::new(&self.schema))
+            .push(&event, partition, offset, text);
+        buf.rows += 1;
+        let t = event.event_time_ms;
+        buf.state.max_event_time_ms = Some(buf.state.max_event_time_ms.map_or(t, |m| m.max(t)));
+    }
+
+    /// Writes every partition's buffered hours, then its state; refreshes idle partitions'
+    /// states so the batch horizon can leave them out.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let hw = self
+            .high_watermarks
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default();
+        let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
+        let idle_ms = self.config.batch.idle_timeout.as_millis() as i64;
+        let topic = self.config.source.topic.clone();
+        let mut commits = TopicPartitionList::new();
+        let mut written_rows = 0usize;
+        let mut fenced = Vec::new();
+        for (p, buf) in self.partitions.iter_mut() {
+            let now = chrono::Utc::now().timestamp_millis();
+            let high = hw.get(p).copied();
+            let refresh =
+                high != buf.state.high_watermark && now - buf.state.updated_ms >= idle_ms / 4;
+            if !buf.dirty && !refresh {
+                continue;
+            }
+            let hours = std::mem::take(&mut buf.hours);
+            let mut files = Vec::with_capacity(hours.len());
+            for (hour, rows) in hours {
+                let path =
+                    paths::master_file(&topic, hour, *p, rows.first_offset, rows.last_offset);
+                files.push((path, rows));
+            }
+            let result = write_partition(
+                &self.states,
+                &self.store,
+                &self.arrow_schema,
+                *p,
+                buf,
+                files,
+                high,
+                lateness,
+            )
+            .await;
+            match result {
+                Ok(n) => {
+                    written_rows += n;
+                    let _ = commits.add_partition_offset(
+                        &topic,
+                        *p,
+                        Offset::Offset(buf.state.committed_offset),
+                    );
+                }
+                Err(WriteError::State(StateError::Fenced(p))) => {
+                    tracing::warn!(
+                        partition = p,
+                        "archive state fenced: another archiver owns this partition now"
+                    );
+                    fenced.push(p);
+                }
+                Err(e) => return Err(anyhow::anyhow!(e)).context("archive flush"),
+            }
+        }
+        for p in fenced {
+            self.partitions.remove(&p);
+        }
+        if commits.count() > 0 {
+            if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
+                tracing::debug!(error = %e, "advisory kafka commit failed");
+            }
+            self.metrics.archive_rows.inc_by(written_rows as u64);
+            self.metrics
+                .archive_flush_seconds
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(
+                rows = written_rows,
+                secs = started.elapsed().as_secs_f64(),
+                "archive flushed"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+}
+
+/// One partition's flush: pending → files → state.
+#[allow(clippy::too_many_arguments)]
+async fn write_partition(
+    states: &StateStore,
+    store: &Arc<dyn ObjectStore>,
+    schema: &SchemaRef,
+    partition: i32,
+    buf: &mut PartitionBuf,
+    files: Vec<(Path, RowBuffer)>,
+    high: Option<i64>,
+    lateness_ms: i64,
+) -> Result<usize, WriteError> {
+    if !files.is_empty() {
+        buf.state.pending = files.iter().map(|(p, _)| p.to_string()).collect();
+        buf.state.updated_ms = chrono::Utc::now().timestamp_millis();
+        buf.version = Some(
+            states
+                .save(partition, &buf.state, buf.version.take())
+                .await?,
+        );
+    }
+    let mut rows = 0;
+    let encoded: Vec<(Path, Vec<u8>)> = files
+        .into_iter()
+        .map(|(path, r)| {
+            rows += r.len();
+            r.into_parquet(schema.clone()).map(|b| (path, b))
+        })
+        .collect::<Result<_, _>>()?;
+    let puts = encoded.into_iter().map(|(path, bytes)| {
+        let store = store.clone();
+        async move { store.put(&path, bytes.into()).await }
+    });
+    for r in futures::future::join_all(puts).await {
+        r?;
+    }
+    if rows > 0 && crash_before_state() {
+        tracing::error!("fault injection: exiting after the files, before the state");
+        std::process::exit(101);
+    }
+    buf.state.pending.clear();
+    buf.state.committed_offset = buf.next_offset;
+    buf.state.watermark_ms = buf.state.max_event_time_ms.map(|m| m - lateness_ms);
+    buf.state.high_watermark = high.or(buf.state.high_watermark);
+    buf.state.rows += rows as u64;
+    buf.state.invalid += std::mem::take(&mut buf.invalid);
+    buf.state.updated_ms = chrono::Utc::now().timestamp_millis();
+    buf.version = Some(
+        states
+            .save(partition, &buf.state, buf.version.take())
+            .await?,
+    );
+    buf.rows = 0;
+    buf.dirty = false;
+    Ok(rows)
+}
