@@ -2,11 +2,13 @@
 //!
 //! - [`archive`]: Kafka → Parquet master dataset, committed per partition by [`state`];
 //! - [`master`]: the master dataset's schema and Parquet encoding;
+//! - [`horizon`]: the batch horizon from the partition states;
 //! - [`metrics`]: Prometheus metrics.
 //!
 //! The view recomputation (`run`, `schedule`, `backfill`) is not built yet.
 
 pub mod archive;
+pub mod horizon;
 pub mod master;
 pub mod metrics;
 pub mod state;

@@ -6,12 +6,14 @@
 //! - [`bucket`]: UTC time buckets;
 //! - [`layout`]: Redis keys and object-store paths;
 //! - [`sketch`]: the quantile sketch both sides merge;
+//! - [`hll`]: HyperLogLog in Redis's dense encoding;
 //! - [`store`]: object stores from URLs.
 
 pub mod bucket;
 pub mod cli;
 pub mod config;
 pub mod event;
+pub mod hll;
 pub mod layout;
 pub mod metrics_http;
 pub mod secret;
