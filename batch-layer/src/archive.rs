@@ -19,6 +19,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::watch;
 use tributary_shared::event::{EventSchema, check_future_skew};
+use tributary_shared::kafka::HighWatermarks;
 use tributary_shared::layout::paths;
 use tributary_shared::{Config, Granularity};
 
@@ -45,21 +46,12 @@ struct ArchiveContext {
     topic: String,
     runtime: tokio::runtime::Handle,
     assignment: Arc<Mutex<Assignment>>,
-    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    high_watermarks: HighWatermarks,
 }
 
 impl ClientContext for ArchiveContext {
     fn stats(&self, statistics: Statistics) {
-        if let (Some(topic), Ok(mut hw)) = (
-            statistics.topics.get(&self.topic),
-            self.high_watermarks.lock(),
-        ) {
-            for (p, s) in &topic.partitions {
-                if *p >= 0 && s.hi_offset >= 0 {
-                    hw.insert(*p, s.hi_offset);
-                }
-            }
-        }
+        self.high_watermarks.record(&statistics, &self.topic);
     }
 }
 
@@ -174,7 +166,7 @@ pub struct Archiver {
     schema: EventSchema,
     arrow_schema: SchemaRef,
     assignment: Arc<Mutex<Assignment>>,
-    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    high_watermarks: HighWatermarks,
     generation: u64,
     partitions: HashMap<i32, PartitionBuf>,
     metrics: Arc<crate::metrics::BatchMetrics>,
@@ -189,7 +181,7 @@ impl Archiver {
         let topic = config.source.topic.clone();
         let states = StateStore::new(store.clone(), topic.clone());
         let assignment = Arc::new(Mutex::new(Assignment::default()));
-        let high_watermarks = Arc::new(Mutex::new(HashMap::new()));
+        let high_watermarks = HighWatermarks::default();
         let context = ArchiveContext {
             states: states.clone(),
             store: store.clone(),
@@ -210,7 +202,7 @@ impl Archiver {
             .set("fetch.max.bytes", "16777216")
             .create_with_context(context)
             .context("create kafka consumer")?;
-        crate::ensure_topic_exists(&config).await?;
+        tributary_shared::kafka::topic_partitions(&config.source.brokers, &topic).await?;
         consumer
             .subscribe(&[&topic])
             .with_context(|| format!("subscribe to {topic}"))?;
@@ -345,11 +337,7 @@ impl Archiver {
     /// states so the batch horizon can leave them out.
     async fn flush(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
-        let hw = self
-            .high_watermarks
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let hw = self.high_watermarks.snapshot();
         let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
         let idle_ms = self.config.batch.idle_timeout.as_millis() as i64;
         let topic = self.config.source.topic.clone();

@@ -13,41 +13,10 @@ pub mod master;
 pub mod metrics;
 pub mod state;
 
+use anyhow::Context;
 use std::sync::Arc;
-use std::time::Duration;
-
-use anyhow::{Context, bail};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::sync::watch;
 use tributary_shared::Config;
-
-/// Fails with a clear message when the events topic is missing (topics are not auto-created).
-pub async fn ensure_topic_exists(config: &Config) -> anyhow::Result<()> {
-    let brokers = config.source.brokers.clone();
-    let topic = config.source.topic.clone();
-    let meta = tokio::task::spawn_blocking(move || {
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .create()?;
-        probe.fetch_metadata(Some(&topic), Duration::from_secs(10))
-    })
-    .await?
-    .with_context(|| {
-        format!(
-            "cannot read metadata from kafka at {}",
-            config.source.brokers
-        )
-    })?;
-    match meta.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => Ok(()),
-        _ => bail!(
-            "the events topic {:?} does not exist on {}; create it first (topics are not auto-created)",
-            config.source.topic,
-            config.source.brokers
-        ),
-    }
-}
 
 /// `batch-layer archive`: serves metrics and archives until `shutdown`.
 pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {

@@ -1,7 +1,12 @@
 //! Realistic events (DESIGN.md's shape, ~200 bytes) for the demo, tests and benchmarks.
 
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const COUNTRIES: [&str; 10] = ["DE", "FR", "US", "GB", "BR", "IN", "JP", "ES", "IT", "NL"];
 const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
@@ -105,4 +110,51 @@ impl Generator {
         self.last = Some(e.clone());
         e
     }
+}
+
+/// Produces `count` events from `g` to `topic` (keyed, so partitions spread), at `rate`
+/// events/s (0: as fast as the broker takes them), waiting for every delivery.
+pub async fn produce_generated(
+    brokers: &str,
+    topic: &str,
+    g: &mut Generator,
+    count: u64,
+    rate: u64,
+) -> anyhow::Result<()> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "10")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .context("create producer")?;
+    let started = Instant::now();
+    let mut inflight = Vec::with_capacity(10_000);
+    for i in 0..count {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                tokio::time::sleep(due - now).await;
+            }
+        }
+        let payload = g.event(i);
+        let key = format!("k{}", i % 1024);
+        let f = producer
+            .send_result(FutureRecord::to(topic).payload(&payload).key(&key))
+            .map_err(|(e, _)| anyhow::anyhow!("produce to {topic}: {e}"))?;
+        inflight.push(f);
+        if inflight.len() >= 10_000 {
+            for f in inflight.drain(..) {
+                f.await?
+                    .map_err(|(e, _)| anyhow::anyhow!("delivery to {topic}: {e}"))?;
+            }
+        }
+    }
+    for f in inflight.drain(..) {
+        f.await?
+            .map_err(|(e, _)| anyhow::anyhow!("delivery to {topic}: {e}"))?;
+    }
+    Ok(())
 }

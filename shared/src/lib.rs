@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod hll;
+pub mod kafka;
 pub mod layout;
 pub mod metrics_http;
 pub mod secret;

@@ -20,6 +20,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionLis
 use tokio::sync::watch;
 use tributary_shared::Config;
 use tributary_shared::event::EventError;
+use tributary_shared::kafka::HighWatermarks;
 use tributary_shared::layout::RedisKeys;
 
 use crate::aggregate::{Flush, Outcome, Pipeline};
@@ -43,7 +44,7 @@ struct SpeedContext {
     topic: String,
     views: Vec<String>,
     assignment: Arc<Mutex<Assignment>>,
-    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    high_watermarks: HighWatermarks,
     dedup: bool,
 }
 
@@ -89,16 +90,7 @@ fn progress_from(
 
 impl ClientContext for SpeedContext {
     fn stats(&self, statistics: Statistics) {
-        let Some(topic) = statistics.topics.get(&self.topic) else {
-            return;
-        };
-        if let Ok(mut hw) = self.high_watermarks.lock() {
-            for (p, s) in &topic.partitions {
-                if *p >= 0 && s.hi_offset >= 0 {
-                    hw.insert(*p, s.hi_offset);
-                }
-            }
-        }
+        self.high_watermarks.record(&statistics, &self.topic);
     }
 }
 
@@ -182,7 +174,7 @@ pub struct SpeedConsumer {
     sink: RedisSink,
     metrics: Arc<SpeedMetrics>,
     assignment: Arc<Mutex<Assignment>>,
-    high_watermarks: Arc<Mutex<HashMap<i32, i64>>>,
+    high_watermarks: HighWatermarks,
     generation: u64,
     pending_dlq: Vec<rdkafka::producer::DeliveryFuture>,
     dlq_counts: HashMap<&'static str, u64>,
@@ -197,23 +189,8 @@ pub async fn ensure_topics(config: &Config) -> anyhow::Result<i32> {
         .set("bootstrap.servers", brokers)
         .create()
         .context("kafka admin client")?;
-    let topic = config.source.topic.clone();
-    let meta = {
-        let b = brokers.clone();
-        tokio::task::spawn_blocking(move || {
-            let probe: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &b).create()?;
-            probe.fetch_metadata(Some(&topic), Duration::from_secs(10))
-        })
-        .await?
-        .with_context(|| format!("cannot read metadata from kafka at {brokers}"))?
-    };
-    let partitions = match meta.topics().first() {
-        Some(t) if t.error().is_none() && !t.partitions().is_empty() => t.partitions().len() as i32,
-        _ => bail!(
-            "the events topic {:?} does not exist on {brokers}; create it first (topics are not auto-created)",
-            config.source.topic
-        ),
-    };
+    let partitions =
+        tributary_shared::kafka::topic_partitions(brokers, &config.source.topic).await?;
     let dlq = config.source.dlq_topic();
     let new = NewTopic::new(&dlq, partitions, TopicReplication::Fixed(1));
     let res = admin
@@ -251,7 +228,7 @@ impl SpeedConsumer {
         .await
         .with_context(|| format!("connect to redis at {}", config.redis.url))?;
         let assignment = Arc::new(Mutex::new(Assignment::default()));
-        let high_watermarks = Arc::new(Mutex::new(HashMap::new()));
+        let high_watermarks = HighWatermarks::default();
         let context = SpeedContext {
             redis,
             keys,
@@ -562,11 +539,7 @@ impl SpeedConsumer {
     async fn publish_progress(&mut self) {
         let now = chrono::Utc::now().timestamp_millis();
         let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
-        let hw = self
-            .high_watermarks
-            .lock()
-            .map(|h| h.clone())
-            .unwrap_or_default();
+        let hw = self.high_watermarks.snapshot();
         for (p, high) in &hw {
             self.pipeline.set_high_watermark(*p, *high);
         }

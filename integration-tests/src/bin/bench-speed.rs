@@ -8,9 +8,8 @@ use anyhow::Context;
 use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::watch;
-use tributary_it::generator::{Generator, GeneratorOptions};
+use tributary_it::generator::{Generator, GeneratorOptions, produce_generated};
 use tributary_it::{brokers, create_topic, redis, test_config, unique};
 use tributary_shared::layout::RedisKeys;
 
@@ -51,13 +50,6 @@ measures = [
 "#;
 
 async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("message.timeout.ms", "120000")
-        .create()?;
     let now = chrono::Utc::now().timestamp_millis();
     let mut g = Generator::new(GeneratorOptions {
         seed: 42,
@@ -68,26 +60,7 @@ async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
         span_ms: 2 * 3_600_000,
         count: n,
     });
-    let mut inflight = Vec::with_capacity(20_000);
-    for i in 0..n {
-        let payload = g.event(i);
-        let key = format!("k{}", i % 4096);
-        let f = producer
-            .send_result(FutureRecord::to(topic).payload(&payload).key(&key))
-            .map_err(|(e, _)| anyhow::anyhow!("produce: {e}"))?;
-        inflight.push(f);
-        if inflight.len() >= 20_000 {
-            for f in inflight.drain(..) {
-                f.await?
-                    .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
-            }
-        }
-    }
-    for f in inflight.drain(..) {
-        f.await?
-            .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
-    }
-    Ok(())
+    produce_generated(&brokers(), topic, &mut g, n, 0).await
 }
 
 /// Reads every record and discards it; seconds from subscribe to the last record.

@@ -3,13 +3,11 @@
 //! stdout, or produces to a Kafka topic, optionally at a fixed rate.
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use rdkafka::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use tributary_it::generator::{Generator, GeneratorOptions};
+use tributary_it::generator::{Generator, GeneratorOptions, produce_generated};
 
 #[derive(Parser)]
 #[command(name = "tributary-gen", about = "Generate realistic Tributary events")]
@@ -77,40 +75,7 @@ async fn main() -> anyhow::Result<()> {
             .topic
             .as_deref()
             .context("give --out FILE or --topic T")?;
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &args.brokers)
-            .set("linger.ms", "10")
-            .set("batch.num.messages", "10000")
-            .set("queue.buffering.max.messages", "1000000")
-            .set("message.timeout.ms", "60000")
-            .create()
-            .context("create producer")?;
-        let mut inflight = Vec::with_capacity(10_000);
-        for i in 0..args.count {
-            if args.rate > 0 {
-                let due = started + Duration::from_secs_f64(i as f64 / args.rate as f64);
-                let now = Instant::now();
-                if due > now {
-                    tokio::time::sleep(due - now).await;
-                }
-            }
-            let payload = g.event(i);
-            let key = format!("k{}", i % 1024);
-            match producer.send_result(FutureRecord::to(topic).payload(&payload).key(&key)) {
-                Ok(f) => inflight.push(f),
-                Err((e, _)) => anyhow::bail!("produce: {e}"),
-            }
-            if inflight.len() >= 10_000 {
-                for f in inflight.drain(..) {
-                    f.await?
-                        .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
-                }
-            }
-        }
-        for f in inflight.drain(..) {
-            f.await?
-                .map_err(|(e, _)| anyhow::anyhow!("delivery: {e}"))?;
-        }
+        produce_generated(&args.brokers, topic, &mut g, args.count, args.rate).await?;
     }
     eprintln!(
         "generated {} events in {:.2}s",
