@@ -12,8 +12,10 @@ events=${BENCH_EVENTS:-$([ "$quick" = 1 ] && echo 300000 || echo 2000000)}
 runs=${BENCH_RUNS:-3}
 eval "$(infra/stack.sh env)"
 
-echo "[bench] building release binaries"
-cargo build --release -q -p speed-layer -p integration-tests --bins
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  echo "[bench] building release binaries (BENCH_NO_BUILD=1 skips this)"
+  cargo build --release -q -p speed-layer -p integration-tests --bins
+fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
