@@ -206,6 +206,23 @@ key_prefix = "{key_prefix}"
         .context("test config")
 }
 
+/// The shipped example config (`infra/tributary.toml`) with `TRIBUTARY__<KEY>` overrides, e.g.
+/// `("SOURCE__TOPIC", "t")`, applied by the real layered loader.
+pub fn example_config(overrides: &[(&str, String)]) -> anyhow::Result<tributary_shared::Config> {
+    let env = overrides.iter().map(|(k, v)| {
+        (
+            format!("{}{k}", tributary_shared::config::ENV_PREFIX),
+            v.clone(),
+        )
+    });
+    tributary_shared::Config::from_toml_str_with_env(
+        include_str!("../../infra/tributary.toml"),
+        "infra/tributary.toml",
+        env,
+    )
+    .context("example config")
+}
+
 /// Path of a workspace binary next to the test executable (`make test` builds them first).
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe().context("current exe")?;

@@ -10,7 +10,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 use tributary_it::generator::{Generator, GeneratorOptions, produce_generated};
-use tributary_it::{brokers, create_topic, redis, test_config, unique};
+use tributary_it::{brokers, create_topic, example_config, redis, unique};
 use tributary_shared::layout::RedisKeys;
 
 #[derive(Parser)]
@@ -22,32 +22,6 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
 }
-
-const VIEWS: &str = r#"
-[speed]
-allowed_lateness = "48h"
-metrics_listen = "127.0.0.1:0"
-
-[fields]
-country = "string"
-device = "string"
-user_id = "string"
-amount = "float"
-latency_ms = "float"
-
-[[views]]
-name = "checkouts"
-where = { type = "checkout" }
-dimensions = ["country", "device"]
-granularities = ["minute", "hour", "day"]
-measures = [
-  { name = "events",  agg = "count" },
-  { name = "revenue", agg = "sum", field = "amount" },
-  { name = "max_amount", agg = "max", field = "amount" },
-  { name = "buyers",  agg = "count_distinct", field = "user_id" },
-  { name = "p95_latency", agg = "quantile", field = "latency_ms", q = 0.95 },
-]
-"#;
 
 async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
@@ -91,8 +65,15 @@ async fn bare_consumer(topic: &str, n: u64) -> anyhow::Result<f64> {
 /// Runs the speed layer in-process until it has applied every record; seconds from start.
 async fn speed_layer(topic: &str, n: u64) -> anyhow::Result<f64> {
     let prefix = unique("bench");
-    let mut config = test_config(topic, &prefix, VIEWS)?;
-    config.source.group_prefix = unique("bench");
+    let config = example_config(&[
+        ("SOURCE__BROKERS", brokers()),
+        ("SOURCE__TOPIC", topic.to_string()),
+        ("SOURCE__GROUP_PREFIX", unique("bench")),
+        ("REDIS__URL", tributary_it::redis_url()),
+        ("REDIS__KEY_PREFIX", prefix.clone()),
+        ("SPEED__ALLOWED_LATENESS", "48h".into()),
+        ("SPEED__METRICS_LISTEN", "127.0.0.1:0".into()),
+    ])?;
     let keys = RedisKeys::new(prefix);
     let (tx, rx) = watch::channel(false);
     let started = Instant::now();

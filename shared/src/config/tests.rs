@@ -1,52 +1,7 @@
 use super::*;
 
-const FULL: &str = r#"
-[source]
-brokers = "127.0.0.1:19092"
-topic = "events"
-group_prefix = "tributary"
-
-[redis]
-url = "redis://127.0.0.1:16379/0"
-
-[store]
-url = "file:///var/lib/tributary"
-
-[speed]
-allowed_lateness = "5m"
-max_future_skew = "5m"
-retention = "48h"
-flush_interval = "200ms"
-dedup_window = "0s"
-metrics_listen = "127.0.0.1:9101"
-
-[batch]
-schedule = "0 */15 * * * *"
-metrics_listen = "127.0.0.1:9102"
-
-[serving]
-listen = "127.0.0.1:8080"
-
-[fields]
-country = "string"
-device = "string"
-user_id = "string"
-amount = "float"
-latency_ms = "float"
-
-[[views]]
-name = "checkouts"
-where = { type = "checkout" }
-dimensions = ["country", "device"]
-granularities = ["minute", "hour", "day"]
-measures = [
-  { name = "events",  agg = "count" },
-  { name = "revenue", agg = "sum", field = "amount" },
-  { name = "max_amount", agg = "max", field = "amount" },
-  { name = "buyers",  agg = "count_distinct", field = "user_id" },
-  { name = "p95_latency", agg = "quantile", field = "latency_ms", q = 0.95 },
-]
-"#;
+/// The shipped example config: the design brief's, pointed at the local stack.
+const FULL: &str = include_str!("../../../infra/tributary.toml");
 
 fn load(text: &str) -> Result<Config, ConfigError> {
     Config::from_toml_str_with_env(text, "test.toml", Vec::new())
