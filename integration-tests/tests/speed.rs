@@ -610,14 +610,54 @@ async fn a_rebalance_between_two_consumers_keeps_totals_exact() -> anyhow::Resul
     let keys = RedisKeys::new(prefix);
     let events = generate(12_000, 4, 5);
     let (first, second) = events.split_at(6_000);
+    let with_port = |port: u16| {
+        let mut c = config.clone();
+        c.speed.metrics_listen = format!("127.0.0.1:{port}");
+        c
+    };
+    // Both listeners held at once, so the two ports differ.
+    let (la, lb) = (
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+        std::net::TcpListener::bind("127.0.0.1:0")?,
+    );
+    let (port_a, port_b) = (la.local_addr()?.port(), lb.local_addr()?.port());
+    drop((la, lb));
 
-    let (tx_a, a) = start(config.clone());
+    let (tx_a, a) = start(with_port(port_a));
     produce_gen(&topic, first).await?;
     wait_applied(&keys, &topic, &ends_of(first)).await?;
-    let (tx_b, b) = start(config);
-    // Records keep arriving while the group rebalances.
-    produce_gen(&topic, second).await?;
+    let consumed = |port: u16| async move {
+        let text = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok(
+            text.lines()
+                .find_map(|l| l.strip_prefix("tributary_speed_events_in_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0),
+        )
+    };
+    let (tx_b, b) = start(with_port(port_b));
+    // Records keep arriving, a trickle at a time, while the group rebalances; once the second
+    // consumer has records of its own, the rest comes at once.
+    for chunk in second.chunks(300) {
+        produce_gen(&topic, chunk).await?;
+        if consumed(port_b).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+    }
     wait_applied(&keys, &topic, &ends_of(&events)).await?;
+    // The second consumer really took partitions over.
+    let (in_a, in_b) = (consumed(port_a).await?, consumed(port_b).await?);
+    assert!(
+        in_b > 0,
+        "the second consumer received no records (a: {in_a})"
+    );
+    assert!(
+        in_a >= first.len() as u64,
+        "the first consumer read the first half"
+    );
     stop(tx_a, a).await?;
     stop(tx_b, b).await?;
 
