@@ -21,19 +21,13 @@ use tributary_shared::Config;
 /// `batch-layer archive`: serves metrics and archives until `shutdown`.
 pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let metrics = metrics::BatchMetrics::new();
-    let listen = config
-        .batch
-        .metrics_listen
-        .parse()
-        .context("batch.metrics_listen")?;
-    let render = {
-        let m = metrics.clone();
-        Arc::new(move || m.render())
-    };
-    let addr = tributary_shared::metrics_http::serve(listen, render)
-        .await
-        .with_context(|| format!("bind metrics on {listen}"))?;
-    tracing::info!(%addr, "metrics listening");
+    let m = metrics.clone();
+    tributary_shared::metrics_http::serve_config(
+        "batch.metrics_listen",
+        &config.batch.metrics_listen,
+        Arc::new(move || m.render()),
+    )
+    .await?;
     let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
     let archiver = archive::Archiver::new(config, store, metrics).await?;
     archiver.run(shutdown).await

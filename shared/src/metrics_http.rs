@@ -39,3 +39,17 @@ pub async fn serve(listen: SocketAddr, render: Render) -> std::io::Result<Socket
     });
     Ok(addr)
 }
+
+/// [`serve`] on a config value, naming the config `key` when it is not `host:port` or cannot
+/// be bound; logs the bound address.
+pub async fn serve_config(key: &str, listen: &str, render: Render) -> anyhow::Result<SocketAddr> {
+    use anyhow::Context;
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("{key}: {listen:?} is not host:port"))?;
+    let bound = serve(addr, render)
+        .await
+        .with_context(|| format!("{key}: cannot bind {addr}"))?;
+    tracing::info!(%bound, "metrics listening");
+    Ok(bound)
+}

@@ -50,19 +50,13 @@ pub fn build_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
 /// `speed-layer run`: serves metrics and consumes until `shutdown` turns true.
 pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let metrics = metrics::SpeedMetrics::new();
-    let listen = config
-        .speed
-        .metrics_listen
-        .parse()
-        .context("speed.metrics_listen")?;
-    let render = {
-        let m = metrics.clone();
-        std::sync::Arc::new(move || m.render())
-    };
-    let addr = tributary_shared::metrics_http::serve(listen, render)
-        .await
-        .with_context(|| format!("bind metrics on {listen}"))?;
-    tracing::info!(%addr, "metrics listening");
+    let m = metrics.clone();
+    tributary_shared::metrics_http::serve_config(
+        "speed.metrics_listen",
+        &config.speed.metrics_listen,
+        std::sync::Arc::new(move || m.render()),
+    )
+    .await?;
     let pipeline = build_pipeline(&config)?;
     let consumer = consumer::SpeedConsumer::new(config, pipeline, metrics).await?;
     consumer.run(shutdown).await

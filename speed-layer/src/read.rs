@@ -109,18 +109,21 @@ pub async fn read<C: ConnectionLike>(
         }
     }
 
-    let wants = |k: AggKind| {
-        q.measures
+    // Input fields of the requested measures of one kind, once each (p50 and p95 of one field
+    // read one sketch).
+    let fields_of = |k: AggKind| -> Vec<String> {
+        let mut fields: Vec<String> = q
+            .measures
             .iter()
-            .any(|m| view.measures.get(*m).is_some_and(|x| x.agg == k))
+            .filter_map(|m| view.measures.get(*m))
+            .filter(|m| m.agg == k)
+            .filter_map(|m| m.field_name.clone())
+            .collect();
+        fields.sort();
+        fields.dedup();
+        fields
     };
-    let quantile_fields: Vec<String> = q
-        .measures
-        .iter()
-        .filter_map(|m| view.measures.get(*m))
-        .filter(|m| m.agg == AggKind::Quantile)
-        .filter_map(|m| m.field_name.clone())
-        .collect();
+    let quantile_fields = fields_of(AggKind::Quantile);
 
     // 3. The cells' hashes and sketches.
     let mut pipe = redis::pipe();
@@ -181,15 +184,9 @@ pub async fn read<C: ConnectionLike>(
     }
 
     // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
-    let distinct_fields: Vec<String> = q
-        .measures
-        .iter()
-        .filter_map(|m| view.measures.get(*m))
-        .filter(|m| m.agg == AggKind::CountDistinct)
-        .filter_map(|m| m.field_name.clone())
-        .collect();
+    let distinct_fields = fields_of(AggKind::CountDistinct);
     let mut distinct: HashMap<(usize, String), u64> = HashMap::new();
-    if wants(AggKind::CountDistinct) && !merged.is_empty() {
+    if !distinct_fields.is_empty() && !merged.is_empty() {
         let mut pipe = redis::pipe();
         let mut order = Vec::new();
         for (i, ((_, b), m)) in merged.iter().enumerate() {
