@@ -77,7 +77,8 @@ install_python() {
 
 install_all() {
   install_tansu
-  apt_install redis-server redis-tools
+  # chromium: the dashboard's headless browser test.
+  apt_install redis-server redis-tools chromium
   install_python
 }
 
@@ -174,6 +175,7 @@ export TRIBUTARY_TEST_BROKERS=127.0.0.1:$KAFKA_PORT
 export TRIBUTARY_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT/0
 export TRIBUTARY_TEST_S3=http://127.0.0.1:$S3_PORT
 export TRIBUTARY_VENV=$VENV
+export TRIBUTARY_TEST_CHROMIUM=$(command -v chromium || echo /usr/bin/chromium)
 EOF
 }
 

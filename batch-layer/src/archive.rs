@@ -198,6 +198,9 @@ impl Archiver {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "30000")
             .set("statistics.interval.ms", "2000")
+            // Reaching a partition's end tells its end offset at once (statistics lag), so a
+            // caught-up partition can be seen idle by the batch horizon.
+            .set("enable.partition.eof", "true")
             .set("queued.max.messages.kbytes", "65536")
             .set("fetch.max.bytes", "16777216")
             .create_with_context(context)
@@ -243,6 +246,13 @@ impl Archiver {
                 msg = self.consumer.recv() => {
                     let msg = match msg {
                         Ok(m) => m,
+                        Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                            self.sync_assignment()?;
+                            if let Some(buf) = self.partitions.get(&p) {
+                                self.high_watermarks.observe(p, buf.next_offset);
+                            }
+                            continue;
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "kafka consume error");
                             continue;
@@ -262,7 +272,7 @@ impl Archiver {
             }
         }
         tracing::info!("shutting down: flushing the archive");
-        self.flush().await
+        self.flush_with(true).await
     }
 
     fn sync_assignment(&mut self) -> anyhow::Result<()> {
@@ -336,6 +346,11 @@ impl Archiver {
     /// Writes every partition's buffered hours, then its state; refreshes idle partitions'
     /// states so the batch horizon can leave them out.
     async fn flush(&mut self) -> anyhow::Result<()> {
+        self.flush_with(false).await
+    }
+
+    /// `closing`: the last flush before exit records every partition's newest end offset.
+    async fn flush_with(&mut self, closing: bool) -> anyhow::Result<()> {
         let started = Instant::now();
         let hw = self.high_watermarks.snapshot();
         let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
@@ -347,8 +362,8 @@ impl Archiver {
         for (p, buf) in self.partitions.iter_mut() {
             let now = chrono::Utc::now().timestamp_millis();
             let high = hw.get(p).copied();
-            let refresh =
-                high != buf.state.high_watermark && now - buf.state.updated_ms >= idle_ms / 4;
+            let refresh = high != buf.state.high_watermark
+                && (closing || now - buf.state.updated_ms >= idle_ms / 4);
             if !buf.dirty && !refresh {
                 continue;
             }

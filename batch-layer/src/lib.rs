@@ -2,15 +2,26 @@
 //!
 //! - [`archive`]: Kafka → Parquet master dataset, committed per partition by [`state`];
 //! - [`master`]: the master dataset's schema and Parquet encoding;
-//! - [`horizon`]: the batch horizon from the partition states;
+//! - [`snapshot`]: the committed files a run reads, and the [`horizon`];
+//! - [`compute`]: a view's date recomputed with DataFusion SQL (with [`sketches`] and the
+//!   exact [`quantile`]);
+//! - [`run`], [`schedule`]: runs, their [`lock`] and each view's [`manifest`];
+//! - [`read`]: the read API the serving layer uses;
 //! - [`metrics`]: Prometheus metrics.
-//!
-//! The view recomputation (`run`, `schedule`, `backfill`) is not built yet.
 
 pub mod archive;
+pub mod compute;
 pub mod horizon;
+pub mod lock;
+pub mod manifest;
 pub mod master;
 pub mod metrics;
+pub mod quantile;
+pub mod read;
+pub mod run;
+pub mod schedule;
+pub mod sketches;
+pub mod snapshot;
 pub mod state;
 
 use anyhow::Context;
@@ -20,6 +31,44 @@ use tributary_shared::Config;
 
 /// `batch-layer archive`: serves metrics and archives until `shutdown`.
 pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let metrics = serve_metrics(&config).await?;
+    let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
+    let archiver = archive::Archiver::new(config, store, metrics).await?;
+    archiver.run(shutdown).await
+}
+
+/// `batch-layer run` / `backfill`: one run, then exit (1 when a view failed or the lock is
+/// held).
+pub async fn run(config: Config, request: run::RunRequest) -> anyhow::Result<()> {
+    let metrics = metrics::BatchMetrics::new();
+    let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
+    let report = run::run_once(&config, &store, &metrics, &request).await?;
+    for (view, r) in &report.views {
+        println!(
+            "{view}: {} date(s) recomputed, {} events, manifest version {}",
+            r.dates_computed.len(),
+            r.events,
+            r.manifest_version
+                .map_or("-".to_string(), |v| v.to_string())
+        );
+    }
+    println!(
+        "run {} done in {:.2}s; horizon {}",
+        report.run_id,
+        report.seconds,
+        report.horizon.as_deref().unwrap_or("none yet")
+    );
+    Ok(())
+}
+
+/// `batch-layer schedule`: metrics server and the cron loop until `shutdown`.
+pub async fn schedule(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let metrics = serve_metrics(&config).await?;
+    let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
+    schedule::schedule(&config, &store, &metrics, shutdown).await
+}
+
+async fn serve_metrics(config: &Config) -> anyhow::Result<Arc<metrics::BatchMetrics>> {
     let metrics = metrics::BatchMetrics::new();
     let m = metrics.clone();
     tributary_shared::metrics_http::serve_config(
@@ -28,15 +77,5 @@ pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow:
         Arc::new(move || m.render()),
     )
     .await?;
-    let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
-    let archiver = archive::Archiver::new(config, store, metrics).await?;
-    archiver.run(shutdown).await
-}
-
-/// Refuses clearly instead of pretending to work.
-pub fn not_built_yet(config: &Config, command: &str) -> anyhow::Result<()> {
-    anyhow::bail!(
-        "batch-layer {command} is not implemented yet (store {}); the view recomputation is still open in the batch-layer issue",
-        config.store.url
-    )
+    Ok(metrics)
 }

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tributary_batch_layer::run::RunRequest;
+use tributary_shared::bucket::{parse_date, parse_rfc3339};
 use tributary_shared::cli;
 
 #[derive(Parser)]
@@ -48,14 +50,63 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let command = args.command;
+    let request = match &command {
+        Command::Backfill { from, to, view } => match backfill_request(&config, from, to, view) {
+            Ok(r) => Some(r),
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     cli::run_async(async move {
-        match args.command {
+        match command {
             Command::Archive => {
                 tributary_batch_layer::archive(config, cli::shutdown_signal()).await
             }
-            Command::Run => tributary_batch_layer::not_built_yet(&config, "run"),
-            Command::Schedule => tributary_batch_layer::not_built_yet(&config, "schedule"),
-            Command::Backfill { .. } => tributary_batch_layer::not_built_yet(&config, "backfill"),
+            Command::Run => tributary_batch_layer::run(config, RunRequest::default()).await,
+            Command::Schedule => {
+                tributary_batch_layer::schedule(config, cli::shutdown_signal()).await
+            }
+            Command::Backfill { .. } => {
+                tributary_batch_layer::run(config, request.unwrap_or_default()).await
+            }
         }
+    })
+}
+
+/// `--from`/`--to` as RFC 3339 or a date; `--view` must name a configured view.
+fn backfill_request(
+    config: &tributary_shared::Config,
+    from: &str,
+    to: &str,
+    view: &Option<String>,
+) -> Result<RunRequest, String> {
+    let parse = |flag: &str, s: &str| {
+        parse_rfc3339(s).or_else(|| parse_date(s)).ok_or_else(|| {
+            format!(
+                "--{flag} {s:?}: expected RFC 3339 (2026-11-21T00:00:00Z) or a date (2026-11-21)"
+            )
+        })
+    };
+    let from_ms = parse("from", from)?;
+    let to_ms = parse("to", to)?;
+    if from_ms >= to_ms {
+        return Err(format!("--from {from} must be before --to {to}"));
+    }
+    if let Some(v) = view
+        && config.view(v).is_none()
+    {
+        let known: Vec<&str> = config.views.iter().map(|v| v.name.as_str()).collect();
+        return Err(format!(
+            "--view {v:?}: no such view (configured: {})",
+            known.join(", ")
+        ));
+    }
+    Ok(RunRequest {
+        range: Some((from_ms, to_ms)),
+        view: view.clone(),
     })
 }

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -12,6 +14,13 @@ pub struct BatchMetrics {
     pub archive_rows: Counter,
     pub archive_invalid: Counter,
     pub archive_flush_seconds: Histogram,
+    /// Batch runs by outcome (`ok`, `failed`, `locked`).
+    pub runs: Family<Vec<(String, String)>, Counter>,
+    pub run_seconds: Histogram,
+    /// Dates recomputed and their deduplicated events, per view.
+    pub dates_computed: Family<Vec<(String, String)>, Counter>,
+    pub events_computed: Family<Vec<(String, String)>, Counter>,
+    pub last_success_seconds: Gauge,
     registry: Registry,
 }
 
@@ -42,11 +51,42 @@ impl BatchMetrics {
             "Time to write one archive flush",
             archive_flush_seconds.clone(),
         );
+        let runs = Family::<Vec<(String, String)>, Counter>::default();
+        let run_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        let dates_computed = Family::<Vec<(String, String)>, Counter>::default();
+        let events_computed = Family::<Vec<(String, String)>, Counter>::default();
+        let last_success_seconds = Gauge::default();
+        registry.register("runs", "Batch runs by outcome", runs.clone());
+        registry.register(
+            "run_seconds",
+            "Wall time of a batch run",
+            run_seconds.clone(),
+        );
+        registry.register(
+            "dates_computed",
+            "View dates recomputed",
+            dates_computed.clone(),
+        );
+        registry.register(
+            "events_computed",
+            "Deduplicated events aggregated into views",
+            events_computed.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "End of the last successful batch run (Unix time)",
+            last_success_seconds.clone(),
+        );
         Arc::new(BatchMetrics {
             archive_records,
             archive_rows,
             archive_invalid,
             archive_flush_seconds,
+            runs,
+            run_seconds,
+            dates_computed,
+            events_computed,
+            last_success_seconds,
             registry,
         })
     }

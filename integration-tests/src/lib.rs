@@ -4,6 +4,7 @@
 //! A test that cannot reach a service fails and names it; nothing here skips.
 
 pub mod generator;
+pub mod scenario;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,8 +43,18 @@ pub fn unique(base: &str) -> String {
 
 /// Creates a topic (and fails the test, naming the broker, if it cannot).
 pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
+    create_topic_on(&brokers(), name, partitions, false).await
+}
+
+/// Creates a topic on `brokers`; with `exist_ok`, one that already exists is fine.
+pub async fn create_topic_on(
+    brokers: &str,
+    name: &str,
+    partitions: i32,
+    exist_ok: bool,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .context("admin client")?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -52,13 +63,13 @@ pub async fn create_topic(name: &str, partitions: i32) -> anyhow::Result<()> {
         .create_topics([&topic], &opts)
         .await
         .with_context(|| {
-            format!(
-                "create topic {name} on Kafka at {} (is `make up` running?)",
-                brokers()
-            )
+            format!("create topic {name} on Kafka at {brokers} (is `make up` running?)")
         })?;
     for r in results {
         if let Err((t, code)) = r {
+            if exist_ok && code == rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                continue;
+            }
             bail!("create topic {t}: {code}");
         }
     }
@@ -251,4 +262,32 @@ pub async fn hgetall(
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+/// A config written to `dir/tributary.toml` for a subprocess, and the environment that
+/// carries its secrets (the file masks them, as every serialized config does).
+pub fn write_config(
+    config: &tributary_shared::Config,
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, Vec<(String, String)>)> {
+    let path = dir.join("tributary.toml");
+    std::fs::write(&path, toml::to_string(config).context("serialize config")?)?;
+    let prefix = tributary_shared::config::ENV_PREFIX;
+    let mut env = Vec::new();
+    if let Some(s) = &config.store.access_key_id {
+        env.push((
+            format!("{prefix}STORE__ACCESS_KEY_ID"),
+            s.expose().to_string(),
+        ));
+    }
+    if let Some(s) = &config.store.secret_access_key {
+        env.push((
+            format!("{prefix}STORE__SECRET_ACCESS_KEY"),
+            s.expose().to_string(),
+        ));
+    }
+    if let Some(s) = &config.redis.password {
+        env.push((format!("{prefix}REDIS__PASSWORD"), s.expose().to_string()));
+    }
+    Ok((path, env))
 }

@@ -68,6 +68,26 @@ async fn our_hyperloglog_is_redis_hyperloglog() -> anyhow::Result<()> {
         let back = Hll::from_redis_dense(&bytes)
             .ok_or_else(|| anyhow::anyhow!("Redis's merge is not dense"))?;
         assert_eq!(back, h, "registers for {n} elements");
+
+        // Our sparse encoding too: Redis counts it the same, and the sparse key Redis itself
+        // keeps for a small set reads back to the same registers.
+        let _: () = redis::cmd("SET")
+            .arg(&ours)
+            .arg(h.to_redis())
+            .query_async(&mut con)
+            .await?;
+        let sparse_count: u64 = redis::cmd("PFCOUNT")
+            .arg(&ours)
+            .query_async(&mut con)
+            .await?;
+        assert_eq!(sparse_count, redis_count, "PFCOUNT of our sparse bytes");
+        let theirs_bytes: Vec<u8> = redis::cmd("GET").arg(&theirs).query_async(&mut con).await?;
+        assert_eq!(
+            Hll::from_redis(&theirs_bytes).as_ref(),
+            Some(&h),
+            "Redis's own encoding of {n} elements (byte 4 = {})",
+            theirs_bytes.get(4).copied().unwrap_or(255)
+        );
         let _: () = redis::cmd("DEL")
             .arg(&[&theirs, &ours, &merged])
             .query_async(&mut con)

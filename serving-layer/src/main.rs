@@ -34,7 +34,9 @@ fn main() -> ExitCode {
     };
     cli::run_async(async move {
         match args.command {
-            Command::Serve => tributary_serving_layer::not_built_yet(&config),
+            Command::Serve => {
+                tributary_serving_layer::serve(config, cli::shutdown_signal(), None).await
+            }
         }
     })
 }

@@ -62,6 +62,16 @@ pub fn murmur64a(data: &[u8], seed: u64) -> u64 {
     h
 }
 
+/// The register an element lands in and the rank it offers there, as Redis computes them:
+/// the low 14 hash bits pick the register; the run of zeros after them, plus one, is the rank
+/// (a sentinel bit bounds it at 51).
+pub fn register_of(element: &[u8]) -> (usize, u8) {
+    let hash = murmur64a(element, SEED);
+    let index = (hash & (REGISTERS as u64 - 1)) as usize;
+    let rest = (hash >> P) | (1u64 << Q);
+    (index, (rest.trailing_zeros() + 1) as u8)
+}
+
 impl Hll {
     pub fn new() -> Self {
         Self::default()
@@ -69,13 +79,16 @@ impl Hll {
 
     /// Adds an element (what `PFADD key element` adds).
     pub fn add(&mut self, element: &[u8]) {
-        let hash = murmur64a(element, SEED);
-        let index = (hash & (REGISTERS as u64 - 1)) as usize;
-        // Run of zeros after the index bits, plus one; a sentinel bit bounds it at Q + 1.
-        let rest = (hash >> P) | (1u64 << Q);
-        let count = (rest.trailing_zeros() + 1) as u8;
-        if count > self.registers[index] {
-            self.registers[index] = count;
+        let (index, rank) = register_of(element);
+        self.observe(index, rank);
+    }
+
+    /// Raises register `index` to `rank` (an element already hashed by [`register_of`]).
+    pub fn observe(&mut self, index: usize, rank: u8) {
+        if let Some(r) = self.registers.get_mut(index)
+            && rank > *r
+        {
+            *r = rank;
         }
     }
 
@@ -139,7 +152,86 @@ impl Hll {
         }
         Some(h)
     }
+
+    /// Redis's sparse encoding (encoding 1): runs of zero registers and short runs of equal
+    /// small values. A few hundred bytes for a small set instead of 12 KiB; Redis reads it as
+    /// it reads its own. Falls back to dense when a register exceeds what sparse can hold (32).
+    pub fn to_redis(&self) -> Vec<u8> {
+        if self.registers.iter().any(|r| *r > SPARSE_VAL_MAX) {
+            return self.to_redis_dense();
+        }
+        let mut out = Vec::with_capacity(64);
+        out.extend_from_slice(b"HYLL");
+        out.push(1);
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+        let regs = &self.registers[..];
+        let mut i = 0;
+        while i < REGISTERS {
+            let v = regs[i];
+            let run = regs[i..].iter().take_while(|r| **r == v).count();
+            if v == 0 {
+                let mut left = run;
+                while left > 0 {
+                    let n = left.min(REGISTERS);
+                    if n > 64 {
+                        // XZERO: 01xxxxxx yyyyyyyy, run length - 1 in 14 bits.
+                        let len = n - 1;
+                        out.push(0x40 | ((len >> 8) as u8 & 0x3f));
+                        out.push((len & 0xff) as u8);
+                    } else {
+                        // ZERO: 00xxxxxx.
+                        out.push((n - 1) as u8);
+                    }
+                    left -= n;
+                }
+            } else {
+                let mut left = run;
+                while left > 0 {
+                    // VAL: 1vvvvvxx, value - 1 in 5 bits, run length - 1 in 2 bits.
+                    let n = left.min(4);
+                    out.push(0x80 | ((v - 1) << 2) | (n as u8 - 1));
+                    left -= n;
+                }
+            }
+            i += run;
+        }
+        out
+    }
+
+    /// Reads either Redis encoding (what `GET` returns for a HyperLogLog key).
+    pub fn from_redis(bytes: &[u8]) -> Option<Hll> {
+        if bytes.len() < HEADER || &bytes[..4] != b"HYLL" {
+            return None;
+        }
+        match bytes[4] {
+            0 => Hll::from_redis_dense(bytes),
+            1 => {
+                let mut h = Hll::new();
+                let mut idx = 0usize;
+                let mut ops = bytes[HEADER..].iter();
+                while let Some(&op) = ops.next() {
+                    if op & 0xc0 == 0 {
+                        idx += (op & 0x3f) as usize + 1;
+                    } else if op & 0xc0 == 0x40 {
+                        let lo = *ops.next()? as usize;
+                        idx += ((((op & 0x3f) as usize) << 8) | lo) + 1;
+                    } else {
+                        let value = ((op >> 2) & 0x1f) + 1;
+                        let run = (op & 0x3) as usize + 1;
+                        let end = idx + run;
+                        h.registers.get_mut(idx..end)?.fill(value);
+                        idx = end;
+                    }
+                }
+                (idx == REGISTERS).then_some(h)
+            }
+            _ => None,
+        }
+    }
 }
+
+/// Largest register value the sparse encoding can hold.
+const SPARSE_VAL_MAX: u8 = 32;
 
 fn sigma(mut x: f64) -> f64 {
     if x == 1.0 {
@@ -205,6 +297,25 @@ mod tests {
         let c = merged.count() as f64;
         assert!((c - 60_000.0).abs() / 60_000.0 < 0.02, "{c}");
         assert_eq!(Hll::from_redis_dense(b"nope"), None);
+    }
+
+    #[test]
+    fn sparse_encoding_round_trips_and_is_small() {
+        let mut h = Hll::new();
+        assert_eq!(Hll::from_redis(&h.to_redis()), Some(h.clone()));
+        for i in 0..200 {
+            h.add(format!("u{i}").as_bytes());
+        }
+        let sparse = h.to_redis();
+        assert_eq!(sparse[4], 1);
+        assert!(sparse.len() < 1200, "{}", sparse.len());
+        assert_eq!(Hll::from_redis(&sparse), Some(h.clone()));
+        assert_eq!(Hll::from_redis(&h.to_redis_dense()), Some(h.clone()));
+        for i in 0..100_000 {
+            h.add(format!("v{i}").as_bytes());
+        }
+        assert_eq!(Hll::from_redis(&h.to_redis()), Some(h.clone()));
+        assert_eq!(Hll::from_redis(&sparse[..sparse.len() - 1]), None);
     }
 
     #[test]

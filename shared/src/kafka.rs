@@ -60,8 +60,17 @@ impl HighWatermarks {
         };
         for (p, s) in &t.partitions {
             if *p >= 0 && s.hi_offset >= 0 {
-                hw.insert(*p, s.hi_offset);
+                let e = hw.entry(*p).or_insert(s.hi_offset);
+                *e = (*e).max(s.hi_offset);
             }
+        }
+    }
+
+    /// Records an end offset seen another way (the consumer reached the partition's end).
+    pub fn observe(&self, partition: i32, end: i64) {
+        if let Ok(mut hw) = self.0.lock() {
+            let e = hw.entry(partition).or_insert(end);
+            *e = (*e).max(end);
         }
     }
 

@@ -6,7 +6,8 @@
 //! - [`bucket`]: UTC time buckets;
 //! - [`layout`]: Redis keys and object-store paths;
 //! - [`sketch`]: the quantile sketch both sides merge;
-//! - [`hll`]: HyperLogLog in Redis's dense encoding;
+//! - [`hll`]: HyperLogLog in Redis's own encodings;
+//! - [`series`]: the per-bucket answer both layers give;
 //! - [`store`]: object stores from URLs.
 
 pub mod bucket;
@@ -18,6 +19,7 @@ pub mod kafka;
 pub mod layout;
 pub mod metrics_http;
 pub mod secret;
+pub mod series;
 pub mod sketch;
 pub mod store;
 pub mod telemetry;

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 /// Relative accuracy of every quantile estimate.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
 /// Magnitudes below this count as zero (the log mapping has no bucket for them).
@@ -84,11 +82,11 @@ impl SketchBucket {
     }
 }
 
-/// A quantile sketch: bucket counts.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// A quantile sketch: bucket counts (the Redis hash, as a map keyed by typed buckets so an
+/// insert allocates nothing).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuantileSketch {
-    /// Bucket field name → count (the Redis hash, as a map).
-    buckets: BTreeMap<String, u64>,
+    buckets: BTreeMap<SketchBucket, u64>,
 }
 
 impl QuantileSketch {
@@ -98,20 +96,22 @@ impl QuantileSketch {
 
     pub fn insert(&mut self, x: f64) {
         if let Some(b) = SketchBucket::of(x) {
-            *self.buckets.entry(b.field()).or_insert(0) += 1;
+            *self.buckets.entry(b).or_insert(0) += 1;
         }
     }
 
     /// Adds `count` to a bucket given by its field name; unknown names are ignored.
     pub fn add_field(&mut self, field: &str, count: u64) {
-        if SketchBucket::parse_field(field).is_some() && count > 0 {
-            *self.buckets.entry(field.to_string()).or_insert(0) += count;
+        if let Some(b) = SketchBucket::parse_field(field)
+            && count > 0
+        {
+            *self.buckets.entry(b).or_insert(0) += count;
         }
     }
 
     pub fn merge(&mut self, other: &QuantileSketch) {
-        for (f, c) in &other.buckets {
-            *self.buckets.entry(f.clone()).or_insert(0) += c;
+        for (b, c) in &other.buckets {
+            *self.buckets.entry(*b).or_insert(0) += c;
         }
     }
 
@@ -119,13 +119,18 @@ impl QuantileSketch {
         self.buckets.values().sum()
     }
 
+    /// Number of non-empty buckets (the sketch's size).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.count() == 0
     }
 
     /// Bucket field names and counts.
-    pub fn fields(&self) -> impl Iterator<Item = (&str, u64)> {
-        self.buckets.iter().map(|(f, c)| (f.as_str(), *c))
+    pub fn fields(&self) -> impl Iterator<Item = (String, u64)> + '_ {
+        self.buckets.iter().map(|(b, c)| (b.field(), *c))
     }
 
     /// Estimate of the `q` quantile, rank `q·(n-1)` like `quantile_cont`; `None` when empty.
@@ -134,11 +139,8 @@ impl QuantileSketch {
         if n == 0 || !(0.0..=1.0).contains(&q) {
             return None;
         }
-        let mut ordered: Vec<(SketchBucket, u64)> = self
-            .buckets
-            .iter()
-            .filter_map(|(f, c)| SketchBucket::parse_field(f).map(|b| (b, *c)))
-            .collect();
+        let mut ordered: Vec<(SketchBucket, u64)> =
+            self.buckets.iter().map(|(b, c)| (*b, *c)).collect();
         ordered.sort_by_key(|(b, _)| b.order_key());
         let rank = q * (n - 1) as f64;
         let mut seen = 0u64;
@@ -154,11 +156,11 @@ impl QuantileSketch {
     /// Compact text form stored in batch view files: `field:count,field:count`.
     pub fn encode(&self) -> String {
         let mut out = String::with_capacity(self.buckets.len() * 8);
-        for (i, (f, c)) in self.buckets.iter().enumerate() {
+        for (i, (b, c)) in self.buckets.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(f);
+            out.push_str(&b.field());
             out.push(':');
             out.push_str(&c.to_string());
         }
@@ -191,6 +193,26 @@ pub fn exact_quantile_cont(sorted: &[f64], q: f64) -> Option<f64> {
     let hi = pos.ceil() as usize;
     let frac = pos - lo as f64;
     Some(sorted[lo] + (sorted[hi] - sorted[lo]) * frac)
+}
+
+/// [`exact_quantile_cont`] over unsorted values, selecting the two closest ranks instead of
+/// sorting (the values are reordered).
+pub fn exact_quantile_cont_unsorted(values: &mut [f64], q: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let pos = q.clamp(0.0, 1.0) * (values.len() - 1) as f64;
+    let lo_i = pos.floor() as usize;
+    let hi_i = pos.ceil() as usize;
+    let (_, lo, above) = values.select_nth_unstable_by(lo_i, f64::total_cmp);
+    let lo = *lo;
+    let hi = if hi_i == lo_i {
+        lo
+    } else {
+        // The next rank is the smallest value above the lower one.
+        above.iter().copied().min_by(f64::total_cmp).unwrap_or(lo)
+    };
+    Some(lo + (hi - lo) * (pos - lo_i as f64))
 }
 
 #[cfg(test)]
@@ -265,5 +287,8 @@ mod tests {
         assert_eq!(exact_quantile_cont(&v, 0.0), Some(1.0));
         assert_eq!(exact_quantile_cont(&v, 1.0), Some(4.0));
         assert_eq!(exact_quantile_cont(&[], 0.5), None);
+        let mut shuffled = [4.0, 1.0, 3.0, 2.0, 2.0];
+        assert_eq!(exact_quantile_cont_unsorted(&mut shuffled, 0.9), Some(3.6));
+        assert_eq!(exact_quantile_cont_unsorted(&mut [7.0], 0.3), Some(7.0));
     }
 }

@@ -5,17 +5,21 @@
 //! - [`dedup`]: the optional producer-duplicate filter;
 //! - [`redis_sink`]: one atomic, fenced Lua script per view and flush;
 //! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`);
+//! - [`dlq`]: draining and replaying the dead-letter topic;
 //! - [`replay`]: the same pipeline fed from a file (`speed-layer replay`);
 //! - [`read`]: reading aggregates back for the serving layer;
+//! - [`reset`]: `speed-layer reset --to T`, rebuilding Redis from Kafka;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod aggregate;
 pub mod consumer;
 pub mod dedup;
+pub mod dlq;
 pub mod metrics;
 pub mod read;
 pub mod redis_sink;
 pub mod replay;
+pub mod reset;
 pub mod watermark;
 
 use anyhow::Context;

@@ -35,6 +35,36 @@ enum Command {
         #[arg(long)]
         dlq_file: Option<PathBuf>,
     },
+    /// The dead-letter topic: drain it to a file, replay a fixed file onto the events topic.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+    /// Drop every view's Redis state and restart it from Kafka at a time: after Redis lost
+    /// its data, or to redo a stretch. Stop `speed-layer run` first.
+    Reset {
+        /// RFC 3339 time or date; events from then on are re-applied on the next `run`.
+        #[arg(long)]
+        to: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqAction {
+    /// Save the records in `<topic>.dlq` to a JSON-lines file (payload, error, origin) and
+    /// mark them drained.
+    Drain {
+        #[arg(long)]
+        out: PathBuf,
+        /// Stop after no record came for this long.
+        #[arg(long, default_value = "5s")]
+        idle: humantime::Duration,
+    },
+    /// Produce the payloads of a drained (and fixed) file back onto the events topic.
+    Replay {
+        #[arg(long)]
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -43,8 +73,49 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
+    let reset_to = match &args.command {
+        Command::Reset { to } => match tributary_shared::bucket::parse_rfc3339(to)
+            .or_else(|| tributary_shared::bucket::parse_date(to))
+        {
+            Some(t) => Some(t),
+            None => {
+                eprintln!("error: --to {to:?}: expected RFC 3339 (2026-11-21T10:00:00Z) or a date");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     cli::run_async(async move {
         match args.command {
+            Command::Dlq { action } => {
+                match action {
+                    DlqAction::Drain { out, idle } => {
+                        let n =
+                            tributary_speed_layer::dlq::drain(&config, &out, idle.into()).await?;
+                        println!(
+                            "drained {n} record(s) from {} into {}",
+                            config.source.dlq_topic(),
+                            out.display()
+                        );
+                    }
+                    DlqAction::Replay { file } => {
+                        let n = tributary_speed_layer::dlq::replay(&config, &file).await?;
+                        println!(
+                            "produced {n} record(s) from {} to {}",
+                            file.display(),
+                            config.source.topic
+                        );
+                    }
+                }
+                Ok(())
+            }
+            Command::Reset { .. } => {
+                let summary =
+                    tributary_speed_layer::reset::reset(&config, reset_to.unwrap_or_default())
+                        .await?;
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+                Ok(())
+            }
             Command::Run => tributary_speed_layer::run(config, cli::shutdown_signal()).await,
             Command::Replay { file, dlq_file } => {
                 let summary =

@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 use redis::aio::ConnectionLike;
 use tributary_shared::Granularity;
 use tributary_shared::config::AggKind;
+use tributary_shared::hll::Hll;
 use tributary_shared::layout::{RedisKeys, decode_group};
+use tributary_shared::series::{Partial, PartialValue};
 use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
 
@@ -28,18 +30,7 @@ pub struct SpeedQuery {
     pub measures: Vec<usize>,
 }
 
-/// One output group's value in one bucket; `None` where the measure has no input (a sum over
-/// events that all lacked the field).
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpeedPoint {
-    pub values: BTreeMap<String, Option<f64>>,
-    /// False when a value comes from a sketch (distinct counts, quantiles).
-    pub exact: bool,
-}
-
-/// Output group (values of the `group_by` dimensions) → bucket start → point. Groups and
-/// buckets without data are absent.
-pub type SpeedSeries = BTreeMap<Vec<Option<String>>, BTreeMap<i64, SpeedPoint>>;
+pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -60,18 +51,35 @@ struct Num {
 struct Merged {
     count: u64,
     numeric: HashMap<String, Num>,
-    /// Member cells' group encodings, for the distinct union.
-    members: Vec<String>,
+    /// Member cells (bucket, group encoding), for the distinct union.
+    members: Vec<(i64, String)>,
     sketches: HashMap<String, QuantileSketch>,
 }
 
-/// Reads a query's points from Redis.
-pub async fn read<C: ConnectionLike>(
+/// Input fields of the requested measures of one kind, once each (p50 and p95 of one field
+/// read one sketch).
+fn fields_of(view: &ViewPlan, q: &SpeedQuery, k: AggKind) -> Vec<String> {
+    let mut fields: Vec<String> = q
+        .measures
+        .iter()
+        .filter_map(|m| view.measures.get(*m))
+        .filter(|m| m.agg == k)
+        .filter_map(|m| m.field_name.clone())
+        .collect();
+    fields.sort();
+    fields.dedup();
+    fields
+}
+
+/// Steps 1-3 of a read: the cells passing the filters, merged per output group and bucket
+/// (all buckets into the first one when `fold`).
+async fn gather<C: ConnectionLike>(
     con: &mut C,
     keys: &RedisKeys,
     view: &ViewPlan,
     q: &SpeedQuery,
-) -> Result<SpeedSeries, ReadError> {
+    fold: bool,
+) -> Result<BTreeMap<(Vec<Option<String>>, i64), Merged>, ReadError> {
     let g = q.granularity;
     // 1. Which groups have data in each bucket.
     let mut pipe = redis::pipe();
@@ -109,21 +117,7 @@ pub async fn read<C: ConnectionLike>(
         }
     }
 
-    // Input fields of the requested measures of one kind, once each (p50 and p95 of one field
-    // read one sketch).
-    let fields_of = |k: AggKind| -> Vec<String> {
-        let mut fields: Vec<String> = q
-            .measures
-            .iter()
-            .filter_map(|m| view.measures.get(*m))
-            .filter(|m| m.agg == k)
-            .filter_map(|m| m.field_name.clone())
-            .collect();
-        fields.sort();
-        fields.dedup();
-        fields
-    };
-    let quantile_fields = fields_of(AggKind::Quantile);
+    let quantile_fields = fields_of(view, q, AggKind::Quantile);
 
     // 3. The cells' hashes and sketches.
     let mut pipe = redis::pipe();
@@ -144,7 +138,12 @@ pub async fn read<C: ConnectionLike>(
         let Some(h) = hashes.get(i * per_cell) else {
             continue;
         };
-        let m = merged.entry((out.clone(), *b)).or_default();
+        let key_bucket = if fold {
+            q.buckets.first().copied().unwrap_or(*b)
+        } else {
+            *b
+        };
+        let m = merged.entry((out.clone(), key_bucket)).or_default();
         m.count += h
             .get("count")
             .and_then(|v| v.parse::<u64>().ok())
@@ -170,7 +169,7 @@ pub async fn read<C: ConnectionLike>(
                 _ => {}
             }
         }
-        m.members.push(enc.clone());
+        m.members.push((*b, enc.clone()));
         for (j, f) in quantile_fields.iter().enumerate() {
             if let Some(sk) = hashes.get(i * per_cell + 1 + j) {
                 let sketch = m.sketches.entry(f.clone()).or_default();
@@ -183,18 +182,30 @@ pub async fn read<C: ConnectionLike>(
         }
     }
 
+    Ok(merged)
+}
+
+/// Reads a query's points from Redis.
+pub async fn read<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &ViewPlan,
+    q: &SpeedQuery,
+) -> Result<SpeedSeries, ReadError> {
+    let g = q.granularity;
+    let merged = gather(con, keys, view, q, false).await?;
     // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
-    let distinct_fields = fields_of(AggKind::CountDistinct);
+    let distinct_fields = fields_of(view, q, AggKind::CountDistinct);
     let mut distinct: HashMap<(usize, String), u64> = HashMap::new();
     if !distinct_fields.is_empty() && !merged.is_empty() {
         let mut pipe = redis::pipe();
         let mut order = Vec::new();
-        for (i, ((_, b), m)) in merged.iter().enumerate() {
+        for (i, (_, m)) in merged.iter().enumerate() {
             for f in &distinct_fields {
                 let hkeys: Vec<String> = m
                     .members
                     .iter()
-                    .map(|enc| keys.hll(&view.name, f, g, *b, enc))
+                    .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
                     .collect();
                 pipe.cmd("PFCOUNT").arg(hkeys);
                 order.push((i, f.clone()));
@@ -253,6 +264,85 @@ pub async fn read<C: ConnectionLike>(
             .insert(b, SpeedPoint { values, exact });
     }
     Ok(series)
+}
+
+/// Mergeable totals per output group over all of the query's buckets (`top`): additive
+/// values, the union HyperLogLog of every member key (read with `GET`, so it can be unioned
+/// with a batch sketch) and the merged quantile sketches. The value is under the first bucket.
+pub async fn read_totals<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &ViewPlan,
+    q: &SpeedQuery,
+) -> Result<BTreeMap<Vec<Option<String>>, Partial>, ReadError> {
+    let g = q.granularity;
+    let merged = gather(con, keys, view, q, true).await?;
+    let distinct_fields = fields_of(view, q, AggKind::CountDistinct);
+    let mut hlls: HashMap<(usize, String), Hll> = HashMap::new();
+    if !distinct_fields.is_empty() && !merged.is_empty() {
+        let mut pipe = redis::pipe();
+        let mut order = Vec::new();
+        for (i, (_, m)) in merged.iter().enumerate() {
+            for f in &distinct_fields {
+                for (mb, enc) in &m.members {
+                    pipe.get(keys.hll(&view.name, f, g, *mb, enc));
+                    order.push((i, f.clone()));
+                }
+            }
+        }
+        let raw: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
+        for (key, bytes) in order.into_iter().zip(raw) {
+            if let Some(h) = bytes.as_deref().and_then(Hll::from_redis) {
+                hlls.entry(key).or_default().merge(&h);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (i, ((group, _), m)) in merged.into_iter().enumerate() {
+        if m.count == 0 {
+            continue;
+        }
+        let mut p = Partial::default();
+        for measure in q.measures.iter().filter_map(|mi| view.measures.get(*mi)) {
+            let num = measure
+                .field_name
+                .as_ref()
+                .and_then(|f| m.numeric.get(f))
+                .filter(|n| n.n > 0);
+            let v = match measure.agg {
+                AggKind::Count => PartialValue::Count(m.count),
+                AggKind::Sum => PartialValue::Sum(num.map(|n| n.sum)),
+                AggKind::Min => PartialValue::Min(num.map(|n| n.min)),
+                AggKind::Max => PartialValue::Max(num.map(|n| n.max)),
+                AggKind::Avg => PartialValue::Avg {
+                    sum: num.map_or(0.0, |n| n.sum),
+                    n: num.map_or(0, |n| n.n),
+                },
+                AggKind::CountDistinct => PartialValue::Distinct {
+                    exact: None,
+                    sketch: measure
+                        .field_name
+                        .as_ref()
+                        .and_then(|f| hlls.get(&(i, f.clone())))
+                        .cloned(),
+                },
+                AggKind::Quantile => PartialValue::Quantile {
+                    q: measure.q.unwrap_or(0.5),
+                    exact: None,
+                    sketch: measure
+                        .field_name
+                        .as_ref()
+                        .and_then(|f| m.sketches.get(f))
+                        .cloned(),
+                },
+            };
+            p.values.insert(measure.name.clone(), v);
+        }
+        out.entry(group)
+            .and_modify(|x: &mut Partial| x.merge(&p))
+            .or_insert(p);
+    }
+    Ok(out)
 }
 
 /// Per-partition progress the consumers publish (`next_offset`, `high_watermark`,

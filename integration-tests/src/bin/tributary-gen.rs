@@ -43,6 +43,9 @@ struct Args {
     /// Share of producer duplicates (an earlier event sent again).
     #[arg(long, default_value_t = 0.0)]
     duplicates: f64,
+    /// Create the topic (with this many partitions) if it does not exist yet.
+    #[arg(long)]
+    create_partitions: Option<i32>,
 }
 
 #[tokio::main]
@@ -75,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
             .topic
             .as_deref()
             .context("give --out FILE or --topic T")?;
+        if let Some(p) = args.create_partitions {
+            tributary_it::create_topic_on(&args.brokers, topic, p, true).await?;
+        }
         produce_generated(&args.brokers, topic, &mut g, args.count, args.rate).await?;
     }
     eprintln!(

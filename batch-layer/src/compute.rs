@@ -1,0 +1,414 @@
+//! Recomputing a view for one event date with DataFusion SQL over the master dataset.
+//!
+//! Two steps. First the date's committed files are read (only the columns the view needs,
+//! decoded in parallel), then SQL filters them by the view's `where` and deduplicates them by
+//! `event_id` (producer duplicates); the result stays in memory. Then one aggregate query per granularity and grouping set of the
+//! view's dimensions (the cube) computes the exact values and the mergeable sketches. Each
+//! granularity's rows for the date become one Parquet file ([`view_schema`]).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, RecordBatch};
+use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use object_store::{ObjectStore, ObjectStoreExt};
+use tributary_shared::Granularity;
+use tributary_shared::config::AggKind;
+use tributary_shared::view::{FieldRef, FilterValue, ViewPlan};
+
+use crate::sketches;
+use crate::snapshot::DateInput;
+
+/// Names of the per-date temporary tables.
+static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Column names of view files.
+pub mod columns {
+    pub const T: &str = "t";
+    pub const GSET: &str = "gset";
+    pub const ROWS: &str = "rows";
+    pub fn dim(name: &str) -> String {
+        format!("dim:{name}")
+    }
+    pub fn value(measure: &str) -> String {
+        format!("m:{measure}")
+    }
+    pub fn avg_sum(measure: &str) -> String {
+        format!("m:{measure}:sum")
+    }
+    pub fn avg_n(measure: &str) -> String {
+        format!("m:{measure}:n")
+    }
+    pub fn sketch(measure: &str) -> String {
+        format!("s:{measure}")
+    }
+}
+
+/// Schema of a view file: bucket start (`t`, epoch ms), the grouping set (`gset`, bit `i` set
+/// when dimension `i` is grouped; an ungrouped dimension is null), one column per dimension,
+/// the row count, then per measure its exact value (avg: sum and count) and, for
+/// `count_distinct`/`quantile`, the sketch (Redis HyperLogLog bytes / encoded quantile sketch).
+pub fn view_schema(view: &ViewPlan) -> SchemaRef {
+    let mut fields = vec![
+        Field::new(columns::T, DataType::Int64, false),
+        Field::new(columns::GSET, DataType::Int32, false),
+    ];
+    for d in &view.dimensions {
+        fields.push(Field::new(columns::dim(&d.name), DataType::Utf8, true));
+    }
+    fields.push(Field::new(columns::ROWS, DataType::Int64, false));
+    for m in &view.measures {
+        match m.agg {
+            AggKind::Count => {
+                fields.push(Field::new(columns::value(&m.name), DataType::Int64, true))
+            }
+            AggKind::Sum | AggKind::Min | AggKind::Max => {
+                fields.push(Field::new(columns::value(&m.name), DataType::Float64, true))
+            }
+            AggKind::Avg => {
+                fields.push(Field::new(
+                    columns::avg_sum(&m.name),
+                    DataType::Float64,
+                    true,
+                ));
+                fields.push(Field::new(columns::avg_n(&m.name), DataType::Int64, true));
+            }
+            AggKind::CountDistinct => {
+                fields.push(Field::new(columns::value(&m.name), DataType::Int64, true));
+                fields.push(Field::new(columns::sketch(&m.name), DataType::Binary, true));
+            }
+            AggKind::Quantile => {
+                fields.push(Field::new(columns::value(&m.name), DataType::Float64, true));
+                fields.push(Field::new(columns::sketch(&m.name), DataType::Utf8, true));
+            }
+        }
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// A computed date: rows per granularity, in [`view_schema`].
+#[derive(Debug)]
+pub struct DateOutput {
+    /// Events of the view on that date after deduplication.
+    pub events: u64,
+    /// Master rows read (before the filter and deduplication).
+    pub input_rows: u64,
+    pub tables: Vec<(Granularity, RecordBatch)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ComputeError {
+    #[error("reading the master dataset: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("decoding a master file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("decoding a master file: {0}")]
+    Decode(String),
+    #[error("DataFusion: {0}")]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+}
+
+/// The SQL engine (the sketch and exact-quantile functions registered) and the store the
+/// master dataset is read from.
+pub struct Engine {
+    ctx: SessionContext,
+    store: Arc<dyn ObjectStore>,
+    master_schema: SchemaRef,
+    partitions: usize,
+}
+
+impl Engine {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        master_schema: SchemaRef,
+    ) -> Result<Engine, ComputeError> {
+        let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let config = SessionConfig::new()
+            .with_target_partitions(partitions)
+            .with_batch_size(16 * 1024);
+        let ctx = SessionContext::new_with_config(config);
+        sketches::register(&ctx);
+        Ok(Engine {
+            ctx,
+            store,
+            master_schema,
+            partitions,
+        })
+    }
+
+    /// Computes every granularity of `view` over one date's committed files.
+    pub async fn compute_date(
+        &self,
+        view: &ViewPlan,
+        input: &DateInput,
+    ) -> Result<DateOutput, ComputeError> {
+        let schema = view_schema(view);
+        if input.files.is_empty() {
+            return Ok(DateOutput {
+                events: 0,
+                input_rows: 0,
+                tables: view
+                    .granularities
+                    .iter()
+                    .map(|g| (*g, RecordBatch::new_empty(schema.clone())))
+                    .collect(),
+            });
+        }
+        let batches = self.load(view, input).await?;
+        let input_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let ctx = &self.ctx;
+        let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let table = format!("master_{id}");
+        let master_schema = batches
+            .first()
+            .map(|b| b.schema())
+            .unwrap_or_else(|| self.master_schema.clone());
+        ctx.register_table(
+            &table,
+            Arc::new(MemTable::try_new(master_schema, self.spread(batches))?),
+        )?;
+        let deduped = ctx.sql(&dedup_sql(view, &table)).await?;
+        let df_schema = deduped.schema().inner().clone();
+        let batches = deduped.collect().await;
+        ctx.deregister_table(&table)?;
+        let batches = batches?;
+        let events: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+
+        let events_table = format!("events_{id}");
+        ctx.register_table(
+            &events_table,
+            Arc::new(MemTable::try_new(df_schema, self.spread(batches))?),
+        )?;
+        let mut tables = Vec::new();
+        let result = async {
+            for g in &view.granularities {
+                let mut out = Vec::new();
+                for mask in 0..(1u32 << view.dimensions.len()) {
+                    let sql = aggregate_sql(view, &events_table, *g, mask);
+                    for b in ctx.sql(&sql).await?.collect().await? {
+                        out.push(conform(&b, &schema)?);
+                    }
+                }
+                tables.push((*g, concat_batches(&schema, &out)?));
+            }
+            Ok::<_, ComputeError>(())
+        }
+        .await;
+        ctx.deregister_table(&events_table)?;
+        result?;
+        Ok(DateOutput {
+            events,
+            input_rows,
+            tables,
+        })
+    }
+}
+
+impl Engine {
+    /// Reads the columns a view needs from a date's master files (never `payload`), several
+    /// files at a time, decoding off the async threads.
+    async fn load(
+        &self,
+        view: &ViewPlan,
+        input: &DateInput,
+    ) -> Result<Vec<RecordBatch>, ComputeError> {
+        use futures::StreamExt;
+        let mut wanted: Vec<String> = vec!["event_id".into(), "event_time".into()];
+        for (name, field, _) in &view.filters {
+            wanted.push(match field {
+                FieldRef::Type => "type".into(),
+                FieldRef::Declared(_) => name.clone(),
+            });
+        }
+        for c in input_columns(view) {
+            wanted.push(c);
+        }
+        wanted.sort();
+        wanted.dedup();
+        let wanted = Arc::new(wanted);
+        let results: Vec<Result<Vec<RecordBatch>, ComputeError>> =
+            futures::stream::iter(input.files.iter().cloned())
+                .map(|f| {
+                    let store = self.store.clone();
+                    let wanted = wanted.clone();
+                    async move {
+                        let bytes = store.get(&f.path).await?.bytes().await?;
+                        tokio::task::spawn_blocking(move || decode(bytes, &wanted))
+                            .await
+                            .map_err(|e| ComputeError::Decode(format!("{}: {e}", f.path)))?
+                    }
+                })
+                .buffer_unordered(self.partitions * 2)
+                .collect()
+                .await;
+        let mut out = Vec::new();
+        for r in results {
+            out.extend(r?);
+        }
+        Ok(out)
+    }
+
+    /// Spreads batches over partitions so the SQL uses every core.
+    fn spread(&self, batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.partitions];
+        for (i, b) in batches.into_iter().enumerate() {
+            parts[i % self.partitions].push(b);
+        }
+        parts
+    }
+}
+
+/// Decodes the `wanted` columns of one Parquet file.
+fn decode(bytes: bytes::Bytes, wanted: &[String]) -> Result<Vec<RecordBatch>, ComputeError> {
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().map(String::as_str));
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(64 * 1024)
+        .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Casts a query result's columns to the file schema (the SQL layer may pick view types).
+fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ComputeError> {
+    let columns: Vec<ArrayRef> = schema
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| cast(c, f.data_type()))
+        .collect::<Result<_, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
+
+/// `"name"` with quotes doubled.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn literal(v: &FilterValue) -> String {
+    match v {
+        FilterValue::Str(s) => format!("'{}'", s.replace('\'', "''")),
+        FilterValue::Num(n) => format!("{n:?}"),
+        FilterValue::Bool(b) => b.to_string(),
+    }
+}
+
+fn column_of(view_field: FieldRef, name: &str) -> String {
+    match view_field {
+        FieldRef::Type => ident("type"),
+        FieldRef::Declared(_) => ident(name),
+    }
+}
+
+/// The input columns a view reads, besides the event time: dimensions and measure fields.
+pub fn input_columns(view: &ViewPlan) -> Vec<String> {
+    let mut cols: Vec<String> = view.dimensions.iter().map(|d| d.name.clone()).collect();
+    for m in &view.measures {
+        if let Some(f) = &m.field_name
+            && !cols.contains(f)
+        {
+            cols.push(f.clone());
+        }
+    }
+    cols
+}
+
+/// Step 1: the view's events of the date, one row per `event_id`. Producer duplicates are
+/// resends of the same event; grouping by `event_id` with `min` per column keeps one
+/// deterministically (and, were two records with one id to differ, picks the same values on
+/// every run, so reruns stay idempotent).
+pub fn dedup_sql(view: &ViewPlan, table: &str) -> String {
+    let mut select = vec!["min(CAST(event_time AS BIGINT)) AS ts".to_string()];
+    for c in input_columns(view) {
+        select.push(format!("min({col}) AS {col}", col = ident(&c)));
+    }
+    let mut sql = format!("SELECT {} FROM {}", select.join(", "), ident(table));
+    if !view.filters.is_empty() {
+        let conds: Vec<String> = view
+            .filters
+            .iter()
+            .map(|(name, field, value)| format!("{} = {}", column_of(*field, name), literal(value)))
+            .collect();
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" GROUP BY event_id");
+    sql
+}
+
+/// Step 2: one granularity and grouping set (`mask` bit `i` = dimension `i` grouped).
+pub fn aggregate_sql(view: &ViewPlan, table: &str, g: Granularity, mask: u32) -> String {
+    let ms = g.millis();
+    let mut select = vec![
+        // Floor division that is right for times before 1970 too.
+        format!("ts - ((ts % {ms}) + {ms}) % {ms} AS t"),
+        format!("CAST({mask} AS INT) AS gset"),
+    ];
+    let mut group = vec![format!("ts - ((ts % {ms}) + {ms}) % {ms}")];
+    for (i, d) in view.dimensions.iter().enumerate() {
+        if mask & (1 << i) != 0 {
+            select.push(format!(
+                "CAST({} AS VARCHAR) AS {}",
+                ident(&d.name),
+                ident(&columns::dim(&d.name))
+            ));
+            group.push(ident(&d.name));
+        } else {
+            select.push(format!(
+                "CAST(NULL AS VARCHAR) AS {}",
+                ident(&columns::dim(&d.name))
+            ));
+        }
+    }
+    select.push(format!("count(*) AS {}", ident(columns::ROWS)));
+    for m in &view.measures {
+        let field = m.field_name.as_deref().map(ident).unwrap_or_default();
+        let num = format!("CAST({field} AS DOUBLE)");
+        let value = ident(&columns::value(&m.name));
+        match m.agg {
+            AggKind::Count => select.push(format!("count(*) AS {value}")),
+            AggKind::Sum => select.push(format!("sum({num}) AS {value}")),
+            AggKind::Min => select.push(format!("min({num}) AS {value}")),
+            AggKind::Max => select.push(format!("max({num}) AS {value}")),
+            AggKind::Avg => {
+                select.push(format!(
+                    "sum({num}) AS {}",
+                    ident(&columns::avg_sum(&m.name))
+                ));
+                select.push(format!(
+                    "count({num}) AS {}",
+                    ident(&columns::avg_n(&m.name))
+                ));
+            }
+            AggKind::CountDistinct => {
+                select.push(format!(
+                    "count(DISTINCT CAST({field} AS VARCHAR)) AS {value}"
+                ));
+                select.push(format!(
+                    "tributary_hll({field}) AS {}",
+                    ident(&columns::sketch(&m.name))
+                ));
+            }
+            AggKind::Quantile => {
+                let q = m.q.unwrap_or(0.5);
+                select.push(format!("tributary_quantile_cont({num}, {q:?}) AS {value}"));
+                select.push(format!(
+                    "tributary_qsketch({num}) AS {}",
+                    ident(&columns::sketch(&m.name))
+                ));
+            }
+        }
+    }
+    format!(
+        "SELECT {} FROM {} GROUP BY {}",
+        select.join(", "),
+        ident(table),
+        group.join(", ")
+    )
+}

@@ -1,0 +1,125 @@
+//! A view's manifest (`views/<view>/manifest.json`): the complete, current version of the
+//! view. A run writes it last, after every file it names, so a reader never sees a partial
+//! version; files it no longer names are `retired` and deleted after `batch.gc_grace`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+use tributary_shared::Granularity;
+use tributary_shared::layout::paths;
+
+/// One view file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewFile {
+    pub path: String,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// What a date of the view was computed from, and its files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DateEntry {
+    /// [`crate::snapshot::DateInput::fingerprint`] of the master files it was computed from.
+    pub input_fingerprint: String,
+    pub input_files: usize,
+    pub input_rows: u64,
+    /// The view's events that date, deduplicated.
+    pub events: u64,
+    pub run_id: String,
+    pub computed_at: String,
+    pub files: BTreeMap<Granularity, ViewFile>,
+}
+
+/// A file no longer named, waiting out the grace period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Retired {
+    pub path: String,
+    pub retired_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub view: String,
+    /// Increases by one with every manifest written.
+    pub version: u64,
+    pub run_id: String,
+    pub computed_at: String,
+    /// Buckets ending at or before it are authoritative in this version.
+    pub horizon_ms: Option<i64>,
+    pub horizon: Option<String>,
+    /// Fingerprint of the view's definition; a change recomputes every date.
+    pub definition: String,
+    pub dates: BTreeMap<String, DateEntry>,
+    #[serde(default)]
+    pub retired: Vec<Retired>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("view {view:?}: manifest is not valid: {source}")]
+    Corrupt {
+        view: String,
+        source: serde_json::Error,
+    },
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+}
+
+impl Manifest {
+    /// The manifest and its store version tag (e-tag, or modification time where the store
+    /// has none); `None` before the first run.
+    pub async fn load(
+        store: &Arc<dyn ObjectStore>,
+        view: &str,
+    ) -> Result<Option<(Manifest, String)>, ManifestError> {
+        let res = match store.get(&paths::view_manifest(view)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let tag = version_tag(&res.meta);
+        let bytes = res.bytes().await?;
+        let manifest = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Corrupt {
+            view: view.to_string(),
+            source,
+        })?;
+        Ok(Some((manifest, tag)))
+    }
+
+    /// The store version tag of the current manifest without reading it.
+    pub async fn head(
+        store: &Arc<dyn ObjectStore>,
+        view: &str,
+    ) -> Result<Option<String>, ManifestError> {
+        match store.head(&paths::view_manifest(view)).await {
+            Ok(meta) => Ok(Some(version_tag(&meta))),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn save(&self, store: &Arc<dyn ObjectStore>) -> Result<(), ManifestError> {
+        let body = serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Corrupt {
+            view: self.view.clone(),
+            source,
+        })?;
+        store
+            .put(&paths::view_manifest(&self.view), PutPayload::from(body))
+            .await?;
+        Ok(())
+    }
+
+    /// The file of one granularity and date, if computed.
+    pub fn file(&self, g: Granularity, date: &str) -> Option<&ViewFile> {
+        self.dates.get(date)?.files.get(&g)
+    }
+}
+
+fn version_tag(meta: &object_store::ObjectMeta) -> String {
+    match &meta.e_tag {
+        Some(t) => t.clone(),
+        None => format!("{}-{}", meta.last_modified.timestamp_micros(), meta.size),
+    }
+}

@@ -1,0 +1,465 @@
+//! The Lambda merge, per bucket: a bucket that ends at or before the batch horizon comes from
+//! the batch view (exact), a later one from Redis while the speed layer still keeps it
+//! (`[speed] retention` past its end); a bucket neither holds is reported `missing`, never a
+//! silent zero, and one whose source could not be read is reported `unreadable`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use tributary_batch_layer::read::BatchQuery;
+use tributary_shared::Granularity;
+use tributary_shared::bucket::format_rfc3339;
+use tributary_shared::series::{Partial, Point};
+use tributary_shared::view::ViewPlan;
+use tributary_speed_layer::read::{SpeedQuery, read, read_totals};
+use utoipa::ToSchema;
+
+use crate::error::ApiError;
+use crate::query::{SeriesParams, TopParams};
+use crate::sources::Sources;
+
+/// Where a bucket's answer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Batch,
+    Speed,
+    Missing,
+}
+
+fn classify(end_ms: i64, horizon: Option<i64>, now_ms: i64, retention_ms: i64) -> Source {
+    if horizon.is_some_and(|h| end_ms <= h) {
+        Source::Batch
+    } else if end_ms + retention_ms > now_ms {
+        Source::Speed
+    } else {
+        Source::Missing
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PointOut {
+    /// Bucket start (RFC 3339, UTC).
+    pub t: String,
+    /// `batch`, `speed`, `missing` (neither layer holds it) or `unreadable` (its layer could
+    /// not be read; see `errors`).
+    pub source: String,
+    /// False for sketch-based values (speed distinct counts and quantiles, merged batch rows).
+    pub exact: bool,
+    pub values: BTreeMap<String, Option<f64>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSeries {
+    /// The `group_by` dimensions' values (null: events without the field).
+    pub group: BTreeMap<String, Option<String>>,
+    pub points: Vec<PointOut>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct SourceCounts {
+    pub batch: usize,
+    pub speed: usize,
+    pub missing: usize,
+    pub unreadable: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesResponse {
+    pub view: String,
+    pub granularity: String,
+    pub from: String,
+    pub to: String,
+    /// Buckets ending at or before it come from the batch view.
+    pub batch_horizon: Option<String>,
+    /// The speed layer's event-time watermark (minimum over partitions).
+    pub speed_watermark: Option<String>,
+    pub series: Vec<GroupSeries>,
+    /// Bucket counts by source.
+    pub buckets: SourceCounts,
+    /// Buckets neither layer holds.
+    pub missing: Vec<String>,
+    /// Buckets whose layer could not be read (e.g. Redis down).
+    pub unreadable: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+fn speed_watermark(progress: &BTreeMap<i32, serde_json::Value>) -> Option<i64> {
+    progress
+        .values()
+        .filter_map(|p| p.get("watermark_ms").and_then(|w| w.as_i64()))
+        .min()
+}
+
+/// Reads the speed layer's watermark; `None` when Redis is unreadable.
+async fn watermark(src: &Sources) -> Option<i64> {
+    let keys = src.keys.clone();
+    let topic = src.config.source.topic.clone();
+    src.with_redis(|mut con| async move {
+        tributary_speed_layer::read::progress(&mut con, &keys, &topic)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .ok()
+    .and_then(|p| speed_watermark(&p))
+}
+
+pub async fn series(
+    src: &Sources,
+    view: &ViewPlan,
+    p: &SeriesParams,
+    now_ms: i64,
+) -> Result<SeriesResponse, ApiError> {
+    let g = p.granularity;
+    let retention = src.config.speed.retention.as_millis() as i64;
+    let mut errors = Vec::new();
+    let manifest = match src.batch.manifest(&view.name).await {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(format!("batch view unreadable: {e}"));
+            None
+        }
+    };
+    let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
+    let buckets: Vec<i64> = g.buckets(p.range.from_ms, p.range.to_ms).collect();
+    let mut by_source: BTreeMap<i64, Source> = BTreeMap::new();
+    for b in &buckets {
+        by_source.insert(*b, classify(g.end(*b), horizon, now_ms, retention));
+    }
+    let batch_buckets: Vec<i64> = filter(&by_source, Source::Batch);
+    let speed_buckets: Vec<i64> = filter(&by_source, Source::Speed);
+    let mut unreadable: BTreeSet<i64> = BTreeSet::new();
+
+    // Batch side.
+    let mut batch: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Point>> = BTreeMap::new();
+    if let (Some(m), Some(first), Some(last)) =
+        (&manifest, batch_buckets.first(), batch_buckets.last())
+    {
+        let q = BatchQuery {
+            granularity: g,
+            from_ms: *first,
+            to_ms: g.end(*last),
+            filters: p.range.filters.clone(),
+            group_by: p.group_by.clone(),
+            measures: p.measures.clone(),
+        };
+        match src.batch.read(view, m, &q).await {
+            Ok(s) => batch = s,
+            Err(e) => {
+                errors.push(format!("batch view unreadable: {e}"));
+                unreadable.extend(&batch_buckets);
+            }
+        }
+    }
+
+    // Speed side, one pipelined read.
+    let mut speed: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Point>> = BTreeMap::new();
+    if !speed_buckets.is_empty() {
+        let q = SpeedQuery {
+            granularity: g,
+            buckets: speed_buckets.clone(),
+            filters: p.range.filters.clone(),
+            group_by: p.group_by.clone(),
+            measures: p.measures.clone(),
+        };
+        let keys = src.keys.clone();
+        let v = view.clone();
+        match src
+            .with_redis(|mut con| async move {
+                read(&mut con, &keys, &v, &q)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        {
+            Ok(s) => speed = s,
+            Err(e) => {
+                errors.push(format!("speed layer unreadable: {e}"));
+                unreadable.extend(&speed_buckets);
+            }
+        }
+    }
+    let speed_wm = if speed_buckets.is_empty() || !unreadable.is_empty() {
+        None
+    } else {
+        watermark(src).await
+    };
+
+    let missing: Vec<i64> = filter(&by_source, Source::Missing);
+    let mut groups: BTreeSet<Vec<Option<String>>> =
+        batch.keys().chain(speed.keys()).cloned().collect();
+    if p.group_by.is_empty() {
+        groups.insert(Vec::new());
+    }
+    let mut out = Vec::new();
+    for group in groups {
+        let mut points: BTreeMap<i64, PointOut> = BTreeMap::new();
+        for (source, part) in [("batch", batch.get(&group)), ("speed", speed.get(&group))] {
+            for (t, pt) in part.into_iter().flatten() {
+                points.insert(
+                    *t,
+                    PointOut {
+                        t: format_rfc3339(*t),
+                        source: source.into(),
+                        exact: pt.exact,
+                        values: pt.values.clone(),
+                    },
+                );
+            }
+        }
+        for (set, label) in [
+            (&missing, "missing"),
+            (
+                &unreadable.iter().copied().collect::<Vec<_>>(),
+                "unreadable",
+            ),
+        ] {
+            for t in set {
+                points.insert(
+                    *t,
+                    PointOut {
+                        t: format_rfc3339(*t),
+                        source: label.into(),
+                        exact: false,
+                        values: BTreeMap::new(),
+                    },
+                );
+            }
+        }
+        out.push(GroupSeries {
+            group: p
+                .group_by
+                .iter()
+                .zip(group.iter())
+                .map(|(d, v)| (view.dimensions[*d].name.clone(), v.clone()))
+                .collect(),
+            points: points.into_values().collect(),
+        });
+    }
+    let counts = SourceCounts {
+        batch: batch_buckets
+            .iter()
+            .filter(|b| !unreadable.contains(b))
+            .count(),
+        speed: speed_buckets
+            .iter()
+            .filter(|b| !unreadable.contains(b))
+            .count(),
+        missing: missing.len(),
+        unreadable: unreadable.len(),
+    };
+    Ok(SeriesResponse {
+        view: view.name.clone(),
+        granularity: g.to_string(),
+        from: format_rfc3339(p.range.from_ms),
+        to: format_rfc3339(p.range.to_ms),
+        batch_horizon: horizon.map(format_rfc3339),
+        speed_watermark: speed_wm.map(format_rfc3339),
+        series: out,
+        buckets: counts,
+        missing: missing.into_iter().map(format_rfc3339).collect(),
+        unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
+        errors,
+    })
+}
+
+fn filter(by_source: &BTreeMap<i64, Source>, s: Source) -> Vec<i64> {
+    by_source
+        .iter()
+        .filter(|(_, x)| **x == s)
+        .map(|(b, _)| *b)
+        .collect()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopRow {
+    /// The dimension's value (null: events without the field).
+    pub value: Option<String>,
+    pub measure_value: Option<f64>,
+    pub exact: bool,
+    /// `batch`, `speed` or `batch+speed`.
+    pub source: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopResponse {
+    pub view: String,
+    pub dimension: String,
+    pub measure: String,
+    pub from: String,
+    pub to: String,
+    /// The granularity the range was read at (the coarsest one both ends align to).
+    pub granularity: String,
+    pub batch_horizon: Option<String>,
+    pub rows: Vec<TopRow>,
+    pub missing: Vec<String>,
+    pub unreadable: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+pub async fn top(
+    src: &Sources,
+    view: &ViewPlan,
+    p: &TopParams,
+    now_ms: i64,
+) -> Result<TopResponse, ApiError> {
+    let (from, to) = (p.range.from_ms, p.range.to_ms);
+    // The coarsest kept granularity both ends align to reads the fewest rows and keys.
+    let mut grans = view.granularities.clone();
+    grans.sort();
+    let g = grans
+        .iter()
+        .rev()
+        .find(|g| g.floor(from) == from && g.floor(to) == to)
+        .or(grans.first())
+        .copied()
+        .unwrap_or(Granularity::Minute);
+    let max = src.config.serving.max_buckets as u64;
+    if g.count(from, to) > max {
+        return Err(ApiError::param(
+            "from",
+            "too_many_buckets",
+            format!(
+                "{} {g} buckets between from and to; at most {max}: align from/to to hours or days",
+                g.count(from, to)
+            ),
+        ));
+    }
+    let retention = src.config.speed.retention.as_millis() as i64;
+    let mut errors = Vec::new();
+    let manifest = match src.batch.manifest(&view.name).await {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(format!("batch view unreadable: {e}"));
+            None
+        }
+    };
+    let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
+    let mut by_source = BTreeMap::new();
+    for b in g.buckets(from, to) {
+        by_source.insert(b, classify(g.end(b), horizon, now_ms, retention));
+    }
+    let batch_buckets = filter(&by_source, Source::Batch);
+    let speed_buckets = filter(&by_source, Source::Speed);
+    let mut unreadable: Vec<i64> = Vec::new();
+    let mut totals: BTreeMap<Option<String>, (Partial, &'static str)> = BTreeMap::new();
+    let mut add = |group: Vec<Option<String>>, part: &Partial, source: &'static str| {
+        let key = group.into_iter().next().flatten();
+        match totals.get_mut(&key) {
+            Some((t, s)) => {
+                t.merge(part);
+                if *s != source {
+                    *s = "batch+speed";
+                }
+            }
+            None => {
+                totals.insert(key, (part.clone(), source));
+            }
+        }
+    };
+    if let (Some(m), Some(first), Some(last)) =
+        (&manifest, batch_buckets.first(), batch_buckets.last())
+    {
+        let q = BatchQuery {
+            granularity: g,
+            from_ms: *first,
+            to_ms: g.end(*last),
+            filters: p.range.filters.clone(),
+            group_by: vec![p.dimension],
+            measures: vec![p.measure],
+        };
+        match src.batch.read_partials(view, m, &q).await {
+            Ok(s) => {
+                for (group, points) in s {
+                    for part in points.values() {
+                        add(group.clone(), part, "batch");
+                    }
+                }
+            }
+            Err(e) => {
+                errors.push(format!("batch view unreadable: {e}"));
+                unreadable.extend(&batch_buckets);
+            }
+        }
+    }
+    if !speed_buckets.is_empty() {
+        let q = SpeedQuery {
+            granularity: g,
+            buckets: speed_buckets.clone(),
+            filters: p.range.filters.clone(),
+            group_by: vec![p.dimension],
+            measures: vec![p.measure],
+        };
+        let keys = src.keys.clone();
+        let v = view.clone();
+        match src
+            .with_redis(|mut con| async move {
+                read_totals(&mut con, &keys, &v, &q)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        {
+            Ok(s) => {
+                for (group, part) in s {
+                    add(group, &part, "speed");
+                }
+            }
+            Err(e) => {
+                errors.push(format!("speed layer unreadable: {e}"));
+                unreadable.extend(&speed_buckets);
+            }
+        }
+    }
+    let measure = &view.measures[p.measure];
+    let mut rows: Vec<TopRow> = totals
+        .into_iter()
+        .map(|(value, (part, source))| {
+            let pt = part.finish();
+            TopRow {
+                value,
+                measure_value: pt.values.get(&measure.name).copied().flatten(),
+                exact: pt.exact,
+                source: source.into(),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.measure_value
+            .unwrap_or(f64::NEG_INFINITY)
+            .total_cmp(&a.measure_value.unwrap_or(f64::NEG_INFINITY))
+            .then_with(|| a.value.cmp(&b.value))
+    });
+    rows.truncate(p.k);
+    Ok(TopResponse {
+        view: view.name.clone(),
+        dimension: view.dimensions[p.dimension].name.clone(),
+        measure: measure.name.clone(),
+        from: format_rfc3339(from),
+        to: format_rfc3339(to),
+        granularity: g.to_string(),
+        batch_horizon: horizon.map(format_rfc3339),
+        rows,
+        missing: filter(&by_source, Source::Missing)
+            .into_iter()
+            .map(format_rfc3339)
+            .collect(),
+        unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
+        errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_classified_by_horizon_and_retention() {
+        let h = 10_000;
+        // Ends at the horizon: batch. After it: speed while retained, else missing.
+        assert_eq!(classify(10_000, Some(h), 20_000, 50_000), Source::Batch);
+        assert_eq!(classify(10_001, Some(h), 20_000, 50_000), Source::Speed);
+        assert_eq!(classify(10_001, None, 70_000, 50_000), Source::Missing);
+        assert_eq!(classify(5_000, None, 20_000, 50_000), Source::Speed);
+    }
+}

@@ -1,0 +1,73 @@
+//! Prometheus metrics of the serving layer.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+pub struct ServingMetrics {
+    requests: Family<Labels, Counter>,
+    latency: Family<Labels, Histogram>,
+    /// Answers that listed buckets they could not read (Redis or the store down).
+    pub partial_answers: Counter,
+    registry: Registry,
+}
+
+impl Default for ServingMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServingMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tributary_serving");
+        let requests = Family::<Labels, Counter>::default();
+        let latency = Family::<Labels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+        });
+        let partial_answers = Counter::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "partial_answers",
+            "Answers with unreadable buckets",
+            partial_answers.clone(),
+        );
+        ServingMetrics {
+            requests,
+            latency,
+            partial_answers,
+            registry,
+        }
+    }
+
+    pub fn observe(&self, route: &str, status: u16, seconds: f64) {
+        self.requests
+            .get_or_create(&vec![
+                ("route".into(), route.to_string()),
+                ("status".into(), status.to_string()),
+            ])
+            .inc();
+        self.latency
+            .get_or_create(&vec![("route".into(), route.to_string())])
+            .observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,307 @@
+//! `/v1/status`: one page for operators: speed lag per partition, late and DLQ counts,
+//! archive progress, batch horizon per view, last and next batch run, and warnings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
+
+use chrono::Utc;
+use serde::Serialize;
+use tributary_batch_layer::horizon::horizon;
+use tributary_batch_layer::state::StateStore;
+use tributary_shared::bucket::format_rfc3339;
+use utoipa::ToSchema;
+
+use crate::sources::Sources;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpeedPartition {
+    pub partition: i32,
+    pub next_offset: Option<i64>,
+    pub high_watermark: Option<i64>,
+    pub lag_offsets: Option<i64>,
+    /// Newest event time applied, and how far behind now it is.
+    pub max_event_time: Option<String>,
+    pub event_time_lag_seconds: Option<f64>,
+    pub watermark: Option<String>,
+    pub updated: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpeedStatus {
+    pub readable: bool,
+    pub partitions: Vec<SpeedPartition>,
+    /// Minimum watermark over partitions.
+    pub watermark: Option<String>,
+    /// Events behind the watermark, not applied in Redis (the batch layer has them), per view.
+    pub late_dropped: BTreeMap<String, u64>,
+    /// Events sent to the dead-letter topic, by reason.
+    pub dlq: BTreeMap<String, u64>,
+    pub dlq_topic: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArchivePartition {
+    pub partition: i32,
+    pub committed_offset: i64,
+    pub high_watermark: Option<i64>,
+    pub lag_offsets: Option<i64>,
+    pub watermark: Option<String>,
+    pub rows: u64,
+    pub invalid: u64,
+    pub idle: bool,
+    pub updated: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArchiveStatus {
+    pub readable: bool,
+    pub partitions: Vec<ArchivePartition>,
+    /// The horizon the next batch run would use.
+    pub horizon: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ViewBatchStatus {
+    pub view: String,
+    pub horizon: Option<String>,
+    pub manifest_version: Option<u64>,
+    pub computed_at: Option<String>,
+    pub dates: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchStatus {
+    pub views: Vec<ViewBatchStatus>,
+    pub last_run: Option<serde_json::Value>,
+    pub next_run: Option<String>,
+    pub schedule: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusResponse {
+    pub now: String,
+    pub topic: String,
+    pub speed: SpeedStatus,
+    pub archive: ArchiveStatus,
+    pub batch: BatchStatus,
+    /// Conditions an operator should act on (each names its runbook).
+    pub warnings: Vec<String>,
+}
+
+fn num(v: &serde_json::Value, k: &str) -> Option<i64> {
+    v.get(k).and_then(|x| x.as_i64())
+}
+
+pub async fn status(src: &Sources) -> StatusResponse {
+    let now = Utc::now().timestamp_millis();
+    let topic = src.config.source.topic.clone();
+    let mut warnings = Vec::new();
+
+    // Speed layer, from Redis.
+    let keys = src.keys.clone();
+    let view_names = src.view_names();
+    let t = topic.clone();
+    let speed = src
+        .with_redis(|mut con| async move {
+            let progress = tributary_speed_layer::read::progress(&mut con, &keys, &t)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut pipe = redis::pipe();
+            pipe.hgetall(keys.speed_stats(&t));
+            for v in &view_names {
+                pipe.hgetall(keys.view_stats(v));
+            }
+            let stats: Vec<HashMap<String, String>> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((progress, stats))
+        })
+        .await;
+    let speed = match speed {
+        Ok((progress, stats)) => {
+            let partitions: Vec<SpeedPartition> = progress
+                .iter()
+                .map(|(p, v)| SpeedPartition {
+                    partition: *p,
+                    next_offset: num(v, "next_offset"),
+                    high_watermark: num(v, "high_watermark"),
+                    lag_offsets: num(v, "lag_offsets"),
+                    max_event_time: num(v, "max_event_time_ms").map(format_rfc3339),
+                    event_time_lag_seconds: num(v, "max_event_time_ms")
+                        .map(|t| (now - t) as f64 / 1000.0),
+                    watermark: num(v, "watermark_ms").map(format_rfc3339),
+                    updated: num(v, "updated_ms").map(format_rfc3339),
+                })
+                .collect();
+            let dlq: BTreeMap<String, u64> = stats
+                .first()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    Some((
+                        k.strip_prefix("dlq:").unwrap_or(k).to_string(),
+                        v.parse().ok()?,
+                    ))
+                })
+                .collect();
+            let late_dropped = src
+                .view_names()
+                .into_iter()
+                .zip(stats.iter().skip(1))
+                .map(|(v, h)| {
+                    (
+                        v,
+                        h.get("late_dropped")
+                            .and_then(|x| x.parse().ok())
+                            .unwrap_or(0),
+                    )
+                })
+                .collect();
+            let watermark = progress
+                .values()
+                .filter_map(|v| num(v, "watermark_ms"))
+                .min();
+            if partitions
+                .iter()
+                .any(|p| p.lag_offsets.unwrap_or(0) > 100_000)
+            {
+                warnings.push("speed layer lag above 100k events on some partition (docs/runbooks/broker-outage.md, start-stop-upgrade.md: add consumers)".into());
+            }
+            SpeedStatus {
+                readable: true,
+                partitions,
+                watermark: watermark.map(format_rfc3339),
+                late_dropped,
+                dlq,
+                dlq_topic: src.config.source.dlq_topic(),
+            }
+        }
+        Err(e) => {
+            warnings.push(format!(
+                "{e}: speed buckets cannot be served (docs/runbooks/rebuild-redis.md)"
+            ));
+            SpeedStatus {
+                readable: false,
+                partitions: Vec::new(),
+                watermark: None,
+                late_dropped: BTreeMap::new(),
+                dlq: BTreeMap::new(),
+                dlq_topic: src.config.source.dlq_topic(),
+            }
+        }
+    };
+
+    // Archive, from the partition states.
+    let idle_ms = src.config.batch.idle_timeout.as_millis() as i64;
+    let archive = match StateStore::new(src.store.clone(), &topic).load_all().await {
+        Ok(states) => ArchiveStatus {
+            readable: true,
+            horizon: horizon(&states, now, idle_ms).map(format_rfc3339),
+            partitions: states
+                .iter()
+                .map(|(p, s)| ArchivePartition {
+                    partition: *p,
+                    committed_offset: s.committed_offset,
+                    high_watermark: s.high_watermark,
+                    lag_offsets: s.high_watermark.map(|h| (h - s.committed_offset).max(0)),
+                    watermark: s.watermark_ms.map(format_rfc3339),
+                    rows: s.rows,
+                    invalid: s.invalid,
+                    idle: s.is_idle(now, idle_ms),
+                    updated: format_rfc3339(s.updated_ms),
+                })
+                .collect(),
+        },
+        Err(e) => {
+            warnings.push(format!("archive state unreadable: {e}"));
+            ArchiveStatus {
+                readable: false,
+                partitions: Vec::new(),
+                horizon: None,
+            }
+        }
+    };
+
+    // Batch views.
+    let retention = src.config.speed.retention.as_millis() as i64;
+    let mut views = Vec::new();
+    for v in &src.views {
+        match src.batch.manifest(&v.name).await {
+            Ok(m) => {
+                let horizon_ms = m.as_ref().and_then(|m| m.horizon_ms);
+                let behind = match horizon_ms {
+                    Some(h) => h < now - retention,
+                    None => true,
+                };
+                if behind {
+                    warnings.push(format!(
+                        "view {}: batch horizon {} is behind speed retention ({}): buckets between them are missing; run the batch (docs/runbooks/horizon-lagging.md)",
+                        v.name,
+                        horizon_ms.map(format_rfc3339).unwrap_or_else(|| "(none yet)".into()),
+                        humantime_like(retention)
+                    ));
+                }
+                views.push(ViewBatchStatus {
+                    view: v.name.clone(),
+                    horizon: horizon_ms.map(format_rfc3339),
+                    manifest_version: m.as_ref().map(|m| m.version),
+                    computed_at: m.as_ref().map(|m| m.computed_at.clone()),
+                    dates: m.as_ref().map_or(0, |m| m.dates.len()),
+                });
+            }
+            Err(e) => {
+                warnings.push(format!(
+                    "view {}: manifest unreadable: {e} (docs/runbooks/batch-run-failed.md)",
+                    v.name
+                ));
+                views.push(ViewBatchStatus {
+                    view: v.name.clone(),
+                    horizon: None,
+                    manifest_version: None,
+                    computed_at: None,
+                    dates: 0,
+                });
+            }
+        }
+    }
+    let last_run = tributary_batch_layer::run::load_report(&src.store).await;
+    if let Some(r) = &last_run
+        && !r.ok
+    {
+        warnings.push(format!(
+            "last batch run {} failed: {} (docs/runbooks/batch-run-failed.md)",
+            r.run_id,
+            r.views
+                .iter()
+                .filter_map(|(v, x)| x.error.as_ref().map(|e| format!("{v}: {e}")))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+    let next_run = cron::Schedule::from_str(&src.config.batch.schedule)
+        .ok()
+        .and_then(|s| s.upcoming(Utc).next())
+        .map(|t| format_rfc3339(t.timestamp_millis()));
+    StatusResponse {
+        now: format_rfc3339(now),
+        topic,
+        speed,
+        archive,
+        batch: BatchStatus {
+            views,
+            last_run: last_run.and_then(|r| serde_json::to_value(r).ok()),
+            next_run,
+            schedule: src.config.batch.schedule.clone(),
+        },
+        warnings,
+    }
+}
+
+fn humantime_like(ms: i64) -> String {
+    if ms % 3_600_000 == 0 {
+        format!("{}h", ms / 3_600_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
