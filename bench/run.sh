@@ -2,19 +2,23 @@
 # Benchmark harness. Every figure is measured next to a peer in the same run, because these
 # machines are noisy; each is the median of several runs, with min and max.
 #   bench/run.sh [--quick]      (BENCH_EVENTS, BENCH_RUNS override the sizes)
-# So far: the speed layer through the broker (vs a bare rdkafka consumer on the same topic) and
-# the engine alone (`speed-layer replay`). Writes bench/results/latest.json.
+# Figures: the speed layer and the archive through the broker (each vs a bare rdkafka consumer
+# on the same topic), the speed engine alone (`speed-layer replay`), the batch recompute of one
+# day (vs DuckDB over the same Parquet files, with peak memory), and the serving layer's
+# `series` at 64 clients (next to redis-benchmark GET). Writes bench/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
 [ "${1:-}" = "--quick" ] && quick=1
 events=${BENCH_EVENTS:-$([ "$quick" = 1 ] && echo 300000 || echo 2000000)}
+batch_events=${BENCH_BATCH_EVENTS:-$([ "$quick" = 1 ] && echo 1000000 || echo 10000000)}
+serve_seconds=${BENCH_SERVE_SECONDS:-$([ "$quick" = 1 ] && echo 5 || echo 15)}
 runs=${BENCH_RUNS:-3}
 eval "$(infra/stack.sh env)"
 
 if [ -z "${BENCH_NO_BUILD:-}" ]; then
   echo "[bench] building release binaries (BENCH_NO_BUILD=1 skips this)"
-  cargo build --release -q -p speed-layer -p integration-tests --bins
+  cargo build --release -q --bins
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -32,21 +36,113 @@ for i in $(seq "$runs"); do
   RUST_LOG=warn target/release/speed-layer --config infra/tributary.toml replay --file "$work/events.jsonl" >"$work/replay-$i.json"
 done
 
-python3 - "$work" "$events" "$runs" <<'PY'
+echo "[bench] batch recompute of one day ($batch_events events) vs DuckDB over the same files"
+py=${TRIBUTARY_VENV:-.stack/venv}/bin/python
+master=$work/master
+date=$(target/release/bench-master --events "$batch_events" --dir "$master")
+for i in $(seq "$runs"); do
+  rm -rf "$master/views" "$master/_batch"
+  TRIBUTARY__STORE__URL="file://$master" RUST_LOG=warn \
+    /usr/bin/time -f '%e %M' -o "$work/batch-time-$i" \
+    target/release/batch-layer --config infra/tributary.toml run >/dev/null
+  /usr/bin/time -f '%e %M' -o "$work/duck-time-$i" \
+    "$py" bench/duckdb_views.py "$master" events "$date" >"$work/duck-out-$i"
+  echo "  run $i: batch-layer $(cat "$work/batch-time-$i") / duckdb $(cat "$work/duck-time-$i") (seconds, peak KiB)"
+done
+
+echo "[bench] serving: series over 24 hourly buckets, group_by country, 64 clients, next to redis-benchmark"
+# A day of events through the real speed layer (so its watermark seals the older buckets).
+serve_prefix=bench-serve-$$
+serve_topic=bench-serve-$$
+target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" --create-partitions 4 \
+  --count 300000 --span-secs 86400 --seed 7 2>/dev/null
+TRIBUTARY__SOURCE__BROKERS="$TRIBUTARY_TEST_BROKERS" TRIBUTARY__SOURCE__TOPIC=$serve_topic \
+  TRIBUTARY__SOURCE__GROUP_PREFIX=$serve_prefix TRIBUTARY__REDIS__URL="$redis_url" \
+  TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__SPEED__METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn \
+  target/release/speed-layer --config infra/tributary.toml run &
+speed_pid=$!
+redis_port=${redis_url#redis://127.0.0.1:}; redis_port=${redis_port%%/*}
+for _ in $(seq 300); do
+  applied=$(redis-cli -p "$redis_port" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
+    awk -F: '{s += $1} END {print s + 0}')
+  [ "$applied" -ge 300000 ] && break
+  sleep 1
+done
+kill "$speed_pid"; wait "$speed_pid" 2>/dev/null || true
+serve_port=${BENCH_SERVE_PORT:-18080}
+TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__SOURCE__TOPIC=$serve_topic \
+  TRIBUTARY__STORE__URL="file://$work/serve-store" TRIBUTARY__SERVING__LISTEN=127.0.0.1:$serve_port RUST_LOG=warn \
+  target/release/serving-layer --config infra/tributary.toml serve &
+serve_pid=$!
+trap 'kill $serve_pid 2>/dev/null || true; rm -rf "$work"' EXIT
+for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$serve_port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+to=$(date -u +%Y-%m-%dT%H:00:00Z)
+from=$(date -u -d '-24 hours' +%Y-%m-%dT%H:00:00Z)
+url="http://127.0.0.1:$serve_port/v1/views/checkouts/series?measures=events,revenue,buyers&granularity=hour&group_by=country&from=$from&to=$to"
+for i in $(seq "$runs"); do
+  target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
+  redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
+  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s"
+done
+kill $serve_pid 2>/dev/null || true
+
+echo "[bench] end-to-end freshness: produce → visible in series, at 2000 events/s"
+for i in $(seq "$runs"); do
+  RUST_LOG=warn target/release/bench-fresh --rate 2000 --probes "$([ "$quick" = 1 ] && echo 40 || echo 100)" >"$work/fresh-$i.json"
+  echo "  run $i: $(python3 -c "import json;d=json.load(open('$work/fresh-$i.json'));print(f\"p50 {d['p50_ms']:.0f} ms p99 {d['p99_ms']:.0f} ms\")")"
+done
+
+python3 - "$work" "$events" "$runs" "$batch_events" <<'PY'
 import json, os, platform, statistics, subprocess, sys, time
-work, events, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+work, events, runs, batch_events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 broker = json.load(open(f"{work}/broker.json"))
 replay = [json.load(open(f"{work}/replay-{i}.json"))["events_per_second"] for i in range(1, runs + 1)]
 def stats(v):
     s = sorted(v)
     return {"median": statistics.median(s), "min": s[0], "max": s[-1], "runs": v}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+def pairs(name_a, name_b):
+    out = []
+    for i in range(1, runs + 1):
+        a = open(f"{work}/{name_a}-{i}").read().split()
+        b = open(f"{work}/{name_b}-{i}").read().split()
+        out.append((float(a[0]), int(a[1]), float(b[0]), int(b[1])))
+    return out
+batch = pairs("batch-time", "duck-time")
+serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
+def redis_row(i):
+    cols = [c.strip('"') for c in open(f"{work}/redis-{i}.csv").read().strip().split(",")]
+    return {"rps": float(cols[1]), "p50_ms": float(cols[4]), "p99_ms": float(cols[6])}
+redis_get = [redis_row(i) for i in range(1, runs + 1)]
+fresh = [json.load(open(f"{work}/fresh-{i}.json")) for i in range(1, runs + 1)]
 result = {
     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
     "events": events,
     "speed_through_broker": broker,
     "speed_replay_events_per_sec": stats(replay),
+    "archive_through_broker": broker.get("archive"),
+    "batch_one_day": {
+        "events": batch_events,
+        "batch_seconds": stats([b[0] for b in batch]),
+        "duckdb_seconds": stats([b[2] for b in batch]),
+        "ratio_batch_to_duckdb": stats([b[0] / b[2] for b in batch]),
+        "batch_peak_mib": stats([b[1] / 1024 for b in batch]),
+        "duckdb_peak_mib": stats([b[3] / 1024 for b in batch]),
+    },
+    "freshness_ms": {
+        "rate_events_per_sec": fresh[0]["rate_events_per_sec"],
+        "p50": stats([f["p50_ms"] for f in fresh]),
+        "p99": stats([f["p99_ms"] for f in fresh]),
+    },
+    "serving_series_64_clients": {
+        "requests_per_sec": stats([s["requests_per_sec"] for s in serve]),
+        "p50_ms": stats([s["p50_ms"] for s in serve]),
+        "p99_ms": stats([s["p99_ms"] for s in serve]),
+        "errors": sum(s["errors"] for s in serve),
+        "redis_benchmark_get_rps": stats([r["rps"] for r in redis_get]),
+        "redis_benchmark_get_p99_ms": stats([r["p99_ms"] for r in redis_get]),
+    },
 }
 os.makedirs("bench/results", exist_ok=True)
 json.dump(result, open("bench/results/latest.json", "w"), indent=2)
@@ -56,6 +152,30 @@ rows = [
     ("speed-layer run, through Tansu", f"{s['median']:,.0f} ev/s", f"{s['min']:,.0f}-{s['max']:,.0f}"),
     ("  ratio to bare consumer (target >= 0.8)", f"{r['median']:.2f}x", f"{r['min']:.2f}-{r['max']:.2f}"),
     ("speed-layer replay, engine alone (target >= 300k)", f"{statistics.median(replay):,.0f} ev/s", f"{min(replay):,.0f}-{max(replay):,.0f}"),
+]
+a = broker.get("archive")
+if a:
+    rows += [
+        ("bare rdkafka consumer (peer, archive runs)", f"{a['bare_consumer_events_per_sec']['median']:,.0f} ev/s", f"{a['bare_consumer_events_per_sec']['min']:,.0f}-{a['bare_consumer_events_per_sec']['max']:,.0f}"),
+        ("batch-layer archive, through Tansu", f"{a['archive_events_per_sec']['median']:,.0f} ev/s", f"{a['archive_events_per_sec']['min']:,.0f}-{a['archive_events_per_sec']['max']:,.0f}"),
+        ("  ratio to bare consumer (target >= 0.8)", f"{a['ratio_archive_to_bare']['median']:.2f}x", f"{a['ratio_archive_to_bare']['min']:.2f}-{a['ratio_archive_to_bare']['max']:.2f}"),
+    ]
+bd = result["batch_one_day"]
+sv = result["serving_series_64_clients"]
+def row(name, d, fmt):
+    return (name, fmt.format(d["median"]), fmt.format(d["min"]) + "-" + fmt.format(d["max"]))
+rows += [
+    row(f"batch-layer run, one day of {batch_events:,} events (s)", bd["batch_seconds"], "{:.2f}"),
+    row("DuckDB, same aggregates, same files (peer, s)", bd["duckdb_seconds"], "{:.2f}"),
+    row("  ratio batch / DuckDB (target <= 1.5)", bd["ratio_batch_to_duckdb"], "{:.2f}"),
+    row("  peak memory batch-layer (MiB)", bd["batch_peak_mib"], "{:.0f}"),
+    row("  peak memory DuckDB (MiB)", bd["duckdb_peak_mib"], "{:.0f}"),
+    row("serving series, 64 clients (req/s)", sv["requests_per_sec"], "{:,.0f}"),
+    row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
+    row("  p99 (ms, target < 20)", sv["p99_ms"], "{:.2f}"),
+    row("redis-benchmark -P 1 GET, 64 clients (peer, req/s)", sv["redis_benchmark_get_rps"], "{:,.0f}"),
+    row("freshness p50, produce to visible in series (ms)", result["freshness_ms"]["p50"], "{:.0f}"),
+    row("freshness p99 (ms, target < 1000)", result["freshness_ms"]["p99"], "{:.0f}"),
 ]
 print(f"\n{'figure':<52} {'median':>16} {'min-max':>24}")
 for name, med, rng in rows:

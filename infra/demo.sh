@@ -83,7 +83,8 @@ sleep 6  # one archive flush interval, so the newest history is committed
 
 say "running the batch once (the schedule then runs every 5 minutes)"
 "$BIN/batch-layer" run
-start schedule "$BIN/batch-layer" schedule
+# Its own metrics port: the archiver already serves batch.metrics_listen.
+start schedule env TRIBUTARY__BATCH__METRICS_LISTEN=127.0.0.1:9103 "$BIN/batch-layer" schedule
 
 FROM=$(date -u -d '-3 hours' +%Y-%m-%dT%H:00:00Z)
 TO=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)

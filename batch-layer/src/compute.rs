@@ -158,8 +158,14 @@ impl Engine {
                     .collect(),
             });
         }
+        let t0 = std::time::Instant::now();
         let batches = self.load(view, input).await?;
         let input_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        tracing::debug!(
+            rows = input_rows,
+            ms = t0.elapsed().as_millis() as u64,
+            "master files read"
+        );
         let ctx = &self.ctx;
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = format!("master_{id}");
@@ -177,6 +183,11 @@ impl Engine {
         ctx.deregister_table(&table)?;
         let batches = batches?;
         let events: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        tracing::debug!(
+            events,
+            ms = t0.elapsed().as_millis() as u64,
+            "filtered and deduplicated"
+        );
 
         let events_table = format!("events_{id}");
         ctx.register_table(
@@ -189,9 +200,11 @@ impl Engine {
                 let mut out = Vec::new();
                 for mask in 0..(1u32 << view.dimensions.len()) {
                     let sql = aggregate_sql(view, &events_table, *g, mask);
+                    let t = std::time::Instant::now();
                     for b in ctx.sql(&sql).await?.collect().await? {
                         out.push(conform(&b, &schema)?);
                     }
+                    tracing::debug!(granularity = %g, gset = mask, ms = t.elapsed().as_millis() as u64, "aggregated");
                 }
                 tables.push((*g, concat_batches(&schema, &out)?));
             }

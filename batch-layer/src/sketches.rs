@@ -29,29 +29,30 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
     ctx.register_udaf(AggregateUDF::from(crate::quantile::QuantileContUdaf::new()));
 }
 
-/// One group's HyperLogLog: packed `(register << 8) | rank` observations while few, the
-/// registers once the list would outgrow them (so memory stays ≤ 16 KiB per group).
+/// One group's HyperLogLog: its `(register, rank)` observations while few, the registers once
+/// the list would outgrow them (so memory stays ≤ 16 KiB per group, and the many small groups
+/// of a cube never pay for 16384 registers).
 #[derive(Debug, Clone, Default)]
 enum HllState {
     #[default]
     Empty,
-    Small(Vec<u32>),
+    Small(Vec<(u16, u8)>),
     Dense(Box<Hll>),
 }
 
-/// Observations kept before switching to registers: 4096 × 4 bytes = the registers' size.
+/// Observations kept before switching to registers (about the registers' size).
 const SMALL_MAX: usize = REGISTERS / 4;
 
 impl HllState {
     fn observe(&mut self, index: usize, rank: u8) {
         match self {
-            HllState::Empty => *self = HllState::Small(vec![((index as u32) << 8) | rank as u32]),
+            HllState::Empty => *self = HllState::Small(vec![(index as u16, rank)]),
             HllState::Small(v) => {
-                v.push(((index as u32) << 8) | rank as u32);
+                v.push((index as u16, rank));
                 if v.len() >= SMALL_MAX {
                     let mut h = Hll::new();
-                    for e in v.iter() {
-                        h.observe((e >> 8) as usize, (e & 0xff) as u8);
+                    for (i, r) in v.iter() {
+                        h.observe(*i as usize, *r);
                     }
                     *self = HllState::Dense(Box::new(h));
                 }
@@ -60,23 +61,39 @@ impl HllState {
         }
     }
 
-    fn merge_hll(&mut self, other: &Hll) {
-        let mut h = self.take_hll();
-        h.merge(other);
-        *self = HllState::Dense(Box::new(h));
-    }
-
-    fn take_hll(&mut self) -> Hll {
-        match std::mem::take(self) {
+    /// Folds in another sketch's Redis bytes (a partial aggregate's state).
+    fn merge_bytes(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(obs) = Hll::sparse_observations(bytes) {
+            for (i, r) in obs {
+                self.observe(i as usize, r);
+            }
+            return Ok(());
+        }
+        let other = Hll::from_redis(bytes).ok_or_else(|| {
+            datafusion::error::DataFusionError::Internal(
+                "tributary_hll: state is not a Redis HyperLogLog".into(),
+            )
+        })?;
+        let mut h = match std::mem::take(self) {
+            HllState::Dense(h) => *h,
             HllState::Empty => Hll::new(),
             HllState::Small(v) => {
                 let mut h = Hll::new();
-                for e in v {
-                    h.observe((e >> 8) as usize, (e & 0xff) as u8);
-                }
+                v.iter().for_each(|(i, r)| h.observe(*i as usize, *r));
                 h
             }
-            HllState::Dense(h) => *h,
+        };
+        h.merge(&other);
+        *self = HllState::Dense(Box::new(h));
+        Ok(())
+    }
+
+    /// Redis bytes (sparse while small).
+    fn encode(self) -> Vec<u8> {
+        match self {
+            HllState::Empty => Hll::redis_from_observations(&mut []),
+            HllState::Small(mut v) => Hll::redis_from_observations(&mut v),
+            HllState::Dense(h) => h.to_redis(),
         }
     }
 
@@ -181,8 +198,8 @@ impl GroupsAccumulator for HllGroups {
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let taken = emit_to.take_needed(&mut self.groups);
         let mut out = BinaryBuilder::with_capacity(taken.len(), taken.len() * 64);
-        for mut g in taken {
-            out.append_value(g.take_hll().to_redis());
+        for g in taken {
+            out.append_value(g.encode());
         }
         Ok(Arc::new(out.finish()))
     }
@@ -201,12 +218,7 @@ impl GroupsAccumulator for HllGroups {
         let bytes = values[0].as_binary::<i32>();
         for (row, g) in group_indices.iter().enumerate() {
             if bytes.is_valid(row) {
-                let other = Hll::from_redis(bytes.value(row)).ok_or_else(|| {
-                    datafusion::error::DataFusionError::Internal(
-                        "tributary_hll: state is not a Redis HyperLogLog".into(),
-                    )
-                })?;
-                self.groups[*g].merge_hll(&other);
+                self.groups[*g].merge_bytes(bytes.value(row))?;
             }
         }
         Ok(())

@@ -291,3 +291,63 @@ pub fn write_config(
     }
     Ok((path, env))
 }
+
+/// Waits until the archive has committed every partition up to `ends` (its `_state` files).
+pub async fn wait_archived(
+    store: Arc<dyn ObjectStore>,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let states = tributary_batch_layer::state::StateStore::new(store, topic);
+    wait_for(
+        "the archive to commit every record",
+        Duration::from_secs(90),
+        || {
+            let states = states.clone();
+            async move {
+                let all: std::collections::HashMap<i32, i64> = states
+                    .load_all()
+                    .await?
+                    .into_iter()
+                    .map(|(p, s)| (p, s.committed_offset))
+                    .collect();
+                Ok(ends
+                    .iter()
+                    .all(|(p, e)| all.get(p) == Some(e))
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the speed layer's stored offsets of `view` reach `ends` on every partition.
+pub async fn wait_speed_applied(
+    key_prefix: &str,
+    view: &str,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let key = tributary_shared::layout::RedisKeys::new(key_prefix).offsets(view, topic);
+    let con = redis().await?;
+    wait_for(
+        "the speed layer to apply every record",
+        Duration::from_secs(90),
+        || {
+            let (key, mut con) = (key.clone(), con.clone());
+            async move {
+                let stored = hgetall(&mut con, &key).await?;
+                Ok(ends
+                    .iter()
+                    .all(|(p, end)| {
+                        stored
+                            .get(&p.to_string())
+                            .and_then(|v| v.split(':').next()?.parse::<i64>().ok())
+                            == Some(*end)
+                    })
+                    .then_some(()))
+            }
+        },
+    )
+    .await
+}

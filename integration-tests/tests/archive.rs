@@ -94,27 +94,7 @@ async fn wait_committed(
     topic: &str,
     ends: &HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
-    let states = StateStore::new(store, topic);
-    wait_for(
-        "the archive to commit every partition",
-        Duration::from_secs(90),
-        || {
-            let states = states.clone();
-            async move {
-                let all: HashMap<i32, i64> = states
-                    .load_all()
-                    .await?
-                    .into_iter()
-                    .map(|(p, s)| (p, s.committed_offset))
-                    .collect();
-                Ok(ends
-                    .iter()
-                    .all(|(p, e)| all.get(p) == Some(e))
-                    .then_some(()))
-            }
-        },
-    )
-    .await
+    wait_archived(store, topic, ends).await
 }
 
 /// (partition, offset) → event_id of every row of every master file.

@@ -14,7 +14,6 @@ use tokio::sync::watch;
 use tributary_batch_layer::manifest::Manifest;
 use tributary_batch_layer::read::{BatchQuery, BatchReader};
 use tributary_batch_layer::run::{RunReport, load_report};
-use tributary_batch_layer::state::StateStore;
 use tributary_it::scenario::*;
 use tributary_it::*;
 use tributary_shared::bucket::{DAY_MS, HOUR_MS, date_string};
@@ -48,27 +47,7 @@ async fn archive_until(
 ) -> anyhow::Result<()> {
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(tributary_batch_layer::archive(config.clone(), rx));
-    let states = StateStore::new(store.clone(), &config.source.topic);
-    let waited = wait_for(
-        "the archive to commit every partition",
-        Duration::from_secs(90),
-        || {
-            let states = states.clone();
-            async move {
-                let all: HashMap<i32, i64> = states
-                    .load_all()
-                    .await?
-                    .into_iter()
-                    .map(|(p, s)| (p, s.committed_offset))
-                    .collect();
-                Ok(ends
-                    .iter()
-                    .all(|(p, e)| all.get(p) == Some(e))
-                    .then_some(()))
-            }
-        },
-    )
-    .await;
+    let waited = wait_archived(store.clone(), &config.source.topic, ends).await;
     let _ = tx.send(true);
     task.await??;
     waited

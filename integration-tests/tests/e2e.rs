@@ -17,7 +17,6 @@ use tributary_batch_layer::state::StateStore;
 use tributary_it::scenario::*;
 use tributary_it::*;
 use tributary_shared::bucket::{HOUR_MS, MINUTE_MS, format_rfc3339, parse_rfc3339};
-use tributary_shared::layout::RedisKeys;
 use tributary_shared::{Config, Granularity};
 
 const SETTINGS: &str = r#"
@@ -70,52 +69,9 @@ async fn get(url: &str) -> anyhow::Result<(u16, Value)> {
 
 /// Waits for the speed layer to apply, and the archive to commit, every record.
 async fn wait_consumed(config: &Config, ends: &HashMap<i32, i64>) -> anyhow::Result<()> {
-    let keys = RedisKeys::new(config.redis.key_prefix.clone());
-    let topic = config.source.topic.clone();
-    let con = redis().await?;
-    wait_for(
-        "the speed layer to apply every record",
-        Duration::from_secs(90),
-        || {
-            let key = keys.offsets("checkouts", &topic);
-            let mut con = con.clone();
-            async move {
-                let stored = hgetall(&mut con, &key).await?;
-                Ok(ends
-                    .iter()
-                    .all(|(p, end)| {
-                        stored
-                            .get(&p.to_string())
-                            .and_then(|v| v.split(':').next()?.parse::<i64>().ok())
-                            == Some(*end)
-                    })
-                    .then_some(()))
-            }
-        },
-    )
-    .await?;
-    let store = open(&config.store)?;
-    let states = StateStore::new(store, &config.source.topic);
-    wait_for(
-        "the archive to commit every record",
-        Duration::from_secs(90),
-        || {
-            let states = states.clone();
-            async move {
-                let all: HashMap<i32, i64> = states
-                    .load_all()
-                    .await?
-                    .into_iter()
-                    .map(|(p, s)| (p, s.committed_offset))
-                    .collect();
-                Ok(ends
-                    .iter()
-                    .all(|(p, e)| all.get(p) == Some(e))
-                    .then_some(()))
-            }
-        },
-    )
-    .await
+    let topic = &config.source.topic;
+    wait_speed_applied(&config.redis.key_prefix, "checkouts", topic, ends).await?;
+    wait_archived(open(&config.store)?, topic, ends).await
 }
 
 /// Checks a `series` answer bucket by bucket: the source follows the horizon, batch points

@@ -3,7 +3,6 @@
 //! rebuilds from then on and leaves nothing counted twice.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use tokio::sync::watch;
 use tributary_it::scenario::*;
@@ -22,27 +21,11 @@ metrics_listen = "127.0.0.1:0"
 async fn run_until_applied(config: &Config, ends: &HashMap<i32, i64>) -> anyhow::Result<()> {
     let (stop, rx) = watch::channel(false);
     let task = tokio::spawn(tributary_speed_layer::run(config.clone(), rx));
-    let keys = RedisKeys::new(config.redis.key_prefix.clone());
-    let key = keys.offsets("checkouts", &config.source.topic);
-    let con = redis().await?;
-    let waited = wait_for(
-        "the speed layer to apply every record",
-        Duration::from_secs(90),
-        || {
-            let (key, mut con) = (key.clone(), con.clone());
-            async move {
-                let stored = hgetall(&mut con, &key).await?;
-                Ok(ends
-                    .iter()
-                    .all(|(p, end)| {
-                        stored
-                            .get(&p.to_string())
-                            .and_then(|v| v.split(':').next()?.parse::<i64>().ok())
-                            == Some(*end)
-                    })
-                    .then_some(()))
-            }
-        },
+    let waited = wait_speed_applied(
+        &config.redis.key_prefix,
+        "checkouts",
+        &config.source.topic,
+        ends,
     )
     .await;
     let _ = stop.send(true);

@@ -18,6 +18,9 @@ use crate::error::ApiError;
 use crate::query::{SeriesParams, TopParams};
 use crate::sources::Sources;
 
+/// One output group's point in one bucket.
+type GroupPoint = (Vec<Option<String>>, Point);
+
 /// Where a bucket's answer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Source {
@@ -152,38 +155,77 @@ pub async fn series(
         }
     }
 
-    // Speed side, one pipelined read.
+    // Speed side. A bucket that ends at or before the speed watermark is sealed: the speed
+    // layer drops every later event for it as late, so its answer is cached; only the open
+    // buckets are read from Redis, in one pipelined read.
     let mut speed: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Point>> = BTreeMap::new();
+    let mut speed_wm = None;
     if !speed_buckets.is_empty() {
-        let q = SpeedQuery {
-            granularity: g,
-            buckets: speed_buckets.clone(),
-            filters: p.range.filters.clone(),
-            group_by: p.group_by.clone(),
-            measures: p.measures.clone(),
+        speed_wm = watermark(src).await;
+        let cache_key = |b: i64| {
+            format!(
+                "{}|{g}|{b}|{:?}|{:?}|{:?}",
+                view.name, p.range.filters, p.group_by, p.measures
+            )
         };
-        let keys = src.keys.clone();
-        let v = view.clone();
-        match src
-            .with_redis(|mut con| async move {
-                read(&mut con, &keys, &v, &q)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-        {
-            Ok(s) => speed = s,
-            Err(e) => {
-                errors.push(format!("speed layer unreadable: {e}"));
-                unreadable.extend(&speed_buckets);
+        let sealed = |b: i64| speed_wm.is_some_and(|w| g.end(b) <= w);
+        let mut to_read = Vec::new();
+        for b in &speed_buckets {
+            match sealed(*b).then(|| src.sealed.get(&cache_key(*b))).flatten() {
+                Some(groups) => {
+                    for (group, point) in groups.iter() {
+                        speed
+                            .entry(group.clone())
+                            .or_default()
+                            .insert(*b, point.clone());
+                    }
+                }
+                None => to_read.push(*b),
+            }
+        }
+        if !to_read.is_empty() {
+            let q = SpeedQuery {
+                granularity: g,
+                buckets: to_read.clone(),
+                filters: p.range.filters.clone(),
+                group_by: p.group_by.clone(),
+                measures: p.measures.clone(),
+            };
+            let keys = src.keys.clone();
+            let v = view.clone();
+            match src
+                .with_redis(|mut con| async move {
+                    read(&mut con, &keys, &v, &q)
+                        .await
+                        .map_err(|e| e.to_string())
+                })
+                .await
+            {
+                Ok(s) => {
+                    let mut per_bucket: BTreeMap<i64, Vec<GroupPoint>> =
+                        to_read.iter().map(|b| (*b, Vec::new())).collect();
+                    for (group, points) in s {
+                        for (b, point) in points {
+                            if let Some(v) = per_bucket.get_mut(&b) {
+                                v.push((group.clone(), point.clone()));
+                            }
+                            speed.entry(group.clone()).or_default().insert(b, point);
+                        }
+                    }
+                    for (b, groups) in per_bucket {
+                        if sealed(b) {
+                            src.sealed.put(cache_key(b), groups);
+                        }
+                    }
+                }
+                Err(e) => {
+                    errors.push(format!("speed layer unreadable: {e}"));
+                    unreadable.extend(&to_read);
+                    speed_wm = None;
+                }
             }
         }
     }
-    let speed_wm = if speed_buckets.is_empty() || !unreadable.is_empty() {
-        None
-    } else {
-        watermark(src).await
-    };
 
     let missing: Vec<i64> = filter(&by_source, Source::Missing);
     let mut groups: BTreeSet<Vec<Option<String>>> =

@@ -17,7 +17,54 @@ const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed connect, the next attempt waits this long (requests in between fail fast).
 const REDIS_RETRY: Duration = Duration::from_secs(1);
 
+/// Answers of sealed speed buckets (ended at or before the speed watermark, so final), per
+/// query shape and bucket. Entries expire after a while so a `speed-layer reset` is seen.
+pub struct SealedCache {
+    entries: std::sync::Mutex<std::collections::HashMap<String, (Instant, SealedEntry)>>,
+    ttl: Duration,
+    max_entries: usize,
+}
+
+/// One bucket's points per output group.
+pub type SealedEntry = Arc<Vec<(Vec<Option<String>>, tributary_shared::series::Point)>>;
+
+impl SealedCache {
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        SealedCache {
+            entries: Default::default(),
+            ttl,
+            max_entries,
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<SealedEntry> {
+        let guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .get(key)
+            .filter(|(t, _)| t.elapsed() < self.ttl)
+            .map(|(_, e)| e.clone())
+    }
+
+    pub fn put(
+        &self,
+        key: String,
+        groups: Vec<(Vec<Option<String>>, tributary_shared::series::Point)>,
+    ) {
+        let mut guard = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.len() >= self.max_entries {
+            // Cheap bound: drop the expired, and everything if still full.
+            let ttl = self.ttl;
+            guard.retain(|_, (t, _)| t.elapsed() < ttl);
+            if guard.len() >= self.max_entries {
+                guard.clear();
+            }
+        }
+        guard.insert(key, (Instant::now(), Arc::new(groups)));
+    }
+}
+
 pub struct Sources {
+    pub sealed: SealedCache,
     pub config: Config,
     pub views: Vec<ViewPlan>,
     pub keys: RedisKeys,
@@ -47,6 +94,7 @@ impl Sources {
             .map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
         let redis_url = tributary_speed_layer::redis_url(&config)?;
         Ok(Sources {
+            sealed: SealedCache::new(Duration::from_secs(300), 200_000),
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
             batch: BatchReader::new(store.clone(), Duration::from_secs(1)),
             store,

@@ -198,6 +198,90 @@ impl Hll {
         out
     }
 
+    /// [`Hll::to_redis`] of the sketch holding exactly these `(register, rank)` observations,
+    /// without building the 16384 registers: for the many small sketches of a batch view.
+    /// The observations are sorted in place.
+    pub fn redis_from_observations(obs: &mut [(u16, u8)]) -> Vec<u8> {
+        obs.sort_unstable();
+        // Keep the highest rank per register (the last of each run after sorting).
+        let mut regs: Vec<(usize, u8)> = Vec::with_capacity(obs.len());
+        for (i, r) in obs.iter() {
+            match regs.last_mut() {
+                Some((last, rank)) if *last == *i as usize => *rank = (*rank).max(*r),
+                _ => regs.push((*i as usize, *r)),
+            }
+        }
+        if regs.iter().any(|(_, r)| *r > SPARSE_VAL_MAX) {
+            let mut h = Hll::new();
+            for (i, r) in regs {
+                h.observe(i, r);
+            }
+            return h.to_redis_dense();
+        }
+        let mut out = Vec::with_capacity(HEADER + regs.len() * 3 + 2);
+        out.extend_from_slice(b"HYLL");
+        out.push(1);
+        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
+        let zeros = |out: &mut Vec<u8>, mut n: usize| {
+            while n > 0 {
+                let k = n.min(REGISTERS);
+                if k > 64 {
+                    let len = k - 1;
+                    out.push(0x40 | ((len >> 8) as u8 & 0x3f));
+                    out.push((len & 0xff) as u8);
+                } else {
+                    out.push((k - 1) as u8);
+                }
+                n -= k;
+            }
+        };
+        let mut next = 0usize;
+        let mut k = 0;
+        while k < regs.len() {
+            let (i, v) = regs[k];
+            zeros(&mut out, i - next);
+            // A run of equal values in consecutive registers, at most 4 per opcode.
+            let mut run = 1;
+            while k + run < regs.len() && run < 4 && regs[k + run] == (i + run, v) {
+                run += 1;
+            }
+            out.push(0x80 | ((v - 1) << 2) | (run as u8 - 1));
+            next = i + run;
+            k += run;
+        }
+        zeros(&mut out, REGISTERS - next);
+        out
+    }
+
+    /// The non-zero registers of a sparse Redis encoding, without building the registers;
+    /// `None` for a dense or invalid one.
+    pub fn sparse_observations(bytes: &[u8]) -> Option<Vec<(u16, u8)>> {
+        if bytes.len() < HEADER || &bytes[..4] != b"HYLL" || bytes[4] != 1 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut idx = 0usize;
+        let mut ops = bytes[HEADER..].iter();
+        while let Some(&op) = ops.next() {
+            if op & 0xc0 == 0 {
+                idx += (op & 0x3f) as usize + 1;
+            } else if op & 0xc0 == 0x40 {
+                let lo = *ops.next()? as usize;
+                idx += ((((op & 0x3f) as usize) << 8) | lo) + 1;
+            } else {
+                let value = ((op >> 2) & 0x1f) + 1;
+                for _ in 0..(op & 0x3) as usize + 1 {
+                    if idx >= REGISTERS {
+                        return None;
+                    }
+                    out.push((idx as u16, value));
+                    idx += 1;
+                }
+            }
+        }
+        (idx == REGISTERS).then_some(out)
+    }
+
     /// Reads either Redis encoding (what `GET` returns for a HyperLogLog key).
     pub fn from_redis(bytes: &[u8]) -> Option<Hll> {
         if bytes.len() < HEADER || &bytes[..4] != b"HYLL" {
@@ -316,6 +400,25 @@ mod tests {
         }
         assert_eq!(Hll::from_redis(&h.to_redis()), Some(h.clone()));
         assert_eq!(Hll::from_redis(&sparse[..sparse.len() - 1]), None);
+        // Built from observations: the same bytes as through the registers.
+        for n in [0usize, 1, 5, 300, 3000] {
+            let mut h = Hll::new();
+            let mut obs = Vec::new();
+            for i in 0..n {
+                let e = format!("o{i}");
+                h.add(e.as_bytes());
+                let (idx, rank) = register_of(e.as_bytes());
+                obs.push((idx as u16, rank));
+                obs.push((idx as u16, 1));
+            }
+            let bytes = Hll::redis_from_observations(&mut obs);
+            assert_eq!(bytes, h.to_redis(), "{n} elements");
+            let back = Hll::sparse_observations(&bytes).unwrap_or_default();
+            let mut again = Hll::new();
+            back.iter()
+                .for_each(|(i, r)| again.observe(*i as usize, *r));
+            assert_eq!(again, h);
+        }
     }
 
     #[test]

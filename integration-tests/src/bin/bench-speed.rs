@@ -1,6 +1,6 @@
-//! `bench-speed`: the speed layer through the broker against a bare rdkafka consumer reading
-//! the same topic in the same run, pair by pair (machines here are noisy: only ratios measured
-//! side by side mean anything). Prints JSON.
+//! `bench-speed`: the speed layer and the archive through the broker, each against a bare
+//! rdkafka consumer reading the same topic in the same run, pair by pair (machines here are
+//! noisy: only ratios measured side by side mean anything). Prints JSON.
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,44 @@ async fn speed_layer(topic: &str, n: u64) -> anyhow::Result<f64> {
     Ok(secs)
 }
 
+/// Runs the archiver in-process (to a temporary directory) until every record is committed;
+/// seconds from start.
+async fn archive(topic: &str, n: u64) -> anyhow::Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let config = example_config(&[
+        ("SOURCE__BROKERS", brokers()),
+        ("SOURCE__TOPIC", topic.to_string()),
+        ("SOURCE__GROUP_PREFIX", unique("bench")),
+        ("STORE__URL", format!("file://{}", dir.path().display())),
+        ("BATCH__METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("BATCH__ARCHIVE_FLUSH_INTERVAL", "1s".into()),
+    ])?;
+    let store = tributary_it::open(&config.store)?;
+    let states = tributary_batch_layer::state::StateStore::new(store, topic);
+    let (tx, rx) = watch::channel(false);
+    let started = Instant::now();
+    let handle = tokio::spawn(tributary_batch_layer::archive(config, rx));
+    loop {
+        let total: i64 = states
+            .load_all()
+            .await?
+            .iter()
+            .map(|(_, s)| s.committed_offset)
+            .sum();
+        if total as u64 >= n {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("archive did not finish in 600 s ({total} of {n})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    tx.send(true).ok();
+    handle.await??;
+    Ok(secs)
+}
+
 fn stats(v: &[f64]) -> serde_json::Value {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
@@ -127,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let (mut bare, mut speed, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare2, mut arch, mut aratio) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
         let b = args.events as f64 / bare_consumer(&topic, args.events).await?;
         let s = args.events as f64 / speed_layer(&topic, args.events).await?;
@@ -137,6 +176,15 @@ async fn main() -> anyhow::Result<()> {
         bare.push(b);
         speed.push(s);
         ratio.push(s / b);
+        let b = args.events as f64 / bare_consumer(&topic, args.events).await?;
+        let a = args.events as f64 / archive(&topic, args.events).await?;
+        eprintln!(
+            "run {run}: bare {b:.0}/s, archive {a:.0}/s, ratio {:.2}",
+            a / b
+        );
+        bare2.push(b);
+        arch.push(a);
+        aratio.push(a / b);
     }
     let out = serde_json::json!({
         "events": args.events,
@@ -144,6 +192,11 @@ async fn main() -> anyhow::Result<()> {
         "bare_consumer_events_per_sec": stats(&bare),
         "speed_layer_events_per_sec": stats(&speed),
         "ratio_speed_to_bare": stats(&ratio),
+        "archive": {
+            "bare_consumer_events_per_sec": stats(&bare2),
+            "archive_events_per_sec": stats(&arch),
+            "ratio_archive_to_bare": stats(&aratio),
+        },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
