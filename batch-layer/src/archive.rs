@@ -352,6 +352,24 @@ impl Archiver {
     /// `closing`: the last flush before exit records every partition's newest end offset.
     async fn flush_with(&mut self, closing: bool) -> anyhow::Result<()> {
         let started = Instant::now();
+        if closing {
+            // The end offsets may not be known yet (statistics every 2 s, the end-of-partition
+            // event still queued): ask the broker, so the last state says whether the
+            // partition was read to its end.
+            let topic = self.config.source.topic.clone();
+            let partitions: Vec<i32> = self.partitions.keys().copied().collect();
+            let consumer = &self.consumer;
+            let hw = &self.high_watermarks;
+            tokio::task::block_in_place(|| {
+                for p in partitions {
+                    if let Ok((_, high)) =
+                        consumer.fetch_watermarks(&topic, p, Duration::from_secs(5))
+                    {
+                        hw.observe(p, high);
+                    }
+                }
+            });
+        }
         let hw = self.high_watermarks.snapshot();
         let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
         let idle_ms = self.config.batch.idle_timeout.as_millis() as i64;
