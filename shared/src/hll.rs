@@ -157,45 +157,14 @@ impl Hll {
     /// small values. A few hundred bytes for a small set instead of 12 KiB; Redis reads it as
     /// it reads its own. Falls back to dense when a register exceeds what sparse can hold (32).
     pub fn to_redis(&self) -> Vec<u8> {
-        if self.registers.iter().any(|r| *r > SPARSE_VAL_MAX) {
-            return self.to_redis_dense();
-        }
-        let mut out = Vec::with_capacity(64);
-        out.extend_from_slice(b"HYLL");
-        out.push(1);
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80]);
-        let regs = &self.registers[..];
-        let mut i = 0;
-        while i < REGISTERS {
-            let v = regs[i];
-            let run = regs[i..].iter().take_while(|r| **r == v).count();
-            if v == 0 {
-                let mut left = run;
-                while left > 0 {
-                    let n = left.min(REGISTERS);
-                    if n > 64 {
-                        // XZERO: 01xxxxxx yyyyyyyy, run length - 1 in 14 bits.
-                        let len = n - 1;
-                        out.push(0x40 | ((len >> 8) as u8 & 0x3f));
-                        out.push((len & 0xff) as u8);
-                    } else {
-                        // ZERO: 00xxxxxx.
-                        out.push((n - 1) as u8);
-                    }
-                    left -= n;
-                }
-            } else {
-                let mut left = run;
-                while left > 0 {
-                    // VAL: 1vvvvvxx, value - 1 in 5 bits, run length - 1 in 2 bits.
-                    let n = left.min(4);
-                    out.push(0x80 | ((v - 1) << 2) | (n as u8 - 1));
-                    left -= n;
-                }
-            }
-            i += run;
-        }
-        out
+        let mut obs: Vec<(u16, u8)> = self
+            .registers
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| **r > 0)
+            .map(|(i, r)| (i as u16, *r))
+            .collect();
+        Self::redis_from_observations(&mut obs)
     }
 
     /// [`Hll::to_redis`] of the sketch holding exactly these `(register, rank)` observations,
@@ -291,23 +260,10 @@ impl Hll {
             0 => Hll::from_redis_dense(bytes),
             1 => {
                 let mut h = Hll::new();
-                let mut idx = 0usize;
-                let mut ops = bytes[HEADER..].iter();
-                while let Some(&op) = ops.next() {
-                    if op & 0xc0 == 0 {
-                        idx += (op & 0x3f) as usize + 1;
-                    } else if op & 0xc0 == 0x40 {
-                        let lo = *ops.next()? as usize;
-                        idx += ((((op & 0x3f) as usize) << 8) | lo) + 1;
-                    } else {
-                        let value = ((op >> 2) & 0x1f) + 1;
-                        let run = (op & 0x3) as usize + 1;
-                        let end = idx + run;
-                        h.registers.get_mut(idx..end)?.fill(value);
-                        idx = end;
-                    }
+                for (i, r) in Hll::sparse_observations(bytes)? {
+                    h.observe(i as usize, r);
                 }
-                (idx == REGISTERS).then_some(h)
+                Some(h)
             }
             _ => None,
         }
