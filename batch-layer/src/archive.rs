@@ -53,6 +53,16 @@ impl ClientContext for ArchiveContext {
     fn stats(&self, statistics: Statistics) {
         self.high_watermarks.record(&statistics, &self.topic);
     }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        // `enable.partition.eof` (how the archive learns a partition is caught up) also
+        // reports each end of partition through this callback: normal, not an error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(reason, "end of partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka");
+        }
+    }
 }
 
 impl ConsumerContext for ArchiveContext {
