@@ -18,8 +18,8 @@ use tributary_shared::Granularity;
 use tributary_shared::config::AggKind;
 use tributary_shared::view::{FieldRef, FilterValue, ViewPlan};
 
-use crate::sketches;
 use crate::snapshot::DateInput;
+use crate::{encode, sketches};
 
 /// Names of the per-date temporary tables.
 static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -108,6 +108,8 @@ pub enum ComputeError {
     Decode(String),
     #[error("DataFusion: {0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    #[error("aggregate task: {0}")]
+    Task(String),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
 }
@@ -115,7 +117,11 @@ pub enum ComputeError {
 /// The SQL engine (the sketch and exact-quantile functions registered) and the store the
 /// master dataset is read from.
 pub struct Engine {
+    /// Filter and deduplication: one query over every core.
     ctx: SessionContext,
+    /// The cube's aggregate queries: each on one partition (single-phase aggregation, no
+    /// partial states to encode and merge), several queries at once.
+    serial: SessionContext,
     store: Arc<dyn ObjectStore>,
     master_schema: SchemaRef,
     partitions: usize,
@@ -130,10 +136,13 @@ impl Engine {
         let config = SessionConfig::new()
             .with_target_partitions(partitions)
             .with_batch_size(16 * 1024);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config(config.clone());
         sketches::register(&ctx);
+        let serial = SessionContext::new_with_config(config.with_target_partitions(1));
+        sketches::register(&serial);
         Ok(Engine {
             ctx,
+            serial,
             store,
             master_schema,
             partitions,
@@ -159,10 +168,10 @@ impl Engine {
             });
         }
         let t0 = std::time::Instant::now();
-        let batches = self.load(view, input).await?;
-        let input_rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let (batches, input_rows) = self.load(view, input).await?;
         tracing::debug!(
             rows = input_rows,
+            kept = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
             ms = t0.elapsed().as_millis() as u64,
             "master files read"
         );
@@ -189,30 +198,22 @@ impl Engine {
             "filtered and deduplicated"
         );
 
-        let events_table = format!("events_{id}");
-        ctx.register_table(
-            &events_table,
-            Arc::new(MemTable::try_new(df_schema, self.spread(batches))?),
+        let batches = encode::add_encoded_columns(
+            batches,
+            &fields_of(view, AggKind::CountDistinct),
+            &fields_of(view, AggKind::Quantile),
         )?;
-        let mut tables = Vec::new();
-        let result = async {
-            for g in &view.granularities {
-                let mut out = Vec::new();
-                for mask in 0..(1u32 << view.dimensions.len()) {
-                    let sql = aggregate_sql(view, &events_table, *g, mask);
-                    let t = std::time::Instant::now();
-                    for b in ctx.sql(&sql).await?.collect().await? {
-                        out.push(conform(&b, &schema)?);
-                    }
-                    tracing::debug!(granularity = %g, gset = mask, ms = t.elapsed().as_millis() as u64, "aggregated");
-                }
-                tables.push((*g, concat_batches(&schema, &out)?));
-            }
-            Ok::<_, ComputeError>(())
-        }
-        .await;
-        ctx.deregister_table(&events_table)?;
-        result?;
+        let events_schema = batches.first().map(|b| b.schema()).unwrap_or(df_schema);
+        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "encoded");
+
+        let events_table = format!("events_{id}");
+        self.serial.register_table(
+            &events_table,
+            Arc::new(MemTable::try_new(events_schema, vec![batches])?),
+        )?;
+        let result = self.cube(view, &events_table, &schema).await;
+        self.serial.deregister_table(&events_table)?;
+        let tables = result?;
         Ok(DateOutput {
             events,
             input_rows,
@@ -222,13 +223,64 @@ impl Engine {
 }
 
 impl Engine {
+    /// Runs the cube's queries (every granularity × grouping set), as many at once as there
+    /// are cores, each on its own task; the rows come out in a fixed order (granularity, then
+    /// grouping set), whatever order the queries finish in.
+    async fn cube(
+        &self,
+        view: &ViewPlan,
+        table: &str,
+        schema: &SchemaRef,
+    ) -> Result<Vec<(Granularity, RecordBatch)>, ComputeError> {
+        use futures::StreamExt;
+        let queries: Vec<(Granularity, u32)> = view
+            .granularities
+            .iter()
+            .flat_map(|g| (0..(1u32 << view.dimensions.len())).map(move |mask| (*g, mask)))
+            .collect();
+        let results: Vec<Result<Vec<RecordBatch>, ComputeError>> =
+            futures::stream::iter(queries.iter().copied())
+                .map(|(g, mask)| {
+                    let ctx = self.serial.clone();
+                    let sql = aggregate_sql(view, table, g, mask);
+                    let schema = schema.clone();
+                    let task = tokio::spawn(async move {
+                        let t = std::time::Instant::now();
+                        let out = ctx.sql(&sql).await?.collect().await?;
+                        tracing::debug!(granularity = %g, gset = mask, ms = t.elapsed().as_millis() as u64, "aggregated");
+                        out.iter()
+                            .map(|b| conform(b, &schema))
+                            .collect::<Result<Vec<_>, _>>()
+                    });
+                    async move {
+                        task.await
+                            .map_err(|e| ComputeError::Task(e.to_string()))?
+                    }
+                })
+                .buffered(self.partitions)
+                .collect()
+                .await;
+        let mut tables: Vec<(Granularity, Vec<RecordBatch>)> = Vec::new();
+        for ((g, _), r) in queries.iter().zip(results) {
+            let batches = r?;
+            match tables.last_mut() {
+                Some((last, out)) if last == g => out.extend(batches),
+                _ => tables.push((*g, batches)),
+            }
+        }
+        tables
+            .into_iter()
+            .map(|(g, out)| Ok((g, concat_batches(schema, &out)?)))
+            .collect()
+    }
+
     /// Reads the columns a view needs from a date's master files (never `payload`), several
     /// files at a time, decoding off the async threads.
     async fn load(
         &self,
         view: &ViewPlan,
         input: &DateInput,
-    ) -> Result<Vec<RecordBatch>, ComputeError> {
+    ) -> Result<(Vec<RecordBatch>, u64), ComputeError> {
         use futures::StreamExt;
         let mut wanted: Vec<String> = vec!["event_id".into(), "event_time".into()];
         for (name, field, _) in &view.filters {
@@ -243,14 +295,15 @@ impl Engine {
         wanted.sort();
         wanted.dedup();
         let wanted = Arc::new(wanted);
-        let results: Vec<Result<Vec<RecordBatch>, ComputeError>> =
+        let pushed = Arc::new(pushable_filters(view, &self.master_schema));
+        let results: Vec<Result<(Vec<RecordBatch>, u64), ComputeError>> =
             futures::stream::iter(input.files.iter().cloned())
                 .map(|f| {
                     let store = self.store.clone();
-                    let wanted = wanted.clone();
+                    let (wanted, pushed) = (wanted.clone(), pushed.clone());
                     async move {
                         let bytes = store.get(&f.path).await?.bytes().await?;
-                        tokio::task::spawn_blocking(move || decode(bytes, &wanted))
+                        tokio::task::spawn_blocking(move || decode(bytes, &wanted, &pushed))
                             .await
                             .map_err(|e| ComputeError::Decode(format!("{}: {e}", f.path)))?
                     }
@@ -259,10 +312,13 @@ impl Engine {
                 .collect()
                 .await;
         let mut out = Vec::new();
+        let mut rows = 0;
         for r in results {
-            out.extend(r?);
+            let (batches, file_rows) = r?;
+            out.extend(batches);
+            rows += file_rows;
         }
-        Ok(out)
+        Ok((out, rows))
     }
 
     /// Spreads batches over partitions so the SQL uses every core.
@@ -275,17 +331,69 @@ impl Engine {
     }
 }
 
-/// Decodes the `wanted` columns of one Parquet file.
-fn decode(bytes: bytes::Bytes, wanted: &[String]) -> Result<Vec<RecordBatch>, ComputeError> {
+/// Decodes the `wanted` columns of one Parquet file, skipping the rows an equality filter
+/// rules out (`pushed`) before the other columns are decoded; also returns the file's rows.
+fn decode(
+    bytes: bytes::Bytes,
+    wanted: &[String],
+    pushed: &[(String, FilterValue)],
+) -> Result<(Vec<RecordBatch>, u64), ComputeError> {
     use parquet::arrow::ProjectionMask;
-    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::arrow_reader::{
+        ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter,
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
     let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().map(String::as_str));
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(64 * 1024)
-        .build()?;
-    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+    let mut predicates: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
+    for (column, value) in pushed {
+        let only = ProjectionMask::columns(builder.parquet_schema(), [column.as_str()]);
+        let value = value.clone();
+        predicates.push(Box::new(ArrowPredicateFn::new(only, move |batch| {
+            pushed_filter(batch.column(0), &value)
+        })));
+    }
+    let mut builder = builder.with_projection(mask).with_batch_size(64 * 1024);
+    if !predicates.is_empty() {
+        builder = builder.with_row_filter(RowFilter::new(predicates));
+    }
+    Ok((builder.build()?.collect::<Result<Vec<_>, _>>()?, rows))
+}
+
+/// The `where` filters that can be applied while decoding: equality of a text or boolean
+/// column with a value of its own type, where the Parquet reader's comparison is exactly the
+/// SQL one (numeric filters, with their type coercions, are left to the SQL). The SQL still
+/// applies every filter; this only saves decoding rows it would drop.
+fn pushable_filters(view: &ViewPlan, schema: &Schema) -> Vec<(String, FilterValue)> {
+    view.filters
+        .iter()
+        .filter_map(|(name, field, value)| {
+            let column = match field {
+                FieldRef::Type => "type".to_string(),
+                FieldRef::Declared(_) => name.clone(),
+            };
+            let ty = schema.field_with_name(&column).ok()?.data_type().clone();
+            match (&ty, value) {
+                (DataType::Utf8, FilterValue::Str(_))
+                | (DataType::Boolean, FilterValue::Bool(_)) => Some((column, value.clone())),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn pushed_filter(
+    column: &ArrayRef,
+    value: &FilterValue,
+) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
+    use arrow::array::{BooleanArray, Scalar, StringArray};
+    use arrow::compute::kernels::cmp::eq;
+    match value {
+        FilterValue::Str(s) => eq(column, &Scalar::new(StringArray::from(vec![s.as_str()]))),
+        FilterValue::Bool(b) => eq(column, &Scalar::new(BooleanArray::from(vec![*b]))),
+        // Never pushed (see `pushable_filters`); keeping every row is always correct.
+        FilterValue::Num(_) => Ok(BooleanArray::from(vec![true; column.len()])),
+    }
 }
 
 /// Casts a query result's columns to the file schema (the SQL layer may pick view types).
@@ -330,6 +438,20 @@ pub fn input_columns(view: &ViewPlan) -> Vec<String> {
         }
     }
     cols
+}
+
+/// The fields of the view's measures of one kind (each once).
+pub fn fields_of(view: &ViewPlan, agg: AggKind) -> Vec<String> {
+    let mut fields: Vec<String> = Vec::new();
+    for m in &view.measures {
+        if m.agg == agg
+            && let Some(f) = &m.field_name
+            && !fields.contains(f)
+        {
+            fields.push(f.clone());
+        }
+    }
+    fields
 }
 
 /// Step 1: the view's events of the date, one row per `event_id`. Producer duplicates are
@@ -400,19 +522,25 @@ pub fn aggregate_sql(view: &ViewPlan, table: &str, g: Granularity, mask: u32) ->
                 ));
             }
             AggKind::CountDistinct => {
+                // Over the columns `encode` added (the field's text interned / hashed once).
+                let f = m.field_name.as_deref().unwrap_or_default();
                 select.push(format!(
-                    "count(DISTINCT CAST({field} AS VARCHAR)) AS {value}"
+                    "tributary_count_distinct_ids({}) AS {value}",
+                    ident(&encode::id_column(f))
                 ));
                 select.push(format!(
-                    "tributary_hll({field}) AS {}",
+                    "tributary_hll_observed({}) AS {}",
+                    ident(&encode::hll_column(f)),
                     ident(&columns::sketch(&m.name))
                 ));
             }
             AggKind::Quantile => {
                 let q = m.q.unwrap_or(0.5);
                 select.push(format!("tributary_quantile_cont({num}, {q:?}) AS {value}"));
+                let f = m.field_name.as_deref().unwrap_or_default();
                 select.push(format!(
-                    "tributary_qsketch({num}) AS {}",
+                    "tributary_qsketch_observed({}) AS {}",
+                    ident(&encode::sketch_column(f)),
                     ident(&columns::sketch(&m.name))
                 ));
             }

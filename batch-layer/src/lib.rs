@@ -3,14 +3,16 @@
 //! - [`archive`]: Kafka → Parquet master dataset, committed per partition by [`state`];
 //! - [`master`]: the master dataset's schema and Parquet encoding;
 //! - [`snapshot`]: the committed files a run reads, and the [`horizon`];
-//! - [`compute`]: a view's date recomputed with DataFusion SQL (with [`sketches`] and the
-//!   exact [`quantile`]);
+//! - [`compute`]: a view's date recomputed with DataFusion SQL (with [`sketches`], the exact
+//!   [`distinct`] count over values [`encode`]d once, and the exact [`quantile`]);
 //! - [`run`], [`schedule`]: runs, their [`lock`] and each view's [`manifest`];
 //! - [`read`]: the read API the serving layer uses;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod archive;
 pub mod compute;
+pub mod distinct;
+pub mod encode;
 pub mod horizon;
 pub mod lock;
 pub mod manifest;

@@ -7,64 +7,11 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, Float64Builder};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::{
-    Accumulator, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
-};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
 use tributary_shared::sketch::exact_quantile_cont_unsorted;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct QuantileContUdaf {
-    signature: Signature,
-}
-
-impl QuantileContUdaf {
-    pub fn new() -> Self {
-        QuantileContUdaf {
-            signature: Signature::any(2, Volatility::Immutable),
-        }
-    }
-}
-
-impl Default for QuantileContUdaf {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AggregateUDFImpl for QuantileContUdaf {
-    fn name(&self) -> &str {
-        "tributary_quantile_cont"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Float64)
-    }
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format!("{}_values", args.name),
-            DataType::Binary,
-            true,
-        ))])
-    }
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(crate::sketches::SingleGroup(Groups::default())))
-    }
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
-    }
-    fn create_groups_accumulator(
-        &self,
-        _args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(Groups::default()))
-    }
-}
 
 /// Values per group, and `q` (a constant argument, read from the first batch; the partial
 /// states carry it in their first 8 bytes).

@@ -3,30 +3,150 @@
 //! a batch sketch with a speed key):
 //!
 //! - `tributary_hll(x)`: Redis HyperLogLog bytes (sparse while small) of `x` as text;
-//! - `tributary_qsketch(x)`: the log-bucket quantile sketch of `x`, encoded as text.
+//!   `tributary_hll_observed(o)` the same from precomputed observations
+//!   ([`crate::encode`]);
+//! - `tributary_qsketch(x)`: the log-bucket quantile sketch of `x`, encoded as text;
+//!   `tributary_qsketch_observed(c)` the same from precomputed bucket codes.
 //!
-//! Both are grouped accumulators (one state vector indexed by group), because a view's
-//! cube has tens of thousands of groups per query and per-group accumulators would be called
-//! once per group per batch.
+//! [`register`] also registers the exact aggregates of [`crate::distinct`] and
+//! [`crate::quantile`]. All are grouped accumulators (one state vector indexed by group),
+//! because a view's cube has tens of thousands of groups per query and per-group accumulators
+//! would be called once per group per batch.
 
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BinaryBuilder, BooleanArray, StringBuilder};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, FieldRef, Float64Type};
+use arrow::datatypes::{DataType, Field, FieldRef, Float64Type, UInt32Type};
 use datafusion::common::{Result, ScalarValue};
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 use tributary_shared::hll::{self, Hll, REGISTERS};
-use tributary_shared::sketch::QuantileSketch;
+use tributary_shared::sketch::{QuantileSketch, SketchBucket};
 
-/// Registers both functions on a session.
+use crate::encode::unpack_observation;
+
+/// Registers the view functions on a session: the sketches, the exact distinct count over
+/// interned ids and the exact quantile.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
-    ctx.register_udaf(AggregateUDF::from(HllUdaf::new()));
-    ctx.register_udaf(AggregateUDF::from(QuantileUdaf::new()));
-    ctx.register_udaf(AggregateUDF::from(crate::quantile::QuantileContUdaf::new()));
+    let any = |n| Signature::any(n, Volatility::Immutable);
+    let udafs = [
+        GroupedUdaf {
+            name: "tributary_hll",
+            signature: any(1),
+            return_type: DataType::Binary,
+            state_type: DataType::Binary,
+            make: || Box::new(HllGroups::new(HllInput::Text)),
+        },
+        GroupedUdaf {
+            name: "tributary_hll_observed",
+            signature: any(1),
+            return_type: DataType::Binary,
+            state_type: DataType::Binary,
+            make: || Box::new(HllGroups::new(HllInput::Observation)),
+        },
+        GroupedUdaf {
+            name: "tributary_qsketch",
+            signature: any(1),
+            return_type: DataType::Utf8,
+            state_type: DataType::Utf8,
+            make: || Box::new(QuantileGroups::new(SketchInput::Value)),
+        },
+        GroupedUdaf {
+            name: "tributary_qsketch_observed",
+            signature: any(1),
+            return_type: DataType::Utf8,
+            state_type: DataType::Utf8,
+            make: || Box::new(QuantileGroups::new(SketchInput::Code)),
+        },
+        GroupedUdaf {
+            name: "tributary_count_distinct_ids",
+            signature: any(1),
+            return_type: DataType::Int64,
+            state_type: DataType::Binary,
+            make: || Box::new(crate::distinct::DistinctIdGroups::default()),
+        },
+        GroupedUdaf {
+            name: "tributary_quantile_cont",
+            signature: any(2),
+            return_type: DataType::Float64,
+            state_type: DataType::Binary,
+            make: || Box::new(crate::quantile::Groups::default()),
+        },
+    ];
+    for udaf in udafs {
+        ctx.register_udaf(AggregateUDF::from(udaf));
+    }
+}
+
+/// A grouped accumulator of ours, used as both DataFusion's grouped and single-group
+/// accumulator.
+pub(crate) type Groups = Box<dyn GroupsAccumulator + Sync>;
+
+/// An aggregate function given by its grouped accumulator: what differs between ours is the
+/// name, the types and the accumulator; the rest is here once.
+pub(crate) struct GroupedUdaf {
+    name: &'static str,
+    signature: Signature,
+    return_type: DataType,
+    state_type: DataType,
+    make: fn() -> Groups,
+}
+
+impl std::fmt::Debug for GroupedUdaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedUdaf")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+// Functions are registered by name, so the name identifies one.
+impl PartialEq for GroupedUdaf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for GroupedUdaf {}
+
+impl std::hash::Hash for GroupedUdaf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl AggregateUDFImpl for GroupedUdaf {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.return_type.clone())
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}_state", args.name),
+            self.state_type.clone(),
+            true,
+        ))])
+    }
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleGroup((self.make)())))
+    }
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok((self.make)())
+    }
 }
 
 /// One group's HyperLogLog: its `(register, rank)` observations while few, the registers once
@@ -110,6 +230,12 @@ fn as_text(values: &ArrayRef) -> Result<ArrayRef> {
     Ok(cast(values, &DataType::Utf8)?)
 }
 
+fn observations(values: &ArrayRef) -> Result<arrow::array::UInt32Array> {
+    Ok(cast(values, &DataType::UInt32)?
+        .as_primitive::<UInt32Type>()
+        .clone())
+}
+
 fn as_f64(values: &ArrayRef) -> Result<ArrayRef> {
     Ok(cast(values, &DataType::Float64)?)
 }
@@ -118,61 +244,27 @@ fn selected(filter: Option<&BooleanArray>, row: usize) -> bool {
     filter.is_none_or(|f| f.is_valid(row) && f.value(row))
 }
 
-/// `tributary_hll(x) -> Binary`: Redis HyperLogLog of `x` as text (what `PFADD` of the same
-/// text would build).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct HllUdaf {
-    signature: Signature,
+/// What `tributary_hll` is given: values (hashed as text) or precomputed observations
+/// ([`crate::encode::hll_column`]).
+#[derive(Debug, Clone, Copy)]
+enum HllInput {
+    Text,
+    Observation,
 }
 
-impl HllUdaf {
-    pub fn new() -> Self {
-        HllUdaf {
-            signature: Signature::any(1, Volatility::Immutable),
+#[derive(Debug)]
+struct HllGroups {
+    input: HllInput,
+    groups: Vec<HllState>,
+}
+
+impl HllGroups {
+    fn new(input: HllInput) -> Self {
+        HllGroups {
+            input,
+            groups: Vec::new(),
         }
     }
-}
-
-impl Default for HllUdaf {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AggregateUDFImpl for HllUdaf {
-    fn name(&self) -> &str {
-        "tributary_hll"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Binary)
-    }
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format!("{}_hll", args.name),
-            DataType::Binary,
-            true,
-        ))])
-    }
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleGroup(HllGroups::default())))
-    }
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
-    }
-    fn create_groups_accumulator(
-        &self,
-        _args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(HllGroups::default()))
-    }
-}
-
-#[derive(Debug, Default)]
-struct HllGroups {
-    groups: Vec<HllState>,
 }
 
 impl GroupsAccumulator for HllGroups {
@@ -184,12 +276,25 @@ impl GroupsAccumulator for HllGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.groups.resize_with(total_num_groups, HllState::default);
-        let text = as_text(&values[0])?;
-        let text = text.as_string::<i32>();
-        for (row, g) in group_indices.iter().enumerate() {
-            if text.is_valid(row) && selected(opt_filter, row) {
-                let (index, rank) = hll::register_of(text.value(row).as_bytes());
-                self.groups[*g].observe(index, rank);
+        match self.input {
+            HllInput::Text => {
+                let text = as_text(&values[0])?;
+                let text = text.as_string::<i32>();
+                for (row, g) in group_indices.iter().enumerate() {
+                    if text.is_valid(row) && selected(opt_filter, row) {
+                        let (index, rank) = hll::register_of(text.value(row).as_bytes());
+                        self.groups[*g].observe(index, rank);
+                    }
+                }
+            }
+            HllInput::Observation => {
+                let obs = observations(&values[0])?;
+                for (row, g) in group_indices.iter().enumerate() {
+                    if obs.is_valid(row) && selected(opt_filter, row) {
+                        let (index, rank) = unpack_observation(obs.value(row));
+                        self.groups[*g].observe(index, rank);
+                    }
+                }
             }
         }
         Ok(())
@@ -229,15 +334,31 @@ impl GroupsAccumulator for HllGroups {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        let text = as_text(&values[0])?;
-        let text = text.as_string::<i32>();
-        let mut out = BinaryBuilder::with_capacity(text.len(), text.len() * 24);
-        for row in 0..text.len() {
-            let mut h = Hll::new();
-            if text.is_valid(row) && selected(opt_filter, row) {
-                h.add(text.value(row).as_bytes());
+        let rows = values[0].len();
+        let mut out = BinaryBuilder::with_capacity(rows, rows * 24);
+        let mut one = |observation: Option<(usize, u8)>| {
+            let mut state = HllState::default();
+            if let Some((index, rank)) = observation {
+                state.observe(index, rank);
             }
-            out.append_value(h.to_redis());
+            out.append_value(state.encode());
+        };
+        match self.input {
+            HllInput::Text => {
+                let text = as_text(&values[0])?;
+                let text = text.as_string::<i32>();
+                for row in 0..rows {
+                    one((text.is_valid(row) && selected(opt_filter, row))
+                        .then(|| hll::register_of(text.value(row).as_bytes())));
+                }
+            }
+            HllInput::Observation => {
+                let obs = observations(&values[0])?;
+                for row in 0..rows {
+                    one((obs.is_valid(row) && selected(opt_filter, row))
+                        .then(|| unpack_observation(obs.value(row))));
+                }
+            }
         }
         Ok(vec![Arc::new(out.finish())])
     }
@@ -248,60 +369,77 @@ impl GroupsAccumulator for HllGroups {
     }
 }
 
-/// `tributary_qsketch(x) -> Utf8`: the log-bucket quantile sketch of numeric `x`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct QuantileUdaf {
-    signature: Signature,
+/// What `tributary_qsketch` is given: values, or precomputed bucket codes
+/// ([`crate::encode::sketch_column`]).
+#[derive(Debug, Clone, Copy)]
+enum SketchInput {
+    Value,
+    Code,
 }
 
-impl QuantileUdaf {
-    pub fn new() -> Self {
-        QuantileUdaf {
-            signature: Signature::any(1, Volatility::Immutable),
+/// One group's sketch: bucket codes gathered since the last fold (appending is cheaper than
+/// a map update per value), and the buckets folded in so far (and from merged states).
+#[derive(Debug, Default)]
+struct SketchGroup {
+    pending: Vec<u32>,
+    sketch: QuantileSketch,
+}
+
+impl SketchGroup {
+    fn fold(&mut self) -> &QuantileSketch {
+        self.pending.sort_unstable();
+        for run in self.pending.chunk_by(|a, b| a == b) {
+            if let Some(b) = SketchBucket::from_code(run[0]) {
+                self.sketch.add_bucket(b, run.len() as u64);
+            }
+        }
+        self.pending.clear();
+        &self.sketch
+    }
+}
+
+#[derive(Debug)]
+struct QuantileGroups {
+    input: SketchInput,
+    groups: Vec<SketchGroup>,
+}
+
+impl QuantileGroups {
+    fn new(input: SketchInput) -> Self {
+        QuantileGroups {
+            input,
+            groups: Vec::new(),
         }
     }
-}
 
-impl Default for QuantileUdaf {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl AggregateUDFImpl for QuantileUdaf {
-    fn name(&self) -> &str {
-        "tributary_qsketch"
-    }
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8)
-    }
-    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
-        Ok(vec![Arc::new(Field::new(
-            format!("{}_sketch", args.name),
-            DataType::Utf8,
-            true,
-        ))])
-    }
-    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleGroup(QuantileGroups::default())))
-    }
-    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
-        true
-    }
-    fn create_groups_accumulator(
+    /// The bucket code of each row (`None`: null, NaN or filtered out).
+    fn codes<'a>(
         &self,
-        _args: AccumulatorArgs,
-    ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok(Box::new(QuantileGroups::default()))
+        values: &'a ArrayRef,
+        opt_filter: Option<&'a BooleanArray>,
+    ) -> Result<Vec<Option<u32>>> {
+        Ok(match self.input {
+            SketchInput::Value => {
+                let nums = as_f64(values)?;
+                let nums = nums.as_primitive::<Float64Type>();
+                (0..nums.len())
+                    .map(|row| {
+                        (nums.is_valid(row) && selected(opt_filter, row))
+                            .then(|| SketchBucket::of(nums.value(row)).map(SketchBucket::code))
+                            .flatten()
+                    })
+                    .collect()
+            }
+            SketchInput::Code => {
+                let codes = observations(values)?;
+                (0..codes.len())
+                    .map(|row| {
+                        (codes.is_valid(row) && selected(opt_filter, row)).then(|| codes.value(row))
+                    })
+                    .collect()
+            }
+        })
     }
-}
-
-#[derive(Debug, Default)]
-struct QuantileGroups {
-    groups: Vec<QuantileSketch>,
 }
 
 impl GroupsAccumulator for QuantileGroups {
@@ -313,12 +451,11 @@ impl GroupsAccumulator for QuantileGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.groups
-            .resize_with(total_num_groups, QuantileSketch::default);
-        let nums = as_f64(&values[0])?;
-        let nums = nums.as_primitive::<Float64Type>();
-        for (row, g) in group_indices.iter().enumerate() {
-            if nums.is_valid(row) && selected(opt_filter, row) {
-                self.groups[*g].insert(nums.value(row));
+            .resize_with(total_num_groups, SketchGroup::default);
+        let codes = self.codes(&values[0], opt_filter)?;
+        for (code, g) in codes.into_iter().zip(group_indices) {
+            if let Some(code) = code {
+                self.groups[*g].pending.push(code);
             }
         }
         Ok(())
@@ -327,8 +464,8 @@ impl GroupsAccumulator for QuantileGroups {
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let taken = emit_to.take_needed(&mut self.groups);
         let mut out = StringBuilder::with_capacity(taken.len(), taken.len() * 32);
-        for g in taken {
-            out.append_value(g.encode());
+        for mut g in taken {
+            out.append_value(g.fold().encode());
         }
         Ok(Arc::new(out.finish()))
     }
@@ -344,7 +481,7 @@ impl GroupsAccumulator for QuantileGroups {
         total_num_groups: usize,
     ) -> Result<()> {
         self.groups
-            .resize_with(total_num_groups, QuantileSketch::default);
+            .resize_with(total_num_groups, SketchGroup::default);
         let text = as_text(&values[0])?;
         let text = text.as_string::<i32>();
         for (row, g) in group_indices.iter().enumerate() {
@@ -354,7 +491,7 @@ impl GroupsAccumulator for QuantileGroups {
                         "tributary_qsketch: state is not an encoded sketch".into(),
                     )
                 })?;
-                self.groups[*g].merge(&other);
+                self.groups[*g].sketch.merge(&other);
             }
         }
         Ok(())
@@ -365,13 +502,12 @@ impl GroupsAccumulator for QuantileGroups {
         values: &[ArrayRef],
         opt_filter: Option<&BooleanArray>,
     ) -> Result<Vec<ArrayRef>> {
-        let nums = as_f64(&values[0])?;
-        let nums = nums.as_primitive::<Float64Type>();
-        let mut out = StringBuilder::with_capacity(nums.len(), nums.len() * 8);
-        for row in 0..nums.len() {
+        let codes = self.codes(&values[0], opt_filter)?;
+        let mut out = StringBuilder::with_capacity(codes.len(), codes.len() * 8);
+        for code in codes {
             let mut sketch = QuantileSketch::new();
-            if nums.is_valid(row) && selected(opt_filter, row) {
-                sketch.insert(nums.value(row));
+            if let Some(b) = code.and_then(SketchBucket::from_code) {
+                sketch.add_bucket(b, 1);
             }
             out.append_value(sketch.encode());
         }
@@ -379,20 +515,25 @@ impl GroupsAccumulator for QuantileGroups {
     }
 
     fn size(&self) -> usize {
-        self.groups.capacity() * std::mem::size_of::<QuantileSketch>()
+        self.groups.capacity() * std::mem::size_of::<SketchGroup>()
             + self
                 .groups
                 .iter()
-                .map(|g| g.bucket_count() * 24)
+                .map(|g| g.pending.capacity() * 4 + g.sketch.bucket_count() * 24)
                 .sum::<usize>()
     }
 }
 
 /// A grouped accumulator used for the one group of an aggregate without GROUP BY.
-#[derive(Debug)]
-pub(crate) struct SingleGroup<G>(pub(crate) G);
+pub(crate) struct SingleGroup(pub(crate) Groups);
 
-impl<G: GroupsAccumulator + std::fmt::Debug + Sync> Accumulator for SingleGroup<G> {
+impl std::fmt::Debug for SingleGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SingleGroup")
+    }
+}
+
+impl Accumulator for SingleGroup {
     fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
         let rows = values.first().map_or(0, |v| v.len());
         self.0.update_batch(values, &vec![0; rows], None, 1)

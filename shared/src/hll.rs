@@ -66,7 +66,16 @@ pub fn murmur64a(data: &[u8], seed: u64) -> u64 {
 /// the low 14 hash bits pick the register; the run of zeros after them, plus one, is the rank
 /// (a sentinel bit bounds it at 51).
 pub fn register_of(element: &[u8]) -> (usize, u8) {
-    let hash = murmur64a(element, SEED);
+    register_of_hash(element_hash(element))
+}
+
+/// The 64-bit hash Redis computes for an element (also usable as a hash-table key).
+pub fn element_hash(element: &[u8]) -> u64 {
+    murmur64a(element, SEED)
+}
+
+/// [`register_of`] given the element's [`element_hash`].
+pub fn register_of_hash(hash: u64) -> (usize, u8) {
     let index = (hash & (REGISTERS as u64 - 1)) as usize;
     let rest = (hash >> P) | (1u64 << Q);
     (index, (rest.trailing_zeros() + 1) as u8)

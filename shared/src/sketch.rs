@@ -43,6 +43,30 @@ impl SketchBucket {
         })
     }
 
+    /// A compact code for the bucket (the sign in the top two bits, the index offset by 2^29
+    /// below), so a bucket can be computed once per value and kept in an integer column.
+    pub fn code(self) -> u32 {
+        const OFFSET: i64 = 1 << 29;
+        let (tag, i) = match self {
+            SketchBucket::Negative(i) => (0u32, i),
+            SketchBucket::Zero => (1, 0),
+            SketchBucket::Positive(i) => (2, i),
+        };
+        (tag << 30) | ((i as i64 + OFFSET) as u32 & ((1 << 30) - 1))
+    }
+
+    /// Inverse of [`SketchBucket::code`].
+    pub fn from_code(code: u32) -> Option<SketchBucket> {
+        const OFFSET: i64 = 1 << 29;
+        let i = (code & ((1 << 30) - 1)) as i64 - OFFSET;
+        match code >> 30 {
+            0 => Some(SketchBucket::Negative(i as i32)),
+            1 => Some(SketchBucket::Zero),
+            2 => Some(SketchBucket::Positive(i as i32)),
+            _ => None,
+        }
+    }
+
     /// The hash field name: `p<i>`, `n<i>` or `z`.
     pub fn field(self) -> String {
         match self {
@@ -97,6 +121,13 @@ impl QuantileSketch {
     pub fn insert(&mut self, x: f64) {
         if let Some(b) = SketchBucket::of(x) {
             *self.buckets.entry(b).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds `count` values to a bucket.
+    pub fn add_bucket(&mut self, b: SketchBucket, count: u64) {
+        if count > 0 {
+            *self.buckets.entry(b).or_insert(0) += count;
         }
     }
 
@@ -218,6 +249,27 @@ pub fn exact_quantile_cont_unsorted(values: &mut [f64], q: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_codes_round_trip() {
+        for x in [
+            -1e300,
+            -1e6,
+            -3.5,
+            -1e-9,
+            0.0,
+            1e-9,
+            0.5,
+            1.0,
+            230.0,
+            1e12,
+            f64::MAX,
+        ] {
+            let b = SketchBucket::of(x).expect("not NaN");
+            assert_eq!(SketchBucket::from_code(b.code()), Some(b), "{x}");
+        }
+        assert_eq!(SketchBucket::from_code(3 << 30), None);
+    }
 
     #[test]
     fn bucket_fields_round_trip() {
