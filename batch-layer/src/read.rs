@@ -198,20 +198,57 @@ impl BatchReader {
         Ok(table)
     }
 
-    /// Mergeable values per output group and bucket.
+    /// Mergeable values per output group and bucket (with their sketches, so they can be
+    /// merged further, e.g. with the speed layer's).
     pub async fn read_partials(
         &self,
         view: &ViewPlan,
         manifest: &Manifest,
         q: &BatchQuery,
     ) -> Result<BTreeMap<Vec<Option<String>>, BTreeMap<i64, Partial>>, ReadError> {
+        let (tables, cells) = self.matching_rows(view, manifest, q).await?;
+        let mut out: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Partial>> = BTreeMap::new();
+        for ((group, t), rows) in cells {
+            let partial = merged(&tables, &rows, view, &q.measures, true)?;
+            out.entry(group).or_default().insert(t, partial);
+        }
+        Ok(out)
+    }
+
+    /// Points per output group and bucket (groups and buckets without data absent). A point
+    /// from one precomputed row is that row's exact values; sketches are decoded only for
+    /// points merged from several rows (a set filter).
+    pub async fn read(
+        &self,
+        view: &ViewPlan,
+        manifest: &Manifest,
+        q: &BatchQuery,
+    ) -> Result<Series, ReadError> {
+        let (tables, cells) = self.matching_rows(view, manifest, q).await?;
+        let mut out = Series::new();
+        for ((group, t), rows) in cells {
+            let partial = merged(&tables, &rows, view, &q.measures, rows.len() > 1)?;
+            out.entry(group).or_default().insert(t, partial.finish());
+        }
+        Ok(out)
+    }
+
+    /// The rows of the query's grouping set that pass its range and filters, by output group
+    /// and bucket (`(table index, row)`), and the tables they are in.
+    async fn matching_rows(
+        &self,
+        view: &ViewPlan,
+        manifest: &Manifest,
+        q: &BatchQuery,
+    ) -> Result<(Vec<ResolvedTable>, Cells), ReadError> {
         let g = q.granularity;
         let from = g.floor(q.from_ms);
         let mut mask = 0i32;
         for d in q.group_by.iter().chain(q.filters.iter().map(|(d, _)| d)) {
             mask |= 1 << d;
         }
-        let mut out: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Partial>> = BTreeMap::new();
+        let mut tables = Vec::new();
+        let mut cells = Cells::new();
         let mut day = DAY_MS * from.div_euclid(DAY_MS);
         while day < q.to_ms {
             let date = date_string(day);
@@ -220,60 +257,37 @@ impl BatchReader {
                 continue;
             };
             let table = self.table(&file.path).await?;
-            let Some(rows) = table.by_gset.get(&mask) else {
+            if !table.by_gset.contains_key(&mask) {
                 continue;
-            };
-            let cols = Columns::of(&table.batch, view, &file.path)?;
-            for &row in rows {
-                let t = cols.t.value(row);
-                if t < from || t >= q.to_ms {
-                    continue;
-                }
-                let pass = q.filters.iter().all(|(d, accepted)| {
-                    cols.dims[*d]
-                        .and_then(|c| (!c.is_null(row)).then(|| c.value(row)))
-                        .is_some_and(|v| accepted.iter().any(|a| a == v))
-                });
-                if !pass {
-                    continue;
-                }
-                let group: Vec<Option<String>> = q
-                    .group_by
-                    .iter()
-                    .map(|d| {
-                        cols.dims[*d]
-                            .and_then(|c| (!c.is_null(row)).then(|| c.value(row).to_string()))
-                    })
-                    .collect();
-                let partial = cols.partial(view, &q.measures, row)?;
-                out.entry(group)
-                    .or_default()
-                    .entry(t)
-                    .and_modify(|p| p.merge(&partial))
-                    .or_insert(partial);
             }
+            let resolved = ResolvedTable::new(table, view, &q.measures, &file.path)?;
+            let index = tables.len();
+            {
+                let cols = &resolved;
+                let rows = cols.table.by_gset.get(&mask).map_or(&[][..], Vec::as_slice);
+                for &row in rows {
+                    let t = cols.t.value(row);
+                    if t < from || t >= q.to_ms {
+                        continue;
+                    }
+                    let pass = q.filters.iter().all(|(d, accepted)| {
+                        cols.dim(*d, row)
+                            .is_some_and(|v| accepted.iter().any(|a| a == v))
+                    });
+                    if !pass {
+                        continue;
+                    }
+                    let group: Vec<Option<String>> = q
+                        .group_by
+                        .iter()
+                        .map(|d| cols.dim(*d, row).map(str::to_string))
+                        .collect();
+                    cells.entry((group, t)).or_default().push((index, row));
+                }
+            }
+            tables.push(resolved);
         }
-        Ok(out)
-    }
-
-    /// Points per output group and bucket (groups and buckets without data absent).
-    pub async fn read(
-        &self,
-        view: &ViewPlan,
-        manifest: &Manifest,
-        q: &BatchQuery,
-    ) -> Result<Series, ReadError> {
-        Ok(self
-            .read_partials(view, manifest, q)
-            .await?
-            .into_iter()
-            .map(|(g, points)| {
-                (
-                    g,
-                    points.into_iter().map(|(t, p)| (t, p.finish())).collect(),
-                )
-            })
-            .collect())
+        Ok((tables, cells))
     }
 }
 
@@ -291,23 +305,72 @@ pub fn computed_dates(manifest: &Manifest) -> Vec<i64> {
         .collect()
 }
 
-/// Typed handles on a view file's columns.
-struct Columns<'a> {
-    t: &'a arrow::array::PrimitiveArray<Int64Type>,
-    dims: Vec<Option<&'a arrow::array::StringArray>>,
-    batch: &'a RecordBatch,
-    path: &'a str,
+/// Matching rows by (output group, bucket start): `(table index, row)`.
+type Cells = BTreeMap<(Vec<Option<String>>, i64), Vec<(usize, usize)>>;
+
+/// Merges the rows of one output point into its mergeable values.
+fn merged(
+    tables: &[ResolvedTable],
+    rows: &[(usize, usize)],
+    view: &ViewPlan,
+    measures: &[usize],
+    sketches: bool,
+) -> Result<Partial, ReadError> {
+    let mut out: Option<Partial> = None;
+    for (table, row) in rows {
+        let Some(table) = tables.get(*table) else {
+            continue;
+        };
+        let p = table.partial(view, measures, *row, sketches);
+        match &mut out {
+            Some(acc) => acc.merge(&p),
+            None => out = Some(p),
+        }
+    }
+    Ok(out.unwrap_or_default())
 }
 
-impl<'a> Columns<'a> {
-    fn of(batch: &'a RecordBatch, view: &ViewPlan, path: &'a str) -> Result<Self, ReadError> {
+/// A measure's columns in one view file, by kind.
+enum MeasureColumns<'a> {
+    Count(&'a arrow::array::Int64Array),
+    Sum(&'a arrow::array::Float64Array),
+    Min(&'a arrow::array::Float64Array),
+    Max(&'a arrow::array::Float64Array),
+    Avg(&'a arrow::array::Float64Array, &'a arrow::array::Int64Array),
+    Distinct(&'a arrow::array::Int64Array, &'a arrow::array::BinaryArray),
+    Quantile(
+        f64,
+        &'a arrow::array::Float64Array,
+        &'a arrow::array::StringArray,
+    ),
+}
+
+/// A view file with the query's columns looked up once (typed), not per row.
+struct ResolvedTable {
+    table: Arc<ViewTable>,
+    t: arrow::array::Int64Array,
+    dims: Vec<Option<arrow::array::StringArray>>,
+    /// Requested measure index → its columns' positions in the batch.
+    measures: Vec<(usize, Vec<usize>)>,
+}
+
+impl ResolvedTable {
+    fn new(
+        table: Arc<ViewTable>,
+        view: &ViewPlan,
+        measures: &[usize],
+        path: &str,
+    ) -> Result<Self, ReadError> {
+        let batch = &table.batch;
+        let missing = |col: &str| ReadError::Layout {
+            path: path.to_string(),
+            what: format!("no column {col:?} (written by an older view definition?)"),
+        };
         let t = batch
             .column_by_name(columns::T)
             .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| ReadError::Layout {
-                path: path.to_string(),
-                what: "no t column".into(),
-            })?;
+            .ok_or_else(|| missing(columns::T))?
+            .clone();
         let dims = view
             .dimensions
             .iter()
@@ -315,94 +378,118 @@ impl<'a> Columns<'a> {
                 batch
                     .column_by_name(&columns::dim(&d.name))
                     .and_then(|c| c.as_string_opt::<i32>())
+                    .cloned()
             })
             .collect();
-        Ok(Columns {
+        let schema = batch.schema();
+        let mut resolved = Vec::new();
+        for mi in measures {
+            let Some(m) = view.measures.get(*mi) else {
+                continue;
+            };
+            let names = match m.agg {
+                AggKind::Count | AggKind::Sum | AggKind::Min | AggKind::Max => {
+                    vec![columns::value(&m.name)]
+                }
+                AggKind::Avg => vec![columns::avg_sum(&m.name), columns::avg_n(&m.name)],
+                AggKind::CountDistinct | AggKind::Quantile => {
+                    vec![columns::value(&m.name), columns::sketch(&m.name)]
+                }
+            };
+            let positions = names
+                .iter()
+                .map(|n| schema.index_of(n).map_err(|_| missing(n)))
+                .collect::<Result<Vec<_>, _>>()?;
+            resolved.push((*mi, positions));
+        }
+        let out = ResolvedTable {
+            table,
             t,
             dims,
-            batch,
-            path,
+            measures: resolved,
+        };
+        // Check the column types once, so reading a row cannot fail.
+        for (mi, _) in &out.measures {
+            if out.columns(view, *mi).is_none() {
+                let name = view.measures.get(*mi).map_or("?", |m| m.name.as_str());
+                return Err(ReadError::Layout {
+                    path: path.to_string(),
+                    what: format!("columns of measure {name:?} have unexpected types"),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn dim(&self, d: usize, row: usize) -> Option<&str> {
+        self.dims
+            .get(d)?
+            .as_ref()
+            .and_then(|c| (!c.is_null(row)).then(|| c.value(row)))
+    }
+
+    fn columns(&self, view: &ViewPlan, mi: usize) -> Option<MeasureColumns<'_>> {
+        let batch = &self.table.batch;
+        let (_, pos) = self.measures.iter().find(|(i, _)| *i == mi)?;
+        let col = |i: usize| pos.get(i).map(|p| batch.column(*p));
+        let f64s = |i: usize| col(i)?.as_primitive_opt::<Float64Type>();
+        let i64s = |i: usize| col(i)?.as_primitive_opt::<Int64Type>();
+        let m = view.measures.get(mi)?;
+        Some(match m.agg {
+            AggKind::Count => MeasureColumns::Count(i64s(0)?),
+            AggKind::Sum => MeasureColumns::Sum(f64s(0)?),
+            AggKind::Min => MeasureColumns::Min(f64s(0)?),
+            AggKind::Max => MeasureColumns::Max(f64s(0)?),
+            AggKind::Avg => MeasureColumns::Avg(f64s(0)?, i64s(1)?),
+            AggKind::CountDistinct => {
+                MeasureColumns::Distinct(i64s(0)?, col(1)?.as_binary_opt::<i32>()?)
+            }
+            AggKind::Quantile => MeasureColumns::Quantile(
+                m.q.unwrap_or(0.5),
+                f64s(0)?,
+                col(1)?.as_string_opt::<i32>()?,
+            ),
         })
     }
 
-    fn missing(&self, col: &str) -> ReadError {
-        ReadError::Layout {
-            path: self.path.to_string(),
-            what: format!("no column {col:?} (written by an older view definition?)"),
+    /// One row's mergeable values; sketches decoded only when `sketches`.
+    fn partial(&self, view: &ViewPlan, measures: &[usize], row: usize, sketches: bool) -> Partial {
+        fn get_f(c: &arrow::array::Float64Array, row: usize) -> Option<f64> {
+            (!c.is_null(row)).then(|| c.value(row))
         }
-    }
-
-    fn f64(&self, col: &str, row: usize) -> Result<Option<f64>, ReadError> {
-        let c = self
-            .batch
-            .column_by_name(col)
-            .and_then(|c| c.as_primitive_opt::<Float64Type>())
-            .ok_or_else(|| self.missing(col))?;
-        Ok((!c.is_null(row)).then(|| c.value(row)))
-    }
-
-    fn i64(&self, col: &str, row: usize) -> Result<Option<i64>, ReadError> {
-        let c = self
-            .batch
-            .column_by_name(col)
-            .and_then(|c| c.as_primitive_opt::<Int64Type>())
-            .ok_or_else(|| self.missing(col))?;
-        Ok((!c.is_null(row)).then(|| c.value(row)))
-    }
-
-    fn partial(
-        &self,
-        view: &ViewPlan,
-        measures: &[usize],
-        row: usize,
-    ) -> Result<Partial, ReadError> {
+        fn get_i(c: &arrow::array::Int64Array, row: usize) -> Option<u64> {
+            (!c.is_null(row)).then(|| c.value(row).max(0) as u64)
+        }
         let mut p = Partial::default();
-        for m in measures.iter().filter_map(|i| view.measures.get(*i)) {
-            let value = match m.agg {
-                AggKind::Count => PartialValue::Count(
-                    self.i64(&columns::value(&m.name), row)?.unwrap_or(0).max(0) as u64,
-                ),
-                AggKind::Sum => PartialValue::Sum(self.f64(&columns::value(&m.name), row)?),
-                AggKind::Min => PartialValue::Min(self.f64(&columns::value(&m.name), row)?),
-                AggKind::Max => PartialValue::Max(self.f64(&columns::value(&m.name), row)?),
-                AggKind::Avg => PartialValue::Avg {
-                    sum: self.f64(&columns::avg_sum(&m.name), row)?.unwrap_or(0.0),
-                    n: self.i64(&columns::avg_n(&m.name), row)?.unwrap_or(0).max(0) as u64,
+        for mi in measures {
+            let (Some(m), Some(cols)) = (view.measures.get(*mi), self.columns(view, *mi)) else {
+                continue;
+            };
+            let value = match cols {
+                MeasureColumns::Count(c) => PartialValue::Count(get_i(c, row).unwrap_or(0)),
+                MeasureColumns::Sum(c) => PartialValue::Sum(get_f(c, row)),
+                MeasureColumns::Min(c) => PartialValue::Min(get_f(c, row)),
+                MeasureColumns::Max(c) => PartialValue::Max(get_f(c, row)),
+                MeasureColumns::Avg(s, n) => PartialValue::Avg {
+                    sum: get_f(s, row).unwrap_or(0.0),
+                    n: get_i(n, row).unwrap_or(0),
                 },
-                AggKind::CountDistinct => {
-                    let col = columns::sketch(&m.name);
-                    let sketch = self
-                        .batch
-                        .column_by_name(&col)
-                        .and_then(|c| c.as_binary_opt::<i32>())
-                        .ok_or_else(|| self.missing(&col))?;
-                    PartialValue::Distinct {
-                        exact: self
-                            .i64(&columns::value(&m.name), row)?
-                            .map(|v| v.max(0) as u64),
-                        sketch: (!sketch.is_null(row))
-                            .then(|| Hll::from_redis(sketch.value(row)))
-                            .flatten(),
-                    }
-                }
-                AggKind::Quantile => {
-                    let col = columns::sketch(&m.name);
-                    let sketch = self
-                        .batch
-                        .column_by_name(&col)
-                        .and_then(|c| c.as_string_opt::<i32>())
-                        .ok_or_else(|| self.missing(&col))?;
-                    PartialValue::Quantile {
-                        q: m.q.unwrap_or(0.5),
-                        exact: self.f64(&columns::value(&m.name), row)?,
-                        sketch: (!sketch.is_null(row))
-                            .then(|| QuantileSketch::decode(sketch.value(row)))
-                            .flatten(),
-                    }
-                }
+                MeasureColumns::Distinct(exact, sketch) => PartialValue::Distinct {
+                    exact: get_i(exact, row),
+                    sketch: (sketches && !sketch.is_null(row))
+                        .then(|| Hll::from_redis(sketch.value(row)))
+                        .flatten(),
+                },
+                MeasureColumns::Quantile(q, exact, sketch) => PartialValue::Quantile {
+                    q,
+                    exact: get_f(exact, row),
+                    sketch: (sketches && !sketch.is_null(row))
+                        .then(|| QuantileSketch::decode(sketch.value(row)))
+                        .flatten(),
+                },
             };
             p.values.insert(m.name.clone(), value);
         }
-        Ok(p)
+        p
     }
 }
