@@ -9,17 +9,56 @@ use serde::Serialize;
 use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::Granularity;
 use tributary_shared::bucket::format_rfc3339;
-use tributary_shared::series::{Partial, Point};
+use tributary_shared::series::{Partial, Series};
 use tributary_shared::view::ViewPlan;
-use tributary_speed_layer::read::{SpeedQuery, read, read_totals};
+use tributary_speed_layer::read::SpeedQuery;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::query::{SeriesParams, TopParams};
-use crate::sources::Sources;
+use crate::sources::{CachedPoints, Sources};
 
 /// One output group's point in one bucket.
-type GroupPoint = (Vec<Option<String>>, Point);
+type GroupPoint = (Vec<Option<String>>, RenderedPoint);
+
+/// A point already serialized to its JSON: a sealed speed bucket's points are rendered once
+/// and then copied into every response that shows them.
+#[derive(Debug, Clone)]
+pub struct RenderedPoint(std::sync::Arc<serde_json::value::RawValue>);
+
+impl Serialize for RenderedPoint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl RenderedPoint {
+    fn new(
+        t: &str,
+        source: &'static str,
+        exact: bool,
+        values: &BTreeMap<String, Option<f64>>,
+    ) -> Result<RenderedPoint, ApiError> {
+        let point = PointOutRef {
+            t,
+            source,
+            exact,
+            values,
+        };
+        serde_json::value::to_raw_value(&point)
+            .map(|raw| RenderedPoint(raw.into()))
+            .map_err(|e| ApiError::internal(format!("rendering a point: {e}")))
+    }
+}
+
+/// [`PointOut`], borrowed (what is serialized).
+#[derive(Serialize)]
+struct PointOutRef<'a> {
+    t: &'a str,
+    source: &'static str,
+    exact: bool,
+    values: &'a BTreeMap<String, Option<f64>>,
+}
 
 /// Where a bucket's answer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +78,15 @@ fn classify(end_ms: i64, horizon: Option<i64>, now_ms: i64, retention_ms: i64) -
     }
 }
 
+/// A point of a series (the schema of [`RenderedPoint`]).
+#[allow(dead_code)]
 #[derive(Debug, Serialize, ToSchema)]
 pub struct PointOut {
     /// Bucket start (RFC 3339, UTC).
     pub t: String,
     /// `batch`, `speed`, `missing` (neither layer holds it) or `unreadable` (its layer could
     /// not be read; see `errors`).
-    pub source: String,
+    pub source: &'static str,
     /// False for sketch-based values (speed distinct counts and quantiles, merged batch rows).
     pub exact: bool,
     pub values: BTreeMap<String, Option<f64>>,
@@ -55,7 +96,8 @@ pub struct PointOut {
 pub struct GroupSeries {
     /// The `group_by` dimensions' values (null: events without the field).
     pub group: BTreeMap<String, Option<String>>,
-    pub points: Vec<PointOut>,
+    #[schema(value_type = Vec<PointOut>)]
+    pub points: Vec<RenderedPoint>,
 }
 
 #[derive(Debug, Default, Serialize, ToSchema)]
@@ -86,27 +128,6 @@ pub struct SeriesResponse {
     pub errors: Vec<String>,
 }
 
-fn speed_watermark(progress: &BTreeMap<i32, serde_json::Value>) -> Option<i64> {
-    progress
-        .values()
-        .filter_map(|p| p.get("watermark_ms").and_then(|w| w.as_i64()))
-        .min()
-}
-
-/// Reads the speed layer's watermark; `None` when Redis is unreadable.
-async fn watermark(src: &Sources) -> Option<i64> {
-    let keys = src.keys.clone();
-    let topic = src.config.source.topic.clone();
-    src.with_redis(|mut con| async move {
-        tributary_speed_layer::read::progress(&mut con, &keys, &topic)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .ok()
-    .and_then(|p| speed_watermark(&p))
-}
-
 pub async fn series(
     src: &Sources,
     view: &ViewPlan,
@@ -133,24 +154,49 @@ pub async fn series(
     let speed_buckets: Vec<i64> = filter(&by_source, Source::Speed);
     let mut unreadable: BTreeSet<i64> = BTreeSet::new();
 
-    // Batch side.
-    let mut batch: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Point>> = BTreeMap::new();
+    // Bucket times formatted once per request, not once per group.
+    let times: BTreeMap<i64, String> = buckets.iter().map(|b| (*b, format_rfc3339(*b))).collect();
+    let time = |t: i64| times.get(&t).cloned().unwrap_or_else(|| format_rfc3339(t));
+    // What a bucket's answer depends on besides its source's version.
+    let shape = format!(
+        "{}|{g}|{:?}|{:?}|{:?}",
+        view.name, p.range.filters, p.group_by, p.measures
+    );
+
+    // Batch side. A manifest version's buckets never change, so their rendered points are
+    // cached per version; a new manifest is a new cache key.
+    let mut batch = Rendered::new();
     if let (Some(m), Some(first), Some(last)) =
         (&manifest, batch_buckets.first(), batch_buckets.last())
     {
-        let q = BatchQuery {
-            granularity: g,
-            from_ms: *first,
-            to_ms: g.end(*last),
-            filters: p.range.filters.clone(),
-            group_by: p.group_by.clone(),
-            measures: p.measures.clone(),
-        };
-        match src.batch.read(view, m, &q).await {
-            Ok(s) => batch = s,
-            Err(e) => {
-                errors.push(format!("batch view unreadable: {e}"));
-                unreadable.extend(&batch_buckets);
+        let version_shape = format!("batch|{}|{}|{shape}", m.version, m.run_id);
+        let cached = src.points.get_many(&version_shape, &batch_buckets);
+        if cached.iter().all(Option::is_some) {
+            for (b, groups) in batch_buckets.iter().zip(cached.into_iter().flatten()) {
+                add_cached(&mut batch, *b, &groups);
+            }
+        } else {
+            let q = BatchQuery {
+                granularity: g,
+                from_ms: *first,
+                to_ms: g.end(*last),
+                filters: p.range.filters.clone(),
+                group_by: p.group_by.clone(),
+                measures: p.measures.clone(),
+            };
+            match src.batch.read(view, m, &q).await {
+                Ok(s) => render_into(
+                    src,
+                    (&version_shape, &batch_buckets),
+                    "batch",
+                    &time,
+                    &s,
+                    &mut batch,
+                )?,
+                Err(e) => {
+                    errors.push(format!("batch view unreadable: {e}"));
+                    unreadable.extend(&batch_buckets);
+                }
             }
         }
     }
@@ -158,28 +204,17 @@ pub async fn series(
     // Speed side. A bucket that ends at or before the speed watermark is sealed: the speed
     // layer drops every later event for it as late, so its answer is cached; only the open
     // buckets are read from Redis, in one pipelined read.
-    let mut speed: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Point>> = BTreeMap::new();
+    let mut speed = Rendered::new();
     let mut speed_wm = None;
     if !speed_buckets.is_empty() {
-        speed_wm = watermark(src).await;
-        let cache_key = |b: i64| {
-            format!(
-                "{}|{g}|{b}|{:?}|{:?}|{:?}",
-                view.name, p.range.filters, p.group_by, p.measures
-            )
-        };
+        speed_wm = src.speed_watermark().await;
+        let speed_shape = format!("speed|{shape}");
         let sealed = |b: i64| speed_wm.is_some_and(|w| g.end(b) <= w);
         let mut to_read = Vec::new();
-        for b in &speed_buckets {
-            match sealed(*b).then(|| src.sealed.get(&cache_key(*b))).flatten() {
-                Some(groups) => {
-                    for (group, point) in groups.iter() {
-                        speed
-                            .entry(group.clone())
-                            .or_default()
-                            .insert(*b, point.clone());
-                    }
-                }
+        let cached = src.points.get_many(&speed_shape, &speed_buckets);
+        for (b, hit) in speed_buckets.iter().zip(cached) {
+            match hit.filter(|_| sealed(*b)) {
+                Some(groups) => add_cached(&mut speed, *b, &groups),
                 None => to_read.push(*b),
             }
         }
@@ -191,32 +226,19 @@ pub async fn series(
                 group_by: p.group_by.clone(),
                 measures: p.measures.clone(),
             };
-            let keys = src.keys.clone();
-            let v = view.clone();
-            match src
-                .with_redis(|mut con| async move {
-                    read(&mut con, &keys, &v, &q)
-                        .await
-                        .map_err(|e| e.to_string())
-                })
-                .await
-            {
+            let key = format!("{speed_shape}|{to_read:?}");
+            match src.speed_series(key, view, q).await {
                 Ok(s) => {
-                    let mut per_bucket: BTreeMap<i64, Vec<GroupPoint>> =
-                        to_read.iter().map(|b| (*b, Vec::new())).collect();
-                    for (group, points) in s {
-                        for (b, point) in points {
-                            if let Some(v) = per_bucket.get_mut(&b) {
-                                v.push((group.clone(), point.clone()));
-                            }
-                            speed.entry(group.clone()).or_default().insert(b, point);
-                        }
-                    }
-                    for (b, groups) in per_bucket {
-                        if sealed(b) {
-                            src.sealed.put(cache_key(b), groups);
-                        }
-                    }
+                    let sealed_read: Vec<i64> =
+                        to_read.iter().copied().filter(|b| sealed(*b)).collect();
+                    render_into(
+                        src,
+                        (&speed_shape, &sealed_read),
+                        "speed",
+                        &time,
+                        &s,
+                        &mut speed,
+                    )?
                 }
                 Err(e) => {
                     errors.push(format!("speed layer unreadable: {e}"));
@@ -233,40 +255,23 @@ pub async fn series(
     if p.group_by.is_empty() {
         groups.insert(Vec::new());
     }
-    let mut out = Vec::new();
-    for group in groups {
-        let mut points: BTreeMap<i64, PointOut> = BTreeMap::new();
-        for (source, part) in [("batch", batch.get(&group)), ("speed", speed.get(&group))] {
-            for (t, pt) in part.into_iter().flatten() {
-                points.insert(
-                    *t,
-                    PointOut {
-                        t: format_rfc3339(*t),
-                        source: source.into(),
-                        exact: pt.exact,
-                        values: pt.values.clone(),
-                    },
-                );
-            }
+    // The points without values are the same in every group: rendered once.
+    let no_values = BTreeMap::new();
+    let mut gaps: Vec<(i64, RenderedPoint)> = Vec::new();
+    for (set, label) in [
+        (missing.clone(), "missing"),
+        (unreadable.iter().copied().collect(), "unreadable"),
+    ] {
+        for t in set {
+            gaps.push((t, RenderedPoint::new(&time(t), label, false, &no_values)?));
         }
-        for (set, label) in [
-            (&missing, "missing"),
-            (
-                &unreadable.iter().copied().collect::<Vec<_>>(),
-                "unreadable",
-            ),
-        ] {
-            for t in set {
-                points.insert(
-                    *t,
-                    PointOut {
-                        t: format_rfc3339(*t),
-                        source: label.into(),
-                        exact: false,
-                        values: BTreeMap::new(),
-                    },
-                );
-            }
+    }
+    let mut out = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut points: BTreeMap<i64, RenderedPoint> = speed.remove(&group).unwrap_or_default();
+        points.extend(batch.remove(&group).unwrap_or_default());
+        for (t, pt) in &gaps {
+            points.insert(*t, pt.clone());
         }
         out.push(GroupSeries {
             group: p
@@ -303,6 +308,50 @@ pub async fn series(
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,
     })
+}
+
+/// Output group → bucket start → rendered point.
+type Rendered = BTreeMap<Vec<Option<String>>, BTreeMap<i64, RenderedPoint>>;
+
+/// Adds a cached bucket's points to `out`.
+fn add_cached(out: &mut Rendered, bucket: i64, groups: &CachedPoints) {
+    for (group, point) in groups.iter() {
+        out.entry(group.clone())
+            .or_default()
+            .insert(bucket, point.clone());
+    }
+}
+
+/// Renders a layer's answer into `out` (points labelled `source`), and caches the buckets
+/// `cache.1` under the key `cache.0` (a bucket without points is cached as such).
+fn render_into(
+    src: &Sources,
+    cache: (&str, &[i64]),
+    source: &'static str,
+    time: &dyn Fn(i64) -> String,
+    answer: &Series,
+    out: &mut Rendered,
+) -> Result<(), ApiError> {
+    let (key, cached) = cache;
+    let mut per_bucket: BTreeMap<i64, Vec<GroupPoint>> =
+        cached.iter().map(|b| (*b, Vec::new())).collect();
+    for (group, points) in answer {
+        for (&b, point) in points {
+            let rendered = RenderedPoint::new(&time(b), source, point.exact, &point.values)?;
+            if let Some(v) = per_bucket.get_mut(&b) {
+                v.push((group.clone(), rendered.clone()));
+            }
+            out.entry(group.clone()).or_default().insert(b, rendered);
+        }
+    }
+    src.points.put_many(
+        key,
+        per_bucket
+            .into_iter()
+            .map(|(b, groups)| (b, std::sync::Arc::new(groups)))
+            .collect(),
+    );
+    Ok(())
 }
 
 fn filter(by_source: &BTreeMap<i64, Source>, s: Source) -> Vec<i64> {
@@ -432,16 +481,7 @@ pub async fn top(
             group_by: vec![p.dimension],
             measures: vec![p.measure],
         };
-        let keys = src.keys.clone();
-        let v = view.clone();
-        match src
-            .with_redis(|mut con| async move {
-                read_totals(&mut con, &keys, &v, &q)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-            .await
-        {
+        match src.speed_totals(view, q).await {
             Ok(s) => {
                 for (group, part) in s {
                     add(group, &part, "speed");

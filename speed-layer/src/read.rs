@@ -36,6 +36,8 @@ pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
 pub enum ReadError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("unexpected redis reply: {0}")]
+    Reply(#[from] redis::ParsingError),
 }
 
 /// Sum, count, min, max of a numeric field across merged cells.
@@ -118,21 +120,49 @@ async fn gather<C: ConnectionLike>(
     }
 
     let quantile_fields = fields_of(view, q, AggKind::Quantile);
+    // Only the hash fields the measures use (a cell's hash holds every numeric field's stats).
+    let mut numeric: Vec<String> = [AggKind::Sum, AggKind::Min, AggKind::Max, AggKind::Avg]
+        .into_iter()
+        .flat_map(|k| fields_of(view, q, k))
+        .collect();
+    numeric.sort();
+    numeric.dedup();
+    let mut hash_fields = vec!["count".to_string()];
+    for f in &numeric {
+        for stat in ["sum", "n", "min", "max"] {
+            hash_fields.push(format!("{stat}:{f}"));
+        }
+    }
 
     // 3. The cells' hashes and sketches.
     let mut pipe = redis::pipe();
     for (b, enc, _) in &cells {
-        pipe.hgetall(keys.aggregates(&view.name, g, *b, enc));
+        pipe.cmd("HMGET")
+            .arg(keys.aggregates(&view.name, g, *b, enc))
+            .arg(&hash_fields);
         for f in &quantile_fields {
             pipe.hgetall(keys.sketch(&view.name, f, g, *b, enc));
         }
     }
-    let hashes: Vec<HashMap<String, String>> = if cells.is_empty() {
+    let replies: Vec<redis::Value> = if cells.is_empty() {
         Vec::new()
     } else {
         pipe.query_async(con).await?
     };
     let per_cell = 1 + quantile_fields.len();
+    let mut hashes: Vec<HashMap<String, String>> = Vec::with_capacity(replies.len());
+    for (i, reply) in replies.into_iter().enumerate() {
+        hashes.push(if i % per_cell == 0 {
+            let values: Vec<Option<String>> = redis::from_redis_value(reply)?;
+            hash_fields
+                .iter()
+                .zip(values)
+                .filter_map(|(f, v)| Some((f.clone(), v?)))
+                .collect()
+        } else {
+            redis::from_redis_value(reply)?
+        });
+    }
     let mut merged: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
     for (i, (b, enc, out)) in cells.iter().enumerate() {
         let Some(h) = hashes.get(i * per_cell) else {
