@@ -51,34 +51,48 @@ for i in $(seq "$runs"); do
 done
 
 echo "[bench] serving: series over 24 hourly buckets, group_by country, 64 clients, next to redis-benchmark"
-# A day of events through the real speed layer (so its watermark seals the older buckets).
+# A day of events through the real speed layer (its watermark seals the older buckets) and the
+# real archive + one batch run (so the settled hours come from the batch view, the newest from
+# Redis: what a dashboard's 24-hour chart reads).
 serve_prefix=bench-serve-$$
 serve_topic=bench-serve-$$
+serve_store=$work/serve-store
+mkdir -p "$serve_store"
 target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" --create-partitions 4 \
   --count 300000 --span-secs 86400 --seed 7 2>/dev/null
-TRIBUTARY__SOURCE__BROKERS="$TRIBUTARY_TEST_BROKERS" TRIBUTARY__SOURCE__TOPIC=$serve_topic \
-  TRIBUTARY__SOURCE__GROUP_PREFIX=$serve_prefix TRIBUTARY__REDIS__URL="$redis_url" \
-  TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__SPEED__METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn \
-  target/release/speed-layer --config infra/tributary.toml run &
+serve_env=(TRIBUTARY__SOURCE__BROKERS="$TRIBUTARY_TEST_BROKERS" TRIBUTARY__SOURCE__TOPIC=$serve_topic
+  TRIBUTARY__SOURCE__GROUP_PREFIX=$serve_prefix TRIBUTARY__REDIS__URL="$redis_url"
+  TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__STORE__URL="file://$serve_store"
+  TRIBUTARY__SPEED__METRICS_LISTEN=127.0.0.1:0 TRIBUTARY__BATCH__METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn)
+env "${serve_env[@]}" target/release/speed-layer --config infra/tributary.toml run &
 speed_pid=$!
+env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive &
+archive_pid=$!
 redis_port=${redis_url#redis://127.0.0.1:}; redis_port=${redis_port%%/*}
 for _ in $(seq 300); do
   applied=$(redis-cli -p "$redis_port" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
     awk -F: '{s += $1} END {print s + 0}')
-  [ "$applied" -ge 300000 ] && break
+  archived=$(python3 -c 'import glob, json, sys
+print(sum(json.load(open(f))["committed_offset"] for f in glob.glob(sys.argv[1] + "/master/*/_state/p*.json")))' "$serve_store")
+  [ "$applied" -ge 300000 ] && [ "$archived" -ge 300000 ] && break
   sleep 1
 done
-kill "$speed_pid"; wait "$speed_pid" 2>/dev/null || true
+kill "$speed_pid" "$archive_pid"; wait "$speed_pid" "$archive_pid" 2>/dev/null || true
+env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml run >/dev/null
 serve_port=${BENCH_SERVE_PORT:-18080}
-TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__SOURCE__TOPIC=$serve_topic \
-  TRIBUTARY__STORE__URL="file://$work/serve-store" TRIBUTARY__SERVING__LISTEN=127.0.0.1:$serve_port RUST_LOG=warn \
+env "${serve_env[@]}" TRIBUTARY__SERVING__LISTEN=127.0.0.1:$serve_port \
   target/release/serving-layer --config infra/tributary.toml serve &
 serve_pid=$!
 trap 'kill $serve_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$serve_port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
-to=$(date -u +%Y-%m-%dT%H:00:00Z)
-from=$(date -u -d '-24 hours' +%Y-%m-%dT%H:00:00Z)
+# The 24 hours up to the end of the current one: the settled hours from the batch view, the
+# newest from the speed layer (the current hour still open, read from Redis every time).
+to=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)
+from=$(date -u -d '-23 hours' +%Y-%m-%dT%H:00:00Z)
 url="http://127.0.0.1:$serve_port/v1/views/checkouts/series?measures=events,revenue,buyers&granularity=hour&group_by=country&from=$from&to=$to"
+curl -fsS "$url" | python3 -c 'import json, sys
+d = json.load(sys.stdin)
+print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))'
 for i in $(seq "$runs"); do
   target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
   redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
