@@ -4,7 +4,7 @@ STACK := infra/stack.sh
 # The tests find the stack through these (ports overridable with TRIBUTARY_*_PORT).
 TEST_ENV = eval "$$($(STACK) env)" &&
 
-.PHONY: help up down status install build lint fmt test test-unit demo bench bench-quick clean
+.PHONY: help up down status install build lint fmt test test-unit chaos demo bench bench-quick clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ test: lint up ## lint, bring the stack up, run every test of the workspace
 
 test-unit: ## unit tests only (no services needed)
 	cargo test --workspace --lib --bins
+
+chaos: up ## the fault suite at full size (minutes; TRIBUTARY_CHAOS_SEED=N replays a run)
+	cargo build --workspace --bins
+	$(TEST_ENV) TRIBUTARY_CHAOS=full cargo test -p integration-tests --test chaos -- --nocapture --test-threads=1
 
 demo: up ## the whole platform on generated events, with a dashboard
 	@bash infra/demo.sh

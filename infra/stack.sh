@@ -77,9 +77,23 @@ install_python() {
 
 install_all() {
   install_tansu
-  # chromium: the dashboard's headless browser test.
-  apt_install redis-server redis-tools chromium
+  # chromium: the dashboard's headless browser test; sqlite3: the fault suite grows a topic's
+  # partitions in the broker's store (Tansu 0.6 has no CreatePartitions); strace: the fault
+  # suite checks the archive's fsync order.
+  apt_install redis-server redis-tools chromium sqlite3 strace
   install_python
+}
+
+# index_tansu DB: adds the header index Tansu 0.6 lacks (see infra/tansu-index.sql). Tansu
+# creates its tables as it starts, so this waits for them; a broker that is not ours (no
+# store under the state dir) is left alone.
+index_tansu() {
+  local db=$1 deadline=$((SECONDS + 30))
+  [ -f "$db" ] || return 0
+  until sqlite3 "$db" <"$ROOT/infra/tansu-index.sql" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "could not index the broker's store $db (sqlite3 <infra/tansu-index.sql)"
+    sleep 0.5
+  done
 }
 
 kafka_healthy() { port_open "$KAFKA_PORT"; }
@@ -116,6 +130,7 @@ up() {
     "$TANSU_BIN" broker --storage-engine sqlite://tansu.db \
     --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT")
+  index_tansu "$STATE/tansu/tansu.db"
   if pid_alive "$STATE/redis.pid"; then
     log "redis already running (pid $(cat "$STATE/redis.pid"), port $REDIS_PORT)"
   elif port_open "$REDIS_PORT"; then
@@ -176,6 +191,7 @@ export TRIBUTARY_TEST_REDIS=redis://127.0.0.1:$REDIS_PORT/0
 export TRIBUTARY_TEST_S3=http://127.0.0.1:$S3_PORT
 export TRIBUTARY_VENV=$VENV
 export TRIBUTARY_TEST_CHROMIUM=$(command -v chromium || echo /usr/bin/chromium)
+export TRIBUTARY_TANSU_BIN=$TANSU_BIN
 EOF
 }
 

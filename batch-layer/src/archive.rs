@@ -16,10 +16,10 @@ use object_store::{ObjectStore, ObjectStoreExt, UpdateVersion};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Offset, Statistics, TopicPartitionList};
+use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use tokio::sync::watch;
 use tributary_shared::event::{EventSchema, check_future_skew};
-use tributary_shared::kafka::HighWatermarks;
+use tributary_shared::kafka::{GroupAction, GroupWatch, HighWatermarks};
 use tributary_shared::layout::paths;
 use tributary_shared::{Config, Granularity};
 
@@ -121,22 +121,45 @@ async fn recover(
 ) -> anyhow::Result<HashMap<i32, Loaded>> {
     let mut out = HashMap::new();
     for p in partitions {
-        let (mut state, mut version) = match states.load(*p).await? {
+        out.insert(*p, recover_one(states, store, topic, *p).await?);
+    }
+    Ok(out)
+}
+
+/// One partition's state, with the files beyond its commit point removed. The state is
+/// written first (pending cleared, from the version read), the files deleted after: if
+/// another archiver still writes this partition (a group that handed it to two members), its
+/// commit is fenced by that write, so no committed file is ever deleted.
+async fn recover_one(
+    states: &StateStore,
+    store: &Arc<dyn ObjectStore>,
+    topic: &str,
+    p: i32,
+) -> anyhow::Result<Loaded> {
+    for _ in 0..10 {
+        let (mut state, mut version) = match states.load(p).await? {
             Some((s, v)) => (s, Some(v)),
             None => (PartitionState::default(), None),
         };
         if !state.pending.is_empty() {
-            for file in &state.pending {
+            let pending = std::mem::take(&mut state.pending);
+            match states.save(p, &state, version).await {
+                Ok(v) => version = Some(v),
+                // Changed under us: read it again.
+                Err(StateError::Fenced(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for file in &pending {
                 match store.delete(&Path::from(file.as_str())).await {
                     Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                     Err(e) => {
-                        return Err(e).with_context(|| format!("delete uncommitted file {file}"));
+                        tracing::warn!(partition = p, file = %file, error = %e,
+                            "cannot delete a file beyond the commit point; readers ignore it");
+                        continue;
                     }
                 }
                 tracing::warn!(partition = p, file = %file, "removed a file beyond the commit point");
             }
-            state.pending.clear();
-            version = Some(states.save(*p, &state, version).await?);
         }
         tracing::debug!(
             topic,
@@ -144,9 +167,9 @@ async fn recover(
             committed = state.committed_offset,
             "archive state loaded"
         );
-        out.insert(*p, Loaded { state, version });
+        return Ok(Loaded { state, version });
     }
-    Ok(out)
+    anyhow::bail!("partition {p}: its state keeps changing under this archiver")
 }
 
 /// Buffered rows and progress of one assigned partition.
@@ -180,13 +203,33 @@ pub struct Archiver {
     generation: u64,
     partitions: HashMap<i32, PartitionBuf>,
     metrics: Arc<crate::metrics::BatchMetrics>,
+    group: GroupWatch,
+    /// A change of group membership in progress: its next step, and when (each step waits for
+    /// the previous one's callbacks to run in `recv`).
+    pending: Option<(Instant, Step)>,
+    last_group_check: Instant,
+    last_topic_check: Option<Instant>,
+    /// The topic's partition count as last recorded in `_state/topic.json`.
+    topic_partitions: Option<i32>,
+    shutdown: watch::Receiver<bool>,
 }
+
+/// Kafka session timeout of the archive consumers: long enough that a broker stalling for
+/// a few seconds under load does not expire live members, short enough that a dead
+/// archiver's partitions move on soon (heartbeats run on librdkafka's own thread, so a long
+/// flush needs no longer one).
+const SESSION_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often the topic's partition count is read and recorded.
+const TOPIC_CHECK: Duration = Duration::from_secs(10);
+/// How often the group watchdog looks for stalled partitions.
+const GROUP_CHECK: Duration = Duration::from_secs(5);
 
 impl Archiver {
     pub async fn new(
         config: Config,
         store: Arc<dyn ObjectStore>,
         metrics: Arc<crate::metrics::BatchMetrics>,
+        shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let topic = config.source.topic.clone();
         let states = StateStore::new(store.clone(), topic.clone());
@@ -200,28 +243,40 @@ impl Archiver {
             assignment: assignment.clone(),
             high_watermarks: high_watermarks.clone(),
         };
-        let consumer: StreamConsumer<ArchiveContext> = ClientConfig::new()
-            .set("bootstrap.servers", &config.source.brokers)
-            .set("group.id", config.source.archive_group())
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "30000")
-            .set("statistics.interval.ms", "2000")
-            // Reaching a partition's end tells its end offset at once (statistics lag), so a
-            // caught-up partition can be seen idle by the batch horizon.
-            .set("enable.partition.eof", "true")
-            .set("queued.max.messages.kbytes", "65536")
-            .set("fetch.max.bytes", "16777216")
-            .create_with_context(context)
-            .context("create kafka consumer")?;
+        let consumer: StreamConsumer<ArchiveContext> =
+            tributary_shared::kafka::client_config(&config.source)
+                .set("group.id", config.source.archive_group())
+                .set("enable.auto.commit", "false")
+                .set("enable.auto.offset.store", "false")
+                .set("auto.offset.reset", "earliest")
+                .set(
+                    "session.timeout.ms",
+                    SESSION_TIMEOUT.as_millis().to_string(),
+                )
+                .set("statistics.interval.ms", "2000")
+                // Reaching a partition's end tells its end offset at once (statistics lag), so a
+                // caught-up partition can be seen idle by the batch horizon.
+                .set("enable.partition.eof", "true")
+                .set("queued.max.messages.kbytes", "65536")
+                .set("fetch.max.bytes", "16777216")
+                .create_with_context(context)
+                .context("create kafka consumer")?;
         tributary_shared::kafka::topic_partitions(&config.source.brokers, &topic).await?;
         consumer
             .subscribe(&[&topic])
             .with_context(|| format!("subscribe to {topic}"))?;
         let schema = EventSchema::from_config(&config);
         let arrow_schema = master_schema(&schema);
+        // An owner commits at least every flush interval; a partition with unread records
+        // whose committed offset stands still much longer than that has no live owner.
+        let stall_after = SESSION_TIMEOUT * 2 + config.batch.archive_flush_interval * 2;
         Ok(Archiver {
+            group: GroupWatch::new(topic.clone(), stall_after),
+            pending: None,
+            last_group_check: Instant::now(),
+            last_topic_check: None,
+            topic_partitions: None,
+            shutdown,
             config,
             consumer,
             store,
@@ -236,8 +291,9 @@ impl Archiver {
         })
     }
 
-    /// Archives until `shutdown`, then flushes and returns.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    /// Archives until shutdown, then flushes and returns.
+    pub async fn run(mut self) -> anyhow::Result<()> {
+        let mut shutdown = self.shutdown.clone();
         let interval = self.config.batch.archive_flush_interval;
         let mut tick = tokio::time::interval(interval.min(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -252,6 +308,7 @@ impl Archiver {
                         self.flush().await?;
                         last_flush = Instant::now();
                     }
+                    self.housekeeping().await;
                 }
                 msg = self.consumer.recv() => {
                     let msg = match msg {
@@ -422,18 +479,30 @@ impl Archiver {
                         Offset::Offset(buf.state.committed_offset),
                     );
                 }
-                Err(WriteError::State(StateError::Fenced(p))) => {
+                Err(WriteError::State(StateError::Fenced(_))) => {
                     tracing::warn!(
-                        partition = p,
-                        "archive state fenced: another archiver owns this partition now"
+                        partition = *p,
+                        "archive state changed by another archiver: reloading it and resuming from its commit point"
                     );
-                    fenced.push(p);
+                    self.metrics.archive_fenced.inc();
+                    fenced.push(*p);
                 }
-                Err(e) => return Err(anyhow::anyhow!(e)).context("archive flush"),
+                Err(e) => {
+                    if closing {
+                        return Err(anyhow::anyhow!(e)).context(
+                            "archive flush failed while stopping; nothing is lost: the records are read again on the next start",
+                        );
+                    }
+                    tracing::error!(partition = p, error = %e,
+                        "archive flush failed; dropping the partition's buffer and reading it again from its commit point");
+                    self.metrics.archive_flush_errors.inc();
+                    fenced.push(*p);
+                }
             }
         }
+        // Never dropped: reloaded from the store and read again from the commit point.
         for p in fenced {
-            self.partitions.remove(&p);
+            self.reload_partition(p).await?;
         }
         if commits.count() > 0 {
             if let Err(e) = self.consumer.commit(&commits, CommitMode::Async) {
@@ -451,6 +520,189 @@ impl Archiver {
         }
         Ok(())
     }
+}
+
+impl Archiver {
+    /// Reloads a partition's state (retrying while the store is unreachable), drops its
+    /// buffered rows and seeks the consumer back to its commit point.
+    async fn reload_partition(&mut self, p: i32) -> anyhow::Result<()> {
+        let topic = self.config.source.topic.clone();
+        let mut delay = Duration::from_millis(200);
+        let loaded = loop {
+            match recover_one(&self.states, &self.store, &topic, p).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    if *self.shutdown.borrow() {
+                        return Err(e).context("reload the archive state while stopping");
+                    }
+                    tracing::warn!(partition = p, error = %format!("{e:#}"), retry_in = ?delay,
+                        "cannot reload the archive state; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        let committed = loaded.state.committed_offset;
+        if let Err(e) = self.consumer.seek(
+            &topic,
+            p,
+            Offset::Offset(committed),
+            Duration::from_secs(10),
+        ) {
+            // Not assigned any more (a rebalance): the next owner starts from the state.
+            tracing::warn!(partition = p, error = %e, "seek back to the commit point failed");
+            self.partitions.remove(&p);
+            return Ok(());
+        }
+        self.partitions.insert(
+            p,
+            PartitionBuf {
+                state: loaded.state,
+                version: loaded.version,
+                hours: BTreeMap::new(),
+                next_offset: committed,
+                rows: 0,
+                invalid: 0,
+                dirty: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Every second: the group watchdog and, every few seconds, the topic's partition count.
+    async fn housekeeping(&mut self) {
+        if self
+            .last_topic_check
+            .is_none_or(|t| t.elapsed() >= TOPIC_CHECK)
+        {
+            self.last_topic_check = Some(Instant::now());
+            let (brokers, topic) = (
+                self.config.source.brokers.clone(),
+                self.config.source.topic.clone(),
+            );
+            if let Ok(n) = tributary_shared::kafka::topic_partitions(&brokers, &topic).await
+                && self.topic_partitions != Some(n)
+            {
+                match self.states.save_topic(n).await {
+                    Ok(()) => self.topic_partitions = Some(n),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot record the topic's partition count")
+                    }
+                }
+            }
+        }
+        match self.pending.take() {
+            Some((at, step)) if Instant::now() >= at => self.membership_step(step).await,
+            Some(p) => self.pending = Some(p),
+            None if self.last_group_check.elapsed() >= GROUP_CHECK => {
+                self.last_group_check = Instant::now();
+                self.watch_group();
+            }
+            None => {}
+        }
+    }
+
+    /// Leaves the group (to join it again, or to read every partition alone) when partitions
+    /// nobody reads stalled; see `GroupWatch`.
+    fn watch_group(&mut self) {
+        let owned: std::collections::HashSet<i32> = self.partitions.keys().copied().collect();
+        let consumer = &self.consumer;
+        let group = &mut self.group;
+        let action = tokio::task::block_in_place(|| group.check(consumer, &owned));
+        let later = Instant::now() + Duration::from_secs(2);
+        match action {
+            GroupAction::Nothing => {}
+            GroupAction::Rejoin(stalled) => {
+                tracing::warn!(
+                    ?stalled,
+                    ?owned,
+                    "partitions with unread records made no progress for a while and are not ours: leaving the archive group to join it again (a stuck group assignment)"
+                );
+                self.metrics.archive_group_rejoins.inc();
+                self.consumer.unsubscribe();
+                self.pending = Some((later, Step::Subscribe));
+            }
+            GroupAction::AssignAll(stalled) => {
+                tracing::warn!(
+                    ?stalled,
+                    "rejoining the archive group did not help: reading every partition without it for a while (state writes stay conditional)"
+                );
+                self.metrics.archive_group_rejoins.inc();
+                self.consumer.unsubscribe();
+                self.pending = Some((later, Step::AssignAll));
+            }
+            GroupAction::BackToGroup => {
+                tracing::info!("giving the partitions back and joining the archive group again");
+                if let Err(e) = self.consumer.unassign() {
+                    tracing::warn!(error = %e, "unassign failed");
+                }
+                self.set_assignment(HashMap::new());
+                self.pending = Some((later, Step::Subscribe));
+            }
+        }
+    }
+
+    async fn membership_step(&mut self, step: Step) {
+        let topic = self.config.source.topic.clone();
+        match step {
+            Step::Subscribe => match self.consumer.subscribe(&[&topic]) {
+                Ok(()) => tracing::info!("joined the archive group again"),
+                Err(e) => {
+                    tracing::error!(error = %e, "subscribe again failed; retrying");
+                    self.pending = Some((Instant::now() + Duration::from_secs(1), Step::Subscribe));
+                }
+            },
+            Step::AssignAll => {
+                let consumer = &self.consumer;
+                let group = &self.group;
+                let partitions = tokio::task::block_in_place(|| group.partitions(consumer));
+                // What a rebalance would do: the states (pending files cleared), then assign.
+                let loaded = match recover(&self.states, &self.store, &topic, &partitions).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "cannot load the archive states; retrying");
+                        self.pending =
+                            Some((Instant::now() + Duration::from_secs(2), Step::AssignAll));
+                        return;
+                    }
+                };
+                let mut tpl = TopicPartitionList::new();
+                for (p, l) in &loaded {
+                    let _ = tpl.add_partition_offset(
+                        &topic,
+                        *p,
+                        Offset::Offset(l.state.committed_offset),
+                    );
+                }
+                if let Err(e) = self.consumer.assign(&tpl) {
+                    tracing::error!(error = %e, "assign every partition failed; retrying");
+                    self.pending = Some((Instant::now() + Duration::from_secs(2), Step::AssignAll));
+                    return;
+                }
+                self.set_assignment(loaded);
+                tracing::warn!(
+                    ?partitions,
+                    "archiving every partition without the consumer group"
+                );
+            }
+        }
+    }
+
+    /// Records an assignment made without the group (no rebalance callback runs for it).
+    fn set_assignment(&mut self, partitions: HashMap<i32, Loaded>) {
+        if let Ok(mut state) = self.assignment.lock() {
+            state.generation += 1;
+            state.partitions = partitions;
+            state.error = None;
+        }
+    }
+}
+
+/// A step of a change of group membership.
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Subscribe,
+    AssignAll,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -7,9 +7,20 @@
 
 use crate::state::PartitionState;
 
-/// The horizon in epoch ms; `None` while some active partition has no watermark yet (or no
-/// partition has archived anything).
-pub fn horizon(states: &[(i32, PartitionState)], now_ms: i64, idle_ms: i64) -> Option<i64> {
+/// The horizon in epoch ms; `None` while some active partition has no watermark yet, while a
+/// partition of the topic (`topic_partitions`, when known) has no state at all (a partition
+/// just added: its records are not archived yet), or before anything was archived.
+pub fn horizon(
+    states: &[(i32, PartitionState)],
+    topic_partitions: Option<i32>,
+    now_ms: i64,
+    idle_ms: i64,
+) -> Option<i64> {
+    if let Some(n) = topic_partitions
+        && (0..n).any(|p| !states.iter().any(|(q, _)| *q == p))
+    {
+        return None;
+    }
     let mut active_min: Option<i64> = None;
     let mut all_max: Option<i64> = None;
     for (_, s) in states {
@@ -54,13 +65,14 @@ mod tests {
         let quiet_caught_up = state(Some(100), 20, 20, now - 2 * idle);
         let quiet_behind = state(Some(50), 10, 20, now - 2 * idle);
         assert_eq!(
-            horizon(&[(0, busy_a.clone()), (1, busy_b.clone())], now, idle),
+            horizon(&[(0, busy_a.clone()), (1, busy_b.clone())], None, now, idle),
             Some(300)
         );
         // The idle partition does not hold the horizon back...
         assert_eq!(
             horizon(
                 &[(0, busy_a.clone()), (1, quiet_caught_up.clone())],
+                Some(2),
                 now,
                 idle
             ),
@@ -68,19 +80,34 @@ mod tests {
         );
         // ...but one that is behind its end does, even when quiet.
         assert_eq!(
-            horizon(&[(0, busy_a.clone()), (1, quiet_behind)], now, idle),
+            horizon(&[(0, busy_a.clone()), (1, quiet_behind)], None, now, idle),
             Some(50)
         );
         // All idle: the newest watermark.
         assert_eq!(
-            horizon(&[(0, quiet_caught_up.clone())], now, idle),
+            horizon(&[(0, quiet_caught_up.clone())], None, now, idle),
             Some(100)
         );
         // An active partition without a watermark yet: unknown.
         assert_eq!(
-            horizon(&[(0, busy_a), (1, state(None, 0, 5, now))], now, idle),
+            horizon(
+                &[(0, busy_a.clone()), (1, state(None, 0, 5, now))],
+                None,
+                now,
+                idle
+            ),
             None
         );
-        assert_eq!(horizon(&[], now, idle), None);
+        assert_eq!(horizon(&[], None, now, idle), None);
+        // The topic grew to 3 partitions; the new one has no state yet: unknown.
+        assert_eq!(
+            horizon(
+                &[(0, busy_a.clone()), (1, busy_b.clone())],
+                Some(3),
+                now,
+                idle
+            ),
+            None
+        );
     }
 }

@@ -35,8 +35,8 @@ use tributary_shared::Config;
 pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let metrics = serve_metrics(&config).await?;
     let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
-    let archiver = archive::Archiver::new(config, store, metrics).await?;
-    archiver.run(shutdown).await
+    let archiver = archive::Archiver::new(config, store, metrics, shutdown).await?;
+    archiver.run().await
 }
 
 /// `batch-layer run` / `backfill`: one run, then exit (1 when a view failed or the lock is

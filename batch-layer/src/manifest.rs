@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tributary_shared::Granularity;
 use tributary_shared::layout::paths;
@@ -63,6 +63,10 @@ pub enum ManifestError {
         view: String,
         source: serde_json::Error,
     },
+    #[error(
+        "view {view:?}: the manifest changed since this run read it (another run landed first); this run's version is dropped"
+    )]
+    Conflict { view: String },
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
 }
@@ -100,15 +104,60 @@ impl Manifest {
         }
     }
 
-    pub async fn save(&self, store: &Arc<dyn ObjectStore>) -> Result<(), ManifestError> {
+    /// The manifest and the version to replace it from (a run's compare-and-swap).
+    pub async fn load_versioned(
+        store: &Arc<dyn ObjectStore>,
+        view: &str,
+    ) -> Result<Option<(Manifest, UpdateVersion)>, ManifestError> {
+        let res = match store.get(&paths::view_manifest(view)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let version = UpdateVersion {
+            e_tag: res.meta.e_tag.clone(),
+            version: res.meta.version.clone(),
+        };
+        let bytes = res.bytes().await?;
+        let manifest = serde_json::from_slice(&bytes).map_err(|source| ManifestError::Corrupt {
+            view: view.to_string(),
+            source,
+        })?;
+        Ok(Some((manifest, version)))
+    }
+
+    /// Writes the manifest only if it is still the version `expected` (none: only if there
+    /// is no manifest yet), so two runs can never both land on one version.
+    pub async fn save(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        expected: Option<UpdateVersion>,
+    ) -> Result<(), ManifestError> {
         let body = serde_json::to_vec_pretty(self).map_err(|source| ManifestError::Corrupt {
             view: self.view.clone(),
             source,
         })?;
-        store
-            .put(&paths::view_manifest(&self.view), PutPayload::from(body))
-            .await?;
-        Ok(())
+        let mode = match expected {
+            Some(v) => PutMode::Update(v),
+            None => PutMode::Create,
+        };
+        match store
+            .put_opts(
+                &paths::view_manifest(&self.view),
+                PutPayload::from(body),
+                PutOptions::from(mode),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(
+                object_store::Error::Precondition { .. }
+                | object_store::Error::AlreadyExists { .. },
+            ) => Err(ManifestError::Conflict {
+                view: self.view.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The file of one granularity and date, if computed.

@@ -14,6 +14,11 @@ pub struct BatchMetrics {
     pub archive_rows: Counter,
     pub archive_invalid: Counter,
     pub archive_flush_seconds: Histogram,
+    /// Partition flushes refused because another archiver changed the state (then reloaded).
+    pub archive_fenced: Counter,
+    /// Partition flushes that failed (store errors; the partition is read again).
+    pub archive_flush_errors: Counter,
+    pub archive_group_rejoins: Counter,
     /// Batch runs by outcome (`ok`, `failed`, `locked`).
     pub runs: Family<Vec<(String, String)>, Counter>,
     pub run_seconds: Histogram,
@@ -31,6 +36,24 @@ impl BatchMetrics {
         let archive_rows = Counter::default();
         let archive_invalid = Counter::default();
         let archive_flush_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let archive_fenced = Counter::default();
+        let archive_flush_errors = Counter::default();
+        let archive_group_rejoins = Counter::default();
+        registry.register(
+            "archive_fenced",
+            "Partition flushes refused because another archiver changed the state (reloaded, read again)",
+            archive_fenced.clone(),
+        );
+        registry.register(
+            "archive_flush_errors",
+            "Partition flushes that failed on the store (the partition is read again from its commit point)",
+            archive_flush_errors.clone(),
+        );
+        registry.register(
+            "archive_group_rejoins",
+            "Times the archiver left and rejoined its group because a partition stalled",
+            archive_group_rejoins.clone(),
+        );
         registry.register(
             "archive_records",
             "Records read from the topic",
@@ -82,6 +105,9 @@ impl BatchMetrics {
             archive_rows,
             archive_invalid,
             archive_flush_seconds,
+            archive_fenced,
+            archive_flush_errors,
+            archive_group_rejoins,
             runs,
             run_seconds,
             dates_computed,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, UpdateVersion};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -17,7 +17,7 @@ use tributary_shared::{Config, EventSchema, ViewPlan};
 
 use crate::compute::{DateOutput, Engine, view_schema};
 use crate::lock::{LockError, RunLock};
-use crate::manifest::{DateEntry, Manifest, Retired, ViewFile};
+use crate::manifest::{DateEntry, Manifest, ManifestError, Retired, ViewFile};
 use crate::master::master_schema;
 use crate::metrics::BatchMetrics;
 use crate::snapshot::{DateInput, Snapshot};
@@ -92,15 +92,18 @@ pub async fn run_once(
     let started = Instant::now();
     let start_ms = now_ms();
     let run_id = new_run_id(start_ms);
-    let ttl = config.batch.lock_ttl.as_millis() as i64;
-    let lock = match RunLock::acquire(store, &run_id, start_ms, ttl).await {
-        Ok(l) => l,
+    let ttl = config.batch.lock_ttl;
+    let lock = match RunLock::acquire(store, &run_id, start_ms, ttl.as_millis() as i64).await {
+        Ok(l) => Arc::new(l),
         Err(e) => {
             metrics.runs.get_or_create(&outcome("locked")).inc();
             return Err(e.into());
         }
     };
-    let result = run_locked(config, store, metrics, req, &run_id, start_ms).await;
+    // Renewed while the run is long; a run paused past the TTL finds it lost and lands nothing.
+    let keep_alive = lock.keep_alive(ttl);
+    let result = run_locked(config, store, metrics, req, &run_id, start_ms, &lock).await;
+    keep_alive.abort();
     if let Err(e) = lock.release().await {
         tracing::warn!(error = %e, "could not release the batch lock; it expires after batch.lock_ttl");
     }
@@ -163,6 +166,7 @@ async fn run_locked(
     req: &RunRequest,
     run_id: &str,
     start_ms: i64,
+    lock: &RunLock,
 ) -> Result<RunReport, RunError> {
     let schema = EventSchema::from_config(config);
     let plans =
@@ -200,15 +204,21 @@ async fn run_locked(
         horizon_ms: snapshot.horizon_ms,
         ..Default::default()
     };
+    let ctx = ViewRun {
+        config,
+        store,
+        metrics,
+        engine: &engine,
+        snapshot: &snapshot,
+        req,
+        run_id,
+        lock,
+    };
     for plan in &plans {
         if req.view.as_ref().is_some_and(|v| v != &plan.name) {
             continue;
         }
-        let view_report = match run_view(
-            config, store, metrics, &engine, plan, &snapshot, req, run_id,
-        )
-        .await
-        {
+        let view_report = match ctx.run_view(plan).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(view = %plan.name, error = %e, "view failed; its previous version stays current");
@@ -265,31 +275,104 @@ fn dates_to_compute<'a>(
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_view(
-    config: &Config,
-    store: &Arc<dyn ObjectStore>,
-    metrics: &BatchMetrics,
-    engine: &Engine,
-    plan: &ViewPlan,
-    snapshot: &Snapshot,
-    req: &RunRequest,
-    run_id: &str,
-) -> Result<ViewReport, Box<dyn std::error::Error + Send + Sync>> {
-    let previous = Manifest::load(store, &plan.name).await?.map(|(m, _)| m);
-    let definition = definition(config, plan);
-    let todo = dates_to_compute(snapshot, previous.as_ref(), &definition, req);
-    let total = todo.len();
-    let mut report = ViewReport::default();
-    let mut computed: BTreeMap<String, DateEntry> = BTreeMap::new();
-    let mut written: Vec<String> = Vec::new();
-    let view_started = Instant::now();
-    let mut rows_read = 0u64;
-    let result = async {
+/// Why a view's recompute did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("computing {date}: {source}")]
+    Compute {
+        date: String,
+        source: crate::compute::ComputeError,
+    },
+    #[error("writing the view files of {date}: {source}")]
+    Write {
+        date: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// What every view of one run shares.
+struct ViewRun<'a> {
+    config: &'a Config,
+    store: &'a Arc<dyn ObjectStore>,
+    metrics: &'a BatchMetrics,
+    engine: &'a Engine,
+    snapshot: &'a Snapshot,
+    req: &'a RunRequest,
+    run_id: &'a str,
+    lock: &'a RunLock,
+}
+
+impl ViewRun<'_> {
+    /// Recomputes the dates of one view that need it, then lands its new manifest (only if
+    /// this run still holds the lock and nobody else changed the manifest since it was read).
+    /// On failure the files this run wrote are removed: nothing names them.
+    async fn run_view(&self, plan: &ViewPlan) -> Result<ViewReport, ViewError> {
+        let previous = Manifest::load_versioned(self.store, &plan.name).await?;
+        let mut written: Vec<String> = Vec::new();
+        let result = self.compute_and_land(plan, previous, &mut written).await;
+        if result.is_err() && !self.landed(plan).await {
+            for p in &written {
+                let _ = self
+                    .store
+                    .delete(&object_store::path::Path::from(p.as_str()))
+                    .await;
+            }
+        }
+        result
+    }
+
+    /// Whether the manifest now names this run (a put that failed in transit may have landed).
+    async fn landed(&self, plan: &ViewPlan) -> bool {
+        matches!(
+            Manifest::load(self.store, &plan.name).await,
+            Ok(Some((m, _))) if m.run_id == self.run_id
+        )
+    }
+
+    async fn compute_and_land(
+        &self,
+        plan: &ViewPlan,
+        previous: Option<(Manifest, UpdateVersion)>,
+        written: &mut Vec<String>,
+    ) -> Result<ViewReport, ViewError> {
+        let (config, store, snapshot, req, run_id) = (
+            self.config,
+            self.store,
+            self.snapshot,
+            self.req,
+            self.run_id,
+        );
+        let (previous, previous_version) = match previous {
+            Some((m, v)) => (Some(m), Some(v)),
+            None => (None, None),
+        };
+        let definition = definition(config, plan);
+        let todo = dates_to_compute(snapshot, previous.as_ref(), &definition, req);
+        let total = todo.len();
+        let mut report = ViewReport::default();
+        let mut computed: BTreeMap<String, DateEntry> = BTreeMap::new();
+        let view_started = Instant::now();
+        let mut rows_read = 0u64;
         for (i, (date, input)) in todo.iter().enumerate() {
             let t = Instant::now();
-            let out = engine.compute_date(plan, input).await?;
-            let entry = write_date(store, plan, date, input, &out, run_id, &mut written).await?;
+            let out = self
+                .engine
+                .compute_date(plan, input)
+                .await
+                .map_err(|source| ViewError::Compute {
+                    date: (*date).clone(),
+                    source,
+                })?;
+            let entry = write_date(store, plan, date, input, &out, run_id, written)
+                .await
+                .map_err(|source| ViewError::Write {
+                    date: (*date).clone(),
+                    source,
+                })?;
             rows_read += out.input_rows;
             let secs = t.elapsed().as_secs_f64().max(1e-9);
             tracing::info!(
@@ -303,8 +386,8 @@ async fn run_view(
                 "date recomputed"
             );
             let labels = vec![("view".to_string(), plan.name.clone())];
-            metrics.dates_computed.get_or_create(&labels).inc();
-            metrics
+            self.metrics.dates_computed.get_or_create(&labels).inc();
+            self.metrics
                 .events_computed
                 .get_or_create(&labels)
                 .inc_by(out.events);
@@ -312,100 +395,154 @@ async fn run_view(
             report.dates_computed.push((*date).clone());
             computed.insert((*date).clone(), entry);
         }
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-    }
-    .await;
-    if let Err(e) = result {
-        // Files of this run are named by nothing: remove them now rather than leave orphans.
-        for p in &written {
-            let _ = store
-                .delete(&object_store::path::Path::from(p.as_str()))
-                .await;
-        }
-        return Err(e);
-    }
 
-    let now = now_ms();
-    let redefined = previous.as_ref().is_none_or(|m| m.definition != definition);
-    let mut manifest = previous.clone().unwrap_or_else(|| Manifest {
-        view: plan.name.clone(),
-        version: 0,
-        run_id: String::new(),
-        computed_at: String::new(),
-        horizon_ms: None,
-        horizon: None,
-        definition: definition.clone(),
-        dates: BTreeMap::new(),
-        retired: Vec::new(),
-    });
-    if redefined && req.range.is_none() {
-        // Every date was recomputed under the new definition; the old ones go.
-        for (_, old) in std::mem::take(&mut manifest.dates) {
-            retire(&mut manifest, &old, now);
+        let now = now_ms();
+        let redefined = previous.as_ref().is_none_or(|m| m.definition != definition);
+        let mut manifest = previous.clone().unwrap_or_else(|| Manifest {
+            view: plan.name.clone(),
+            version: 0,
+            run_id: String::new(),
+            computed_at: String::new(),
+            horizon_ms: None,
+            horizon: None,
+            definition: definition.clone(),
+            dates: BTreeMap::new(),
+            retired: Vec::new(),
+        });
+        if redefined && req.range.is_none() {
+            // Every date was recomputed under the new definition; the old ones go.
+            for (_, old) in std::mem::take(&mut manifest.dates) {
+                retire(&mut manifest, &old, now);
+            }
         }
-    }
-    for (date, entry) in computed {
-        if let Some(old) = manifest.dates.remove(&date) {
-            retire(&mut manifest, &old, now);
+        for (date, entry) in computed {
+            if let Some(old) = manifest.dates.remove(&date) {
+                retire(&mut manifest, &old, now);
+            }
+            manifest.dates.insert(date, entry);
         }
-        manifest.dates.insert(date, entry);
-    }
-    let grace = config.batch.gc_grace.as_millis() as i64;
-    let (expired, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut manifest.retired)
-        .into_iter()
-        .partition(|r| now - r.retired_ms >= grace);
-    manifest.retired = kept;
-    let changed = !report.dates_computed.is_empty()
-        || !expired.is_empty()
-        || previous
-            .as_ref()
-            .is_none_or(|m| m.horizon_ms != snapshot.horizon_ms)
-        || redefined;
-    if changed
-        && (previous.is_some() || !manifest.dates.is_empty() || snapshot.horizon_ms.is_some())
-    {
-        manifest.version += 1;
-        manifest.run_id = run_id.to_string();
-        manifest.computed_at = format_rfc3339(now);
-        // A backfill of part of the dates under a changed definition leaves the old one
-        // recorded, so the next run still recomputes the rest.
-        if !(redefined && previous.is_some() && req.range.is_some()) {
-            manifest.definition = definition;
-        }
-        // A backfill may run ahead of the horizon but never moves it.
-        if req.range.is_none() || manifest.horizon_ms.is_none() {
-            manifest.horizon_ms = snapshot.horizon_ms;
-            manifest.horizon = snapshot.horizon_ms.map(format_rfc3339);
-        }
-        manifest.save(store).await?;
-        report.manifest_version = Some(manifest.version);
-    } else {
-        report.manifest_version = previous.as_ref().map(|m| m.version);
-    }
-    // Only after the new manifest no longer names them.
-    for r in &expired {
-        match store
-            .delete(&object_store::path::Path::from(r.path.as_str()))
-            .await
+        let grace = config.batch.gc_grace.as_millis() as i64;
+        let (expired, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut manifest.retired)
+            .into_iter()
+            .partition(|r| now - r.retired_ms >= grace);
+        manifest.retired = kept;
+        // The horizon never moves back: a snapshot that cannot place it (a partition with no
+        // watermark yet, a new partition) keeps the one already landed.
+        let horizon_ms = match (manifest.horizon_ms, snapshot.horizon_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let changed = !report.dates_computed.is_empty()
+            || !expired.is_empty()
+            || previous.as_ref().is_none_or(|m| m.horizon_ms != horizon_ms)
+            || redefined;
+        if changed
+            && (previous.is_some() || !manifest.dates.is_empty() || snapshot.horizon_ms.is_some())
         {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                tracing::warn!(path = %r.path, error = %e, "could not delete a retired view file")
+            manifest.version += 1;
+            manifest.run_id = run_id.to_string();
+            manifest.computed_at = format_rfc3339(now);
+            // A backfill of part of the dates under a changed definition leaves the old one
+            // recorded, so the next run still recomputes the rest.
+            if !(redefined && previous.is_some() && req.range.is_some()) {
+                manifest.definition = definition;
+            }
+            // A backfill may run ahead of the horizon but never moves it.
+            if req.range.is_none() || manifest.horizon_ms.is_none() {
+                manifest.horizon_ms = horizon_ms;
+                manifest.horizon = horizon_ms.map(format_rfc3339);
+            }
+            // Land only while this run still holds the lock, and only over the version it read.
+            self.lock
+                .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
+                .await?;
+            if let Err(e) = manifest.save(store, previous_version).await
+                && !self.landed(plan).await
+            {
+                return Err(e.into());
+            }
+            report.manifest_version = Some(manifest.version);
+        } else {
+            report.manifest_version = previous.as_ref().map(|m| m.version);
+        }
+        // Only after the new manifest no longer names them.
+        for r in &expired {
+            match store
+                .delete(&object_store::path::Path::from(r.path.as_str()))
+                .await
+            {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    tracing::warn!(path = %r.path, error = %e, "could not delete a retired view file")
+                }
+            }
+        }
+        let orphans = collect_orphans(store, &manifest, run_id, now, grace).await;
+        let secs = view_started.elapsed().as_secs_f64();
+        tracing::info!(
+            view = %plan.name,
+            dates = total,
+            events = report.events,
+            input_rows = rows_read,
+            seconds = format!("{secs:.2}"),
+            manifest_version = ?report.manifest_version,
+            retired_deleted = expired.len(),
+            orphans_deleted = orphans,
+            "view done"
+        );
+        Ok(report)
+    }
+}
+
+/// Deletes view files that no manifest names (a run killed after writing files, before its
+/// manifest landed) once they are older than the grace period; returns how many.
+async fn collect_orphans(
+    store: &Arc<dyn ObjectStore>,
+    manifest: &Manifest,
+    run_id: &str,
+    now: i64,
+    grace_ms: i64,
+) -> usize {
+    use futures::TryStreamExt;
+    let named: std::collections::HashSet<&str> = manifest
+        .dates
+        .values()
+        .flat_map(|d| d.files.values().map(|f| f.path.as_str()))
+        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
+        .collect();
+    let listed: Vec<object_store::ObjectMeta> = match store
+        .list(Some(&paths::view_root(&manifest.view)))
+        .try_collect()
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(view = %manifest.view, error = %e, "could not list view files for GC");
+            return 0;
+        }
+    };
+    let mut deleted = 0;
+    for meta in listed {
+        let path = meta.location.as_ref();
+        let is_view_file = path.ends_with(".parquet")
+            && !meta
+                .location
+                .filename()
+                .is_some_and(|f| f.starts_with(run_id));
+        let old = now - meta.last_modified.timestamp_millis() >= grace_ms;
+        if is_view_file && old && !named.contains(path) {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(path, "removed an orphaned view file (its run never landed)");
+                    deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "could not delete an orphaned view file")
+                }
             }
         }
     }
-    let secs = view_started.elapsed().as_secs_f64();
-    tracing::info!(
-        view = %plan.name,
-        dates = total,
-        events = report.events,
-        input_rows = rows_read,
-        seconds = format!("{secs:.2}"),
-        manifest_version = ?report.manifest_version,
-        retired_deleted = expired.len(),
-        "view done"
-    );
-    Ok(report)
+    deleted
 }
 
 fn retire(manifest: &mut Manifest, entry: &DateEntry, now: i64) {

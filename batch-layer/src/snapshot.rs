@@ -71,7 +71,9 @@ impl Snapshot {
         now_ms: i64,
         idle_ms: i64,
     ) -> Result<Snapshot, SnapshotError> {
-        let states = StateStore::new(store.clone(), topic).load_all().await?;
+        let state_store = StateStore::new(store.clone(), topic);
+        let topic_partitions = state_store.load_topic().await?;
+        let states = state_store.load_all().await?;
         let committed: BTreeMap<i32, i64> = states
             .iter()
             .map(|(p, s)| (*p, s.committed_offset))
@@ -99,7 +101,7 @@ impl Snapshot {
         for d in dates.values_mut() {
             d.files.sort_by(|a, b| a.path.cmp(&b.path));
         }
-        let horizon_ms = horizon::horizon(&states, now_ms, idle_ms);
+        let horizon_ms = horizon::horizon(&states, topic_partitions, now_ms, idle_ms);
         Ok(Snapshot {
             states,
             horizon_ms,

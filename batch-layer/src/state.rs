@@ -2,9 +2,9 @@
 //!
 //! Files beyond `committed_offset` are not part of the master dataset. Before writing files a
 //! flush records them in `pending`, so a restart can delete the ones a crash left behind.
-//! Writes are conditional (S3's If-Match / If-None-Match): a second archiver that lost the
-//! partition cannot overwrite the new owner's state. The local file store has no compare-and-
-//! swap for updates; there a plain overwrite is used (one archiver per store).
+//! Writes are conditional (S3's If-Match / If-None-Match; a compare-and-swap on a local
+//! directory, see `tributary_shared::store::local`): a second archiver that lost the
+//! partition cannot overwrite the new owner's state.
 
 use std::sync::Arc;
 
@@ -46,6 +46,13 @@ impl PartitionState {
         let quiet = self.last_record_ms.is_none_or(|t| now_ms - t >= idle_ms);
         caught_up && quiet
     }
+}
+
+/// `_state/topic.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TopicState {
+    partitions: i32,
+    updated_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +104,45 @@ impl StateStore {
         Ok(Some((state, version)))
     }
 
+    /// Records the topic's partition count (`_state/topic.json`), so the horizon waits for a
+    /// partition that has no state yet (a new one) instead of leaving it out.
+    pub async fn save_topic(&self, partitions: i32) -> Result<(), StateError> {
+        let body = serde_json::to_vec_pretty(&TopicState {
+            partitions,
+            updated_ms: chrono::Utc::now().timestamp_millis(),
+        })
+        .map_err(|source| StateError::Corrupt {
+            partition: -1,
+            source,
+        })?;
+        self.store
+            .put(&paths::archive_topic_state(&self.topic), body.into())
+            .await?;
+        Ok(())
+    }
+
+    /// The topic's partition count as the archive last saw it; `None` before it wrote one.
+    pub async fn load_topic(&self) -> Result<Option<i32>, StateError> {
+        match self
+            .store
+            .get(&paths::archive_topic_state(&self.topic))
+            .await
+        {
+            Ok(r) => {
+                let t: TopicState =
+                    serde_json::from_slice(&r.bytes().await?).map_err(|source| {
+                        StateError::Corrupt {
+                            partition: -1,
+                            source,
+                        }
+                    })?;
+                Ok(Some(t.partitions))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Every partition's state (for the batch layer and status).
     pub async fn load_all(&self) -> Result<Vec<(i32, PartitionState)>, StateError> {
         use futures::TryStreamExt;
@@ -134,14 +180,8 @@ impl StateStore {
             Some(v) => PutMode::Update(v),
             None => PutMode::Create,
         };
-        match self.put(&path, body.clone(), mode).await {
+        match self.put(&path, body, mode).await {
             Ok(v) => Ok(v),
-            Err(object_store::Error::NotImplemented { .. }) => {
-                // Local directory store: no conditional update; one archiver owns it.
-                self.put(&path, body, PutMode::Overwrite)
-                    .await
-                    .map_err(Into::into)
-            }
             Err(
                 object_store::Error::Precondition { .. }
                 | object_store::Error::AlreadyExists { .. },

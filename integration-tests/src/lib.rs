@@ -3,7 +3,10 @@
 //!
 //! A test that cannot reach a service fails and names it; nothing here skips.
 
+pub mod chaos;
+pub mod checks;
 pub mod generator;
+pub mod master;
 pub mod scenario;
 
 use std::future::Future;
@@ -78,8 +81,13 @@ pub async fn create_topic_on(
 
 /// A producer tuned for tests: acks=all, no idempotence (Tansu has none).
 pub fn producer() -> anyhow::Result<FutureProducer> {
+    producer_on(&brokers())
+}
+
+/// [`producer`] for another broker than the stack's.
+pub fn producer_on(brokers: &str) -> anyhow::Result<FutureProducer> {
     ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", brokers)
         .set("message.timeout.ms", "10000")
         .set("linger.ms", "5")
         .create()
@@ -234,8 +242,15 @@ pub fn example_config(overrides: &[(&str, String)]) -> anyhow::Result<tributary_
     .context("example config")
 }
 
-/// Path of a workspace binary next to the test executable (`make test` builds them first).
+/// Path of a workspace binary next to the test executable (`make test` builds them first);
+/// `TRIBUTARY_TEST_BIN_DIR` points the tests at other builds (e.g. an older release, to show
+/// a fault test failing before its fix).
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    if let Ok(dir) = std::env::var("TRIBUTARY_TEST_BIN_DIR") {
+        let path = std::path::PathBuf::from(dir).join(name);
+        anyhow::ensure!(path.exists(), "{} is missing", path.display());
+        return Ok(path);
+    }
     let exe = std::env::current_exe().context("current exe")?;
     let dir = exe
         .parent()
@@ -271,7 +286,19 @@ pub fn write_config(
     dir: &std::path::Path,
 ) -> anyhow::Result<(std::path::PathBuf, Vec<(String, String)>)> {
     let path = dir.join("tributary.toml");
-    std::fs::write(&path, toml::to_string(config).context("serialize config")?)?;
+    let mut table = toml::Table::try_from(config).context("serialize config")?;
+    // `TRIBUTARY_TEST_DROP_KEYS=serving.cache_size,...`: keys an older build (see
+    // `TRIBUTARY_TEST_BIN_DIR`) does not know are left out of the file.
+    if let Ok(keys) = std::env::var("TRIBUTARY_TEST_DROP_KEYS") {
+        for key in keys.split(',').filter(|k| !k.is_empty()) {
+            if let Some((section, name)) = key.split_once('.')
+                && let Some(toml::Value::Table(t)) = table.get_mut(section)
+            {
+                t.remove(name);
+            }
+        }
+    }
+    std::fs::write(&path, toml::to_string(&table).context("serialize config")?)?;
     let prefix = tributary_shared::config::ENV_PREFIX;
     let mut env = Vec::new();
     if let Some(s) = &config.store.access_key_id {
@@ -298,26 +325,32 @@ pub async fn wait_archived(
     topic: &str,
     ends: &std::collections::HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
+    wait_archived_within(store, topic, ends, Duration::from_secs(90)).await
+}
+
+/// [`wait_archived`] with its own timeout.
+pub async fn wait_archived_within(
+    store: Arc<dyn ObjectStore>,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let states = tributary_batch_layer::state::StateStore::new(store, topic);
-    wait_for(
-        "the archive to commit every record",
-        Duration::from_secs(90),
-        || {
-            let states = states.clone();
-            async move {
-                let all: std::collections::HashMap<i32, i64> = states
-                    .load_all()
-                    .await?
-                    .into_iter()
-                    .map(|(p, s)| (p, s.committed_offset))
-                    .collect();
-                Ok(ends
-                    .iter()
-                    .all(|(p, e)| all.get(p) == Some(e))
-                    .then_some(()))
-            }
-        },
-    )
+    wait_for("the archive to commit every record", timeout, || {
+        let states = states.clone();
+        async move {
+            let all: std::collections::HashMap<i32, i64> = states
+                .load_all()
+                .await?
+                .into_iter()
+                .map(|(p, s)| (p, s.committed_offset))
+                .collect();
+            Ok(ends
+                .iter()
+                .all(|(p, e)| all.get(p) == Some(e))
+                .then_some(()))
+        }
+    })
     .await
 }
 
@@ -328,26 +361,43 @@ pub async fn wait_speed_applied(
     topic: &str,
     ends: &std::collections::HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
-    let key = tributary_shared::layout::RedisKeys::new(key_prefix).offsets(view, topic);
-    let con = redis().await?;
-    wait_for(
-        "the speed layer to apply every record",
+    wait_speed_applied_on(
+        &redis_url(),
+        key_prefix,
+        view,
+        topic,
+        ends,
         Duration::from_secs(90),
-        || {
-            let (key, mut con) = (key.clone(), con.clone());
-            async move {
-                let stored = hgetall(&mut con, &key).await?;
-                Ok(ends
-                    .iter()
-                    .all(|(p, end)| {
-                        stored
-                            .get(&p.to_string())
-                            .and_then(|v| v.split(':').next()?.parse::<i64>().ok())
-                            == Some(*end)
-                    })
-                    .then_some(()))
-            }
-        },
     )
+    .await
+}
+
+/// [`wait_speed_applied`] on another Redis, with its own timeout.
+pub async fn wait_speed_applied_on(
+    redis: &str,
+    key_prefix: &str,
+    view: &str,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let key = tributary_shared::layout::RedisKeys::new(key_prefix).offsets(view, topic);
+    let client = redis::Client::open(redis).context("redis url")?;
+    wait_for("the speed layer to apply every record", timeout, || {
+        let (key, client) = (key.clone(), client.clone());
+        async move {
+            let mut con = client.get_multiplexed_async_connection().await?;
+            let stored = hgetall(&mut con, &key).await?;
+            Ok(ends
+                .iter()
+                .all(|(p, end)| {
+                    stored
+                        .get(&p.to_string())
+                        .and_then(|v| v.split(':').next()?.parse::<i64>().ok())
+                        == Some(*end)
+                })
+                .then_some(()))
+        }
+    })
     .await
 }

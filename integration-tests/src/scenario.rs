@@ -90,7 +90,10 @@ pub fn events(seed: u64, n: u64, start_ms: i64, span_ms: i64) -> Vec<Ev> {
     const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
     let mut out: Vec<Ev> = (0..n)
         .map(|i| {
-            let h = tributary_shared::hll::murmur64a(&(seed * 1_000_003 + i).to_le_bytes(), seed);
+            let h = tributary_shared::hll::murmur64a(
+                &seed.wrapping_mul(1_000_003).wrapping_add(i).to_le_bytes(),
+                seed,
+            );
             Ev {
                 id: format!("e-{seed}-{i}"),
                 ts: start_ms + (h % span_ms.max(1) as u64) as i64,

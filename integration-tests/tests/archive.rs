@@ -2,23 +2,20 @@
 //! on S3 (moto), each record once, readable by DataFusion with the Hive partition columns, and
 //! exact across a crash between the files and the state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use arrow::array::{Array, Int32Array, Int64Array, StringArray};
-use bytes::Bytes;
-use futures::TryStreamExt;
-use object_store::{ObjectStore, ObjectStoreExt};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use arrow::array::{Array, Int64Array};
+use object_store::ObjectStore;
 use tokio::sync::watch;
 use tributary_batch_layer::state::StateStore;
 use tributary_it::generator::{Generator, GeneratorOptions};
+use tributary_it::master::{check_once, read_master};
 use tributary_it::*;
 use tributary_shared::Config;
 use tributary_shared::config::StoreConfig;
-use tributary_shared::layout::paths;
 
 const FIELDS: &str = r#"
 [speed]
@@ -95,72 +92,6 @@ async fn wait_committed(
     ends: &HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
     wait_archived(store, topic, ends).await
-}
-
-/// (partition, offset) → event_id of every row of every master file.
-async fn read_master(
-    store: &Arc<dyn ObjectStore>,
-    topic: &str,
-) -> anyhow::Result<Vec<((i32, i64), String)>> {
-    let files: Vec<_> = store
-        .list(Some(&paths::master_root(topic)))
-        .try_collect()
-        .await?;
-    let mut rows = Vec::new();
-    for f in files {
-        if paths::parse_master_file(topic, &f.location).is_none() {
-            continue;
-        }
-        let bytes: Bytes = store.get(&f.location).await?.bytes().await?;
-        for batch in ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()? {
-            let batch = batch?;
-            let col = |n: &str| {
-                batch
-                    .column_by_name(n)
-                    .with_context(|| format!("column {n}"))
-            };
-            let ids = col("event_id")?
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .context("event_id")?;
-            let parts = col("partition")?
-                .as_any()
-                .downcast_ref::<Int32Array>()
-                .context("partition")?;
-            let offs = col("offset")?
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .context("offset")?;
-            for i in 0..batch.num_rows() {
-                rows.push(((parts.value(i), offs.value(i)), ids.value(i).to_string()));
-            }
-        }
-    }
-    Ok(rows)
-}
-
-fn check_once(rows: &[((i32, i64), String)], valid: &HashMap<i32, Vec<(i64, String)>>) {
-    let mut seen: BTreeMap<(i32, i64), usize> = BTreeMap::new();
-    for (k, _) in rows {
-        *seen.entry(*k).or_insert(0) += 1;
-    }
-    let dupes: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
-    assert!(
-        dupes.is_empty(),
-        "records archived more than once: {:?}",
-        &dupes[..dupes.len().min(5)]
-    );
-    let want: BTreeMap<(i32, i64), String> = valid
-        .iter()
-        .flat_map(|(p, v)| v.iter().map(move |(o, id)| ((*p, *o), id.clone())))
-        .collect();
-    let got: BTreeMap<(i32, i64), String> = rows.iter().cloned().collect();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "every valid record archived, no invalid one"
-    );
-    assert_eq!(got, want);
 }
 
 fn start(
@@ -314,4 +245,197 @@ async fn a_crash_between_files_and_state_leaves_no_duplicates() -> anyhow::Resul
     assert_eq!(status.code(), Some(0));
     check_once(&read_master(&store, &topic).await?, &valid);
     Ok(())
+}
+
+/// Another writer changes a partition's state under the archiver (what a second owner of the
+/// partition does when a group hands it to two members): the archiver's next flush of it is
+/// fenced; it reloads the state and resumes from its commit point instead of dropping the
+/// partition until the next rebalance. Both stores: S3's conditional writes and the local
+/// directory's compare-and-swap.
+async fn fenced_partition_resumes(store_config: StoreConfig) -> anyhow::Result<()> {
+    let topic = unique("archive-fence");
+    create_topic(&topic, 2).await?;
+    let mut config = test_config(&topic, "unused", FIELDS)?;
+    config.store = store_config;
+    let store = open(&config.store)?;
+    let (valid1, ends1) = produce(&topic, 2_000, 2, 21).await?;
+    let (tx, handle) = start(config.clone());
+    wait_committed(store.clone(), &topic, &ends1).await?;
+    // Rewrite partition 0's state with its own content: a new version the archiver did not
+    // write, so its next conditional write of it is refused.
+    let states = StateStore::new(store.clone(), topic.clone());
+    for _ in 0..3 {
+        let (state, version) = states.load(0).await?.context("state of partition 0")?;
+        states.save(0, &state, Some(version)).await?;
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // More records for both partitions: partition 0 must be archived too.
+    let (valid2, more) = produce(&topic, 2_000, 2, 22).await?;
+    let mut ends = ends1.clone();
+    for (p, n) in &more {
+        *ends.entry(*p).or_insert(0) += n;
+    }
+    wait_committed(store.clone(), &topic, &ends).await?;
+    tx.send(true).ok();
+    tokio::time::timeout(Duration::from_secs(30), handle)
+        .await
+        .context("archiver stop")???;
+    let mut valid = valid1;
+    for (p, v) in valid2 {
+        let base = ends1.get(&p).copied().unwrap_or(0);
+        valid
+            .entry(p)
+            .or_default()
+            .extend(v.into_iter().map(|(o, id)| (o + base, id)));
+    }
+    check_once(&read_master(&store, &topic).await?, &valid);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_partition_resumes_on_s3() -> anyhow::Result<()> {
+    fenced_partition_resumes(s3_store_config("fence").await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_partition_resumes_on_a_local_directory() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    fenced_partition_resumes(StoreConfig {
+        url: format!("file://{}", dir.path().display()),
+        ..StoreConfig::default()
+    })
+    .await
+}
+
+/// On `file://`, a data file is synced (file, then its directory entry) before the state that
+/// commits it is written: traced with strace on the real archiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_files_are_synced_before_the_state_that_commits_them() -> anyhow::Result<()> {
+    let topic = unique("archive-fsync");
+    create_topic(&topic, 2).await?;
+    let dir = tempfile::tempdir()?;
+    let store_url = format!("file://{}/store", dir.path().display());
+    let text = format!(
+        "[source]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{topic}\"\n[store]\nurl = \"{store_url}\"\n{FIELDS}",
+        brokers()
+    );
+    let config_path = dir.path().join("tributary.toml");
+    std::fs::write(&config_path, &text)?;
+    let config = Config::from_toml_str_with_env(&text, "t", Vec::new())?;
+    let store = open(&config.store)?;
+    let (_, ends) = produce(&topic, 3_000, 2, 31).await?;
+    let trace = dir.path().join("trace.txt");
+    let mut child = tokio::process::Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,link,linkat",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(binary("batch-layer")?)
+        .arg("--config")
+        .arg(&config_path)
+        .arg("archive")
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("run strace (`make up` installs it)")?;
+    wait_committed(store.clone(), &topic, &ends).await?;
+    std::process::Command::new("pkill")
+        .args([
+            "-TERM",
+            "-f",
+            &format!("batch-layer --config {}", config_path.display()),
+        ])
+        .status()?;
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(status.success(), "archiver under strace: {status:?}");
+    let text = std::fs::read_to_string(&trace)?;
+    let order = fsync_order(&text);
+    assert!(
+        order.data_files > 0,
+        "the trace saw the data files:\n{}",
+        &text[..text.len().min(3000)]
+    );
+    assert!(order.states > 0, "the trace saw the state files");
+    assert!(
+        order.unsynced.is_empty(),
+        "files moved into place without being synced first: {:?}",
+        &order.unsynced[..order.unsynced.len().min(5)]
+    );
+    assert!(
+        order.states_before_dir_sync.is_empty(),
+        "a state file was written while a data file's directory entry was not synced: {:?}",
+        &order.states_before_dir_sync[..order.states_before_dir_sync.len().min(5)]
+    );
+    Ok(())
+}
+
+#[derive(Default, Debug)]
+struct FsyncOrder {
+    data_files: usize,
+    states: usize,
+    /// Files renamed or linked into place whose staging file was never fsynced.
+    unsynced: Vec<String>,
+    /// State files written while some data file's directory was not synced after its rename.
+    states_before_dir_sync: Vec<String>,
+}
+
+/// Reads an strace log (`-f -y -e trace=fsync,rename,link,...`: fds shown with their paths)
+/// and checks the order of syncs.
+fn fsync_order(trace: &str) -> FsyncOrder {
+    use std::collections::HashSet;
+    let mut out = FsyncOrder::default();
+    let mut synced: HashSet<String> = HashSet::new();
+    // Directories holding a data file moved into place and not synced since.
+    let mut dirty_dirs: HashSet<String> = HashSet::new();
+    let quoted = |s: &str| -> Vec<String> {
+        s.split('"')
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, x)| x.to_string())
+            .collect()
+    };
+    for line in trace.lines() {
+        let call = line.split_whitespace().nth(1).unwrap_or("");
+        if call.starts_with("fsync(") || call.starts_with("fdatasync(") {
+            // fsync(9</path/of/the/file>) = 0
+            let Some(path) = line
+                .split_once('<')
+                .and_then(|(_, r)| r.split_once('>'))
+                .map(|(p, _)| p.to_string())
+            else {
+                continue;
+            };
+            dirty_dirs.remove(path.trim_end_matches('/'));
+            synced.insert(path);
+        } else if call.starts_with("rename") || call.starts_with("link") {
+            let paths = quoted(line);
+            let (Some(from), Some(to)) = (paths.first(), paths.get(1)) else {
+                continue;
+            };
+            let dir = to
+                .rsplit_once('/')
+                .map(|(d, _)| d.to_string())
+                .unwrap_or_default();
+            if to.ends_with(".parquet") {
+                out.data_files += 1;
+                if !synced.contains(from) {
+                    out.unsynced.push(to.clone());
+                }
+                dirty_dirs.insert(dir);
+            } else if to.contains("/_state/p") {
+                out.states += 1;
+                if !synced.contains(from) {
+                    out.unsynced.push(to.clone());
+                }
+                if !dirty_dirs.is_empty() {
+                    out.states_before_dir_sync.push(to.clone());
+                }
+            }
+        }
+    }
+    out
 }

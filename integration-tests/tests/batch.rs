@@ -33,7 +33,7 @@ archive_max_rows = 2000
 archive_flush_interval = "300ms"
 metrics_listen = "127.0.0.1:0"
 idle_timeout = "1s"
-gc_grace = "0s"
+gc_grace = "1s"
 "#;
 
 fn config_for(topic: &str) -> anyhow::Result<Config> {
@@ -291,7 +291,22 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
         manifest.dates[&date_string(d2)],
         "day 2 untouched"
     );
-    // gc_grace = 0s: day 1's old files are gone once the new manifest is written.
+    // Day 1's old files are retired, not deleted: readers of the previous manifest may still
+    // read them. Once gc_grace (1s) has passed, the next run collects them.
+    for f in manifest.dates[&date_string(d1)].files.values() {
+        assert!(
+            m2.retired.iter().any(|r| r.path == f.path),
+            "{} is retired",
+            f.path
+        );
+        store
+            .head(&object_store::path::Path::from(f.path.as_str()))
+            .await
+            .with_context(|| format!("{} is still there during the grace period", f.path))?;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let (code, out) = batch_cli(&config, &["run"]).await?;
+    assert_eq!(code, 0, "{out}");
     for f in manifest.dates[&date_string(d1)].files.values() {
         let gone = store
             .head(&object_store::path::Path::from(f.path.as_str()))

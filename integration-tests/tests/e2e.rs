@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use tributary_batch_layer::metrics::BatchMetrics;
 use tributary_batch_layer::run::{RunRequest, run_once};
 use tributary_batch_layer::state::StateStore;
+use tributary_it::checks::{check_series, get};
 use tributary_it::scenario::*;
 use tributary_it::*;
 use tributary_shared::bucket::{HOUR_MS, MINUTE_MS, format_rfc3339, parse_rfc3339};
@@ -55,131 +56,11 @@ async fn serve(config: Config) -> anyhow::Result<Server> {
     })
 }
 
-async fn get(url: &str) -> anyhow::Result<(u16, Value)> {
-    let res = reqwest::get(url)
-        .await
-        .with_context(|| format!("GET {url}"))?;
-    let status = res.status().as_u16();
-    let body = res
-        .json::<Value>()
-        .await
-        .with_context(|| format!("GET {url}: body"))?;
-    Ok((status, body))
-}
-
 /// Waits for the speed layer to apply, and the archive to commit, every record.
 async fn wait_consumed(config: &Config, ends: &HashMap<i32, i64>) -> anyhow::Result<()> {
     let topic = &config.source.topic;
     wait_speed_applied(&config.redis.key_prefix, "checkouts", topic, ends).await?;
     wait_archived(open(&config.store)?, topic, ends).await
-}
-
-/// Checks a `series` answer bucket by bucket: the source follows the horizon, batch points
-/// equal the truth over every event, speed points the truth over the events the speed layer
-/// applied (exact for additive measures, within the sketch bounds for the others).
-fn check_series(
-    body: &Value,
-    g: Granularity,
-    group_by: &[usize],
-    all: &[Ev],
-    applied_by_speed: &[Ev],
-) -> anyhow::Result<(usize, usize)> {
-    let horizon = body["batch_horizon"]
-        .as_str()
-        .and_then(parse_rfc3339)
-        .context("batch_horizon")?;
-    let batch_truth = truth(all, g, group_by, &[]);
-    let speed_truth = truth(applied_by_speed, g, group_by, &[]);
-    let names = ["country", "device"];
-    let (mut batch_points, mut speed_points) = (0, 0);
-    let series = body["series"].as_array().context("series")?;
-    for s in series {
-        let group: Vec<Option<String>> = group_by
-            .iter()
-            .map(|d| s["group"][names[*d]].as_str().map(str::to_string))
-            .collect();
-        for p in s["points"].as_array().context("points")? {
-            let t = p["t"].as_str().and_then(parse_rfc3339).context("t")?;
-            let source = p["source"].as_str().unwrap_or("");
-            let ctx = format!("{g} {group:?} {} ({source})", format_rfc3339(t));
-            let values = &p["values"];
-            let v = |m: &str| values[m].as_f64();
-            if g.end(t) <= horizon {
-                assert_eq!(source, "batch", "{ctx}: ends before the horizon");
-                assert_eq!(p["exact"], Value::Bool(true), "{ctx}");
-                let tr = batch_truth
-                    .get(&(group.clone(), t))
-                    .with_context(|| format!("{ctx}: not in the truth"))?;
-                for m in [
-                    "events",
-                    "revenue",
-                    "min_amount",
-                    "max_amount",
-                    "avg_amount",
-                    "buyers",
-                    "p90_latency",
-                ] {
-                    let ok = match (v(m), tr.value(m)) {
-                        (Some(a), Some(b)) => close(a, b),
-                        (a, b) => a == b,
-                    };
-                    assert!(ok, "{ctx} {m}: api {:?}, truth {:?}", v(m), tr.value(m));
-                }
-                batch_points += 1;
-            } else {
-                assert_eq!(source, "speed", "{ctx}: after the horizon");
-                let tr = speed_truth
-                    .get(&(group.clone(), t))
-                    .with_context(|| format!("{ctx}: not in the truth"))?;
-                for m in [
-                    "events",
-                    "revenue",
-                    "min_amount",
-                    "max_amount",
-                    "avg_amount",
-                ] {
-                    let ok = match (v(m), tr.value(m)) {
-                        (Some(a), Some(b)) => close(a, b),
-                        (a, b) => a == b,
-                    };
-                    assert!(ok, "{ctx} {m}: api {:?}, truth {:?}", v(m), tr.value(m));
-                }
-                let users = tr.users.len() as f64;
-                let buyers = v("buyers").context("buyers")?;
-                assert!(
-                    (buyers - users).abs() <= (0.03 * users).max(1.0),
-                    "{ctx} buyers {buyers} vs {users}"
-                );
-                let (lo, hi) = tr.p90_bounds().context("latencies")?;
-                let est = v("p90_latency").context("p90")?;
-                assert!(
-                    est >= lo * 0.99 - 1e-9 && est <= hi * 1.01 + 1e-9,
-                    "{ctx} p90 {est} outside [{lo}, {hi}]"
-                );
-                speed_points += 1;
-            }
-        }
-    }
-    // Nothing the truth has is missing from the answer.
-    let range_from = body["from"]
-        .as_str()
-        .and_then(parse_rfc3339)
-        .context("from")?;
-    let range_to = body["to"].as_str().and_then(parse_rfc3339).context("to")?;
-    let expected = batch_truth
-        .keys()
-        .filter(|(_, t)| *t >= g.floor(range_from) && *t < range_to && g.end(*t) <= horizon)
-        .count()
-        + speed_truth
-            .keys()
-            .filter(|(_, t)| *t >= g.floor(range_from) && *t < range_to && g.end(*t) > horizon)
-            .count();
-    assert_eq!(
-        batch_points + speed_points,
-        expected,
-        "{g} {group_by:?}: points vs truth"
-    );
-    Ok((batch_points, speed_points))
 }
 
 fn malformed() -> Vec<Vec<u8>> {
@@ -361,6 +242,27 @@ async fn the_whole_pipeline_answers_from_the_right_layer() -> anyhow::Result<()>
             "dimension",
             "missing_parameter",
         ),
+        (
+            "/v1/views/checkouts/series?to=9223372036854775807",
+            "to",
+            "bad_parameter",
+        ),
+        (
+            "/v1/views/checkouts/top?dimension=country&measure=events&from=-9223372036854775808",
+            "from",
+            "bad_parameter",
+        ),
+        (
+            &format!(
+                "/v1/views/checkouts/series?filter=country:{}",
+                (0..1001)
+                    .map(|i| format!("c{i}"))
+                    .collect::<Vec<_>>()
+                    .join("|")
+            ),
+            "filter",
+            "too_many_values",
+        ),
     ] {
         let (status, body) = get(&format!("{}{query}", server.url)).await?;
         assert_eq!(status, 400, "{query}: {body}");
@@ -372,6 +274,39 @@ async fn the_whole_pipeline_answers_from_the_right_layer() -> anyhow::Result<()>
                 .is_some_and(|m| !m.is_empty())
         );
     }
+
+    // A measure named twice is answered once.
+    let (code, body) = get(&q("hour", "&measures=events,events")).await?;
+    assert_eq!(code, 200, "{body}");
+    let keys: Vec<&String> = body["series"][0]["points"][0]["values"]
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(keys, vec!["events"], "{body}");
+
+    // Work per request is bounded: a group-by past serving.max_groups is a 400 naming it.
+    let mut few_groups = config.clone();
+    few_groups.serving.max_groups = 2;
+    let bounded = serve(few_groups).await?;
+    for (query, param) in [
+        (q("hour", "&group_by=country"), "group_by"),
+        (
+            format!(
+                "{}/v1/views/checkouts/top?dimension=country&measure=events&from={}&to={}",
+                server.url,
+                format_rfc3339(from),
+                format_rfc3339(to)
+            ),
+            "dimension",
+        ),
+    ] {
+        let (status, body) = get(&query.replace(&server.url, &bounded.url)).await?;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["code"], "too_many_groups", "{body}");
+        assert_eq!(body["error"]["parameter"], param, "{body}");
+    }
+    let _ = bounded.stop.send(true);
+    bounded.task.await??;
 
     // Health, readiness, metrics, OpenAPI, CORS.
     assert_eq!(get(&format!("{}/healthz", server.url)).await?.0, 200);

@@ -116,13 +116,42 @@ async fn reset_rebuilds_redis_from_kafka_without_double_counting() -> anyhow::Re
         "after reset to the start"
     );
 
-    // Reset to the second hour (+ lateness): earlier hours are gone (late for the new
-    // watermark), later ones rebuilt once, not added to what was there.
+    // Reset to the second hour: the view is rebuilt from that day's start (its coarsest
+    // bucket, so no bucket is rebuilt half): hours before it are gone, later ones rebuilt
+    // once, not added to what was there.
     let to = start + HOUR_MS + 5 * MINUTE_MS;
+    let from = Granularity::Day.floor(to);
     let out = reset_cli(&config, to).await?;
+    assert!(out.contains(&format_rfc3339(from)), "{out}");
     run_until_applied(&config, &ends).await?;
     let got = hourly_counts(&config, &hours).await?;
-    assert_eq!(got[0], None, "hour 0 is before the reset: {got:?} ({out})");
-    assert_eq!(&got[1..], &want[1..], "hours from the reset on are exact");
+    for (i, h) in hours.iter().enumerate() {
+        if *h >= from {
+            assert_eq!(got[i], want[i], "hour {i} is rebuilt exactly ({out})");
+        } else {
+            assert_eq!(got[i], None, "hour {i} is before the reset ({out})");
+        }
+    }
+
+    // A reset while the speed layer runs: it is fenced by the new epoch, reloads and seeks;
+    // the totals stay exact.
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(tributary_speed_layer::run(config.clone(), rx));
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    reset_cli(&config, start).await?;
+    wait_speed_applied(
+        &config.redis.key_prefix,
+        "checkouts",
+        &config.source.topic,
+        &ends,
+    )
+    .await?;
+    let _ = stop.send(true);
+    task.await??;
+    assert_eq!(
+        hourly_counts(&config, &hours).await?,
+        want,
+        "after a reset under a running speed layer"
+    );
     Ok(())
 }

@@ -17,9 +17,9 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::merge::{SeriesResponse, TopResponse};
 use crate::metrics::ServingMetrics;
-use crate::query::{SeriesParams, TopParams, pairs};
+use crate::query::{Limits, SeriesParams, TopParams, pairs};
+use crate::response::{SeriesResponse, TopResponse};
 use crate::sources::Sources;
 use crate::status::StatusResponse;
 
@@ -236,7 +236,7 @@ async fn series(
         plan,
         &pairs(raw.as_deref()),
         now,
-        app.sources.config.serving.max_buckets,
+        Limits::of(&app.sources.config.serving),
     )?;
     let out = crate::merge::series(&app.sources, plan, &params, now).await?;
     if !out.unreadable.is_empty() {
@@ -264,7 +264,12 @@ async fn top(
 ) -> Result<Json<TopResponse>, ApiError> {
     let plan = view(&app, &name)?;
     let now = now_ms();
-    let params = TopParams::parse(plan, &pairs(raw.as_deref()), now)?;
+    let params = TopParams::parse(
+        plan,
+        &pairs(raw.as_deref()),
+        now,
+        Limits::of(&app.sources.config.serving),
+    )?;
     Ok(Json(
         crate::merge::top(&app.sources, plan, &params, now).await?,
     ))

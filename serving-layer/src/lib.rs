@@ -1,8 +1,10 @@
 //! The serving layer: one REST API over the exact batch views and the fresh speed aggregates.
 //!
 //! - [`query`]: parameters, validated against the view (400s name the parameter);
-//! - [`merge`]: per-bucket choice of batch / speed / missing, and `top`;
+//! - [`merge`]: per-bucket choice of batch / speed / missing / rebuilding, and `top`, answering
+//!   with the types of [`response`];
 //! - [`sources`]: the batch reader and a Redis connection that fails fast;
+//! - [`points`]: rendered points and their byte-bounded cache;
 //! - [`status`]: the `/v1/status` page;
 //! - [`api`]: routes, handlers, OpenAPI; [`dashboard`]: the page at `/`;
 //! - [`metrics`]: Prometheus metrics.
@@ -12,7 +14,9 @@ pub mod dashboard;
 pub mod error;
 pub mod merge;
 pub mod metrics;
+pub mod points;
 pub mod query;
+pub mod response;
 pub mod sources;
 pub mod status;
 

@@ -1,64 +1,28 @@
 //! The Lambda merge, per bucket: a bucket that ends at or before the batch horizon comes from
 //! the batch view (exact), a later one from Redis while the speed layer still keeps it
 //! (`[speed] retention` past its end); a bucket neither holds is reported `missing`, never a
-//! silent zero, and one whose source could not be read is reported `unreadable`.
+//! silent zero; one whose speed state is being rebuilt from Kafka `rebuilding`; one whose
+//! source could not be read `unreadable`.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
-use serde::Serialize;
+use tributary_batch_layer::manifest::Manifest;
 use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::Granularity;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::view::ViewPlan;
 use tributary_speed_layer::read::SpeedQuery;
-use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::query::{SeriesParams, TopParams};
-use crate::sources::{CachedPoints, Sources};
+use crate::points::{CachedPoints, RenderedPoint};
+use crate::query::{Range, SeriesParams, TopParams};
+use crate::response::{GroupSeries, SeriesResponse, SourceCounts, TopResponse, TopRow};
+use crate::sources::{SourceError, Sources};
 
 /// One output group's point in one bucket.
 type GroupPoint = (Vec<Option<String>>, RenderedPoint);
-
-/// A point already serialized to its JSON: a sealed speed bucket's points are rendered once
-/// and then copied into every response that shows them.
-#[derive(Debug, Clone)]
-pub struct RenderedPoint(std::sync::Arc<serde_json::value::RawValue>);
-
-impl Serialize for RenderedPoint {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl RenderedPoint {
-    fn new(
-        t: &str,
-        source: &'static str,
-        exact: bool,
-        values: &BTreeMap<String, Option<f64>>,
-    ) -> Result<RenderedPoint, ApiError> {
-        let point = PointOutRef {
-            t,
-            source,
-            exact,
-            values,
-        };
-        serde_json::value::to_raw_value(&point)
-            .map(|raw| RenderedPoint(raw.into()))
-            .map_err(|e| ApiError::internal(format!("rendering a point: {e}")))
-    }
-}
-
-/// [`PointOut`], borrowed (what is serialized).
-#[derive(Serialize)]
-struct PointOutRef<'a> {
-    t: &'a str,
-    source: &'static str,
-    exact: bool,
-    values: &'a BTreeMap<String, Option<f64>>,
-}
 
 /// Where a bucket's answer comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,70 +35,30 @@ enum Source {
 fn classify(end_ms: i64, horizon: Option<i64>, now_ms: i64, retention_ms: i64) -> Source {
     if horizon.is_some_and(|h| end_ms <= h) {
         Source::Batch
-    } else if end_ms + retention_ms > now_ms {
+    } else if end_ms.saturating_add(retention_ms) > now_ms {
         Source::Speed
     } else {
         Source::Missing
     }
 }
 
-/// A point of a series (the schema of [`RenderedPoint`]).
-#[allow(dead_code)]
-#[derive(Debug, Serialize, ToSchema)]
-pub struct PointOut {
-    /// Bucket start (RFC 3339, UTC).
-    pub t: String,
-    /// `batch`, `speed`, `missing` (neither layer holds it) or `unreadable` (its layer could
-    /// not be read; see `errors`).
-    pub source: &'static str,
-    /// False for sketch-based values (speed distinct counts and quantiles, merged batch rows).
-    pub exact: bool,
-    pub values: BTreeMap<String, Option<f64>>,
+/// What `series` and `top` both start from: the manifest, its horizon, each bucket's source.
+struct Prologue {
+    manifest: Option<Arc<Manifest>>,
+    horizon: Option<i64>,
+    batch: Vec<i64>,
+    speed: Vec<i64>,
+    missing: Vec<i64>,
+    errors: Vec<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct GroupSeries {
-    /// The `group_by` dimensions' values (null: events without the field).
-    pub group: BTreeMap<String, Option<String>>,
-    #[schema(value_type = Vec<PointOut>)]
-    pub points: Vec<RenderedPoint>,
-}
-
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct SourceCounts {
-    pub batch: usize,
-    pub speed: usize,
-    pub missing: usize,
-    pub unreadable: usize,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SeriesResponse {
-    pub view: String,
-    pub granularity: String,
-    pub from: String,
-    pub to: String,
-    /// Buckets ending at or before it come from the batch view.
-    pub batch_horizon: Option<String>,
-    /// The speed layer's event-time watermark (minimum over partitions).
-    pub speed_watermark: Option<String>,
-    pub series: Vec<GroupSeries>,
-    /// Bucket counts by source.
-    pub buckets: SourceCounts,
-    /// Buckets neither layer holds.
-    pub missing: Vec<String>,
-    /// Buckets whose layer could not be read (e.g. Redis down).
-    pub unreadable: Vec<String>,
-    pub errors: Vec<String>,
-}
-
-pub async fn series(
+async fn prologue(
     src: &Sources,
     view: &ViewPlan,
-    p: &SeriesParams,
+    g: Granularity,
+    range: &Range,
     now_ms: i64,
-) -> Result<SeriesResponse, ApiError> {
-    let g = p.granularity;
+) -> Prologue {
     let retention = src.config.speed.retention.as_millis() as i64;
     let mut errors = Vec::new();
     let manifest = match src.batch.manifest(&view.name).await {
@@ -145,17 +69,58 @@ pub async fn series(
         }
     };
     let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
-    let buckets: Vec<i64> = g.buckets(p.range.from_ms, p.range.to_ms).collect();
-    let mut by_source: BTreeMap<i64, Source> = BTreeMap::new();
-    for b in &buckets {
-        by_source.insert(*b, classify(g.end(*b), horizon, now_ms, retention));
+    let (mut batch, mut speed, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for b in g.buckets(range.from_ms, range.to_ms) {
+        match classify(g.end(b), horizon, now_ms, retention) {
+            Source::Batch => batch.push(b),
+            Source::Speed => speed.push(b),
+            Source::Missing => missing.push(b),
+        }
     }
-    let batch_buckets: Vec<i64> = filter(&by_source, Source::Batch);
-    let speed_buckets: Vec<i64> = filter(&by_source, Source::Speed);
+    Prologue {
+        manifest,
+        horizon,
+        batch,
+        speed,
+        missing,
+        errors,
+    }
+}
+
+fn too_many_groups(param: &'static str, n: usize, max: usize) -> ApiError {
+    ApiError::param(
+        param,
+        "too_many_groups",
+        format!(
+            "{param}: the answer would have {n} groups or more; at most {max} (serving.max_groups): filter it, or group by a dimension with fewer values"
+        ),
+    )
+}
+
+pub async fn series(
+    src: &Sources,
+    view: &ViewPlan,
+    p: &SeriesParams,
+    now_ms: i64,
+) -> Result<SeriesResponse, ApiError> {
+    let g = p.granularity;
+    let max_groups = src.config.serving.max_groups;
+    let Prologue {
+        manifest,
+        horizon,
+        batch: batch_buckets,
+        speed: speed_buckets,
+        missing,
+        mut errors,
+    } = prologue(src, view, g, &p.range, now_ms).await;
     let mut unreadable: BTreeSet<i64> = BTreeSet::new();
+    let mut rebuilding: BTreeSet<i64> = BTreeSet::new();
 
     // Bucket times formatted once per request, not once per group.
-    let times: BTreeMap<i64, String> = buckets.iter().map(|b| (*b, format_rfc3339(*b))).collect();
+    let times: BTreeMap<i64, String> = g
+        .buckets(p.range.from_ms, p.range.to_ms)
+        .map(|b| (b, format_rfc3339(b)))
+        .collect();
     let time = |t: i64| times.get(&t).cloned().unwrap_or_else(|| format_rfc3339(t));
     // What a bucket's answer depends on besides its source's version.
     let shape = format!(
@@ -185,6 +150,9 @@ pub async fn series(
                 measures: p.measures.clone(),
             };
             match src.batch.read(view, m, &q).await {
+                Ok(s) if s.len() > max_groups => {
+                    return Err(too_many_groups("group_by", s.len(), max_groups));
+                }
                 Ok(s) => render_into(
                     src,
                     (&version_shape, &batch_buckets),
@@ -201,57 +169,84 @@ pub async fn series(
         }
     }
 
-    // Speed side. A bucket that ends at or before the speed watermark is sealed: the speed
-    // layer drops every later event for it as late, so its answer is cached; only the open
-    // buckets are read from Redis, in one pipelined read.
+    // Speed side. A bucket that ends at or before the view's watermark is sealed: the speed
+    // layer drops every later event for it as late, so its answer is cached (per epoch: a
+    // rebuilt view is a new key); only the open buckets are read from Redis, in one read.
     let mut speed = Rendered::new();
     let mut speed_wm = None;
     if !speed_buckets.is_empty() {
-        speed_wm = src.speed_watermark().await;
-        let speed_shape = format!("speed|{shape}");
-        let sealed = |b: i64| speed_wm.is_some_and(|w| g.end(b) <= w);
-        let mut to_read = Vec::new();
-        let cached = src.points.get_many(&speed_shape, &speed_buckets);
-        for (b, hit) in speed_buckets.iter().zip(cached) {
-            match hit.filter(|_| sealed(*b)) {
-                Some(groups) => add_cached(&mut speed, *b, &groups),
-                None => to_read.push(*b),
+        let lateness = src.config.speed.allowed_lateness.as_millis() as i64;
+        match src.view_state(&view.name).await {
+            Err(e) => {
+                errors.push(format!("speed layer unreadable: {e}"));
+                unreadable.extend(&speed_buckets);
             }
-        }
-        if !to_read.is_empty() {
-            let q = SpeedQuery {
-                granularity: g,
-                buckets: to_read.clone(),
-                filters: p.range.filters.clone(),
-                group_by: p.group_by.clone(),
-                measures: p.measures.clone(),
-            };
-            let key = format!("{speed_shape}|{to_read:?}");
-            match src.speed_series(key, view, q).await {
-                Ok(s) => {
-                    let sealed_read: Vec<i64> =
-                        to_read.iter().copied().filter(|b| sealed(*b)).collect();
-                    render_into(
-                        src,
-                        (&speed_shape, &sealed_read),
-                        "speed",
-                        &time,
-                        &s,
-                        &mut speed,
-                    )?
+            Ok(state) if !state.serving() => rebuilding.extend(&speed_buckets),
+            Ok(state) => {
+                speed_wm = state.watermark(lateness);
+                let speed_shape = format!(
+                    "speed|{}|{shape}",
+                    state.epoch.as_deref().unwrap_or_default()
+                );
+                let sealed = |b: i64| speed_wm.is_some_and(|w| g.end(b) <= w);
+                let mut to_read = Vec::new();
+                let cached = src.points.get_many(&speed_shape, &speed_buckets);
+                for (b, hit) in speed_buckets.iter().zip(cached) {
+                    match hit.filter(|_| sealed(*b)) {
+                        Some(groups) => add_cached(&mut speed, *b, &groups),
+                        None => to_read.push(*b),
+                    }
                 }
-                Err(e) => {
-                    errors.push(format!("speed layer unreadable: {e}"));
-                    unreadable.extend(&to_read);
-                    speed_wm = None;
+                if !to_read.is_empty() {
+                    let q = SpeedQuery {
+                        granularity: g,
+                        buckets: to_read.clone(),
+                        filters: p.range.filters.clone(),
+                        group_by: p.group_by.clone(),
+                        measures: p.measures.clone(),
+                        epoch: state.epoch.clone(),
+                        max_groups,
+                    };
+                    let key = format!("{speed_shape}|{to_read:?}");
+                    match src.speed_series(key, view, q).await {
+                        Ok(s) => {
+                            let sealed_read: Vec<i64> =
+                                to_read.iter().copied().filter(|b| sealed(*b)).collect();
+                            render_into(
+                                src,
+                                (&speed_shape, &sealed_read),
+                                "speed",
+                                &time,
+                                &s,
+                                &mut speed,
+                            )?
+                        }
+                        Err(SourceError::TooManyGroups(n)) => {
+                            return Err(too_many_groups("group_by", n, max_groups));
+                        }
+                        Err(SourceError::Rebuilding) => {
+                            // Lost or rebuilt while this request read it: none of its buckets
+                            // is served, cached or not.
+                            speed.clear();
+                            rebuilding.extend(&speed_buckets);
+                            speed_wm = None;
+                        }
+                        Err(e) => {
+                            errors.push(format!("speed layer unreadable: {e}"));
+                            unreadable.extend(&to_read);
+                            speed_wm = None;
+                        }
+                    }
                 }
             }
         }
     }
 
-    let missing: Vec<i64> = filter(&by_source, Source::Missing);
     let mut groups: BTreeSet<Vec<Option<String>>> =
         batch.keys().chain(speed.keys()).cloned().collect();
+    if groups.len() > max_groups {
+        return Err(too_many_groups("group_by", groups.len(), max_groups));
+    }
     if p.group_by.is_empty() {
         groups.insert(Vec::new());
     }
@@ -260,6 +255,7 @@ pub async fn series(
     let mut gaps: Vec<(i64, RenderedPoint)> = Vec::new();
     for (set, label) in [
         (missing.clone(), "missing"),
+        (rebuilding.iter().copied().collect(), "rebuilding"),
         (unreadable.iter().copied().collect(), "unreadable"),
     ] {
         for t in set {
@@ -283,16 +279,16 @@ pub async fn series(
             points: points.into_values().collect(),
         });
     }
+    let served = |bs: &[i64]| {
+        bs.iter()
+            .filter(|b| !unreadable.contains(b) && !rebuilding.contains(b))
+            .count()
+    };
     let counts = SourceCounts {
-        batch: batch_buckets
-            .iter()
-            .filter(|b| !unreadable.contains(b))
-            .count(),
-        speed: speed_buckets
-            .iter()
-            .filter(|b| !unreadable.contains(b))
-            .count(),
+        batch: served(&batch_buckets),
+        speed: served(&speed_buckets),
         missing: missing.len(),
+        rebuilding: rebuilding.len(),
         unreadable: unreadable.len(),
     };
     Ok(SeriesResponse {
@@ -305,6 +301,7 @@ pub async fn series(
         series: out,
         buckets: counts,
         missing: missing.into_iter().map(format_rfc3339).collect(),
+        rebuilding: rebuilding.into_iter().map(format_rfc3339).collect(),
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,
     })
@@ -348,44 +345,10 @@ fn render_into(
         key,
         per_bucket
             .into_iter()
-            .map(|(b, groups)| (b, std::sync::Arc::new(groups)))
+            .map(|(b, groups)| (b, Arc::new(groups)))
             .collect(),
     );
     Ok(())
-}
-
-fn filter(by_source: &BTreeMap<i64, Source>, s: Source) -> Vec<i64> {
-    by_source
-        .iter()
-        .filter(|(_, x)| **x == s)
-        .map(|(b, _)| *b)
-        .collect()
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopRow {
-    /// The dimension's value (null: events without the field).
-    pub value: Option<String>,
-    pub measure_value: Option<f64>,
-    pub exact: bool,
-    /// `batch`, `speed` or `batch+speed`.
-    pub source: String,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TopResponse {
-    pub view: String,
-    pub dimension: String,
-    pub measure: String,
-    pub from: String,
-    pub to: String,
-    /// The granularity the range was read at (the coarsest one both ends align to).
-    pub granularity: String,
-    pub batch_horizon: Option<String>,
-    pub rows: Vec<TopRow>,
-    pub missing: Vec<String>,
-    pub unreadable: Vec<String>,
-    pub errors: Vec<String>,
 }
 
 pub async fn top(
@@ -416,23 +379,17 @@ pub async fn top(
             ),
         ));
     }
-    let retention = src.config.speed.retention.as_millis() as i64;
-    let mut errors = Vec::new();
-    let manifest = match src.batch.manifest(&view.name).await {
-        Ok(m) => m,
-        Err(e) => {
-            errors.push(format!("batch view unreadable: {e}"));
-            None
-        }
-    };
-    let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
-    let mut by_source = BTreeMap::new();
-    for b in g.buckets(from, to) {
-        by_source.insert(b, classify(g.end(b), horizon, now_ms, retention));
-    }
-    let batch_buckets = filter(&by_source, Source::Batch);
-    let speed_buckets = filter(&by_source, Source::Speed);
+    let max_groups = src.config.serving.max_groups;
+    let Prologue {
+        manifest,
+        horizon,
+        batch: batch_buckets,
+        speed: speed_buckets,
+        missing,
+        mut errors,
+    } = prologue(src, view, g, &p.range, now_ms).await;
     let mut unreadable: Vec<i64> = Vec::new();
+    let mut rebuilding: Vec<i64> = Vec::new();
     let mut totals: BTreeMap<Option<String>, (Partial, &'static str)> = BTreeMap::new();
     let mut add = |group: Vec<Option<String>>, part: &Partial, source: &'static str| {
         let key = group.into_iter().next().flatten();
@@ -460,6 +417,9 @@ pub async fn top(
             measures: vec![p.measure],
         };
         match src.batch.read_partials(view, m, &q).await {
+            Ok(s) if s.len() > max_groups => {
+                return Err(too_many_groups("dimension", s.len(), max_groups));
+            }
             Ok(s) => {
                 for (group, points) in s {
                     for part in points.values() {
@@ -474,24 +434,42 @@ pub async fn top(
         }
     }
     if !speed_buckets.is_empty() {
-        let q = SpeedQuery {
-            granularity: g,
-            buckets: speed_buckets.clone(),
-            filters: p.range.filters.clone(),
-            group_by: vec![p.dimension],
-            measures: vec![p.measure],
-        };
-        match src.speed_totals(view, q).await {
-            Ok(s) => {
-                for (group, part) in s {
-                    add(group, &part, "speed");
-                }
-            }
+        match src.view_state(&view.name).await {
             Err(e) => {
                 errors.push(format!("speed layer unreadable: {e}"));
                 unreadable.extend(&speed_buckets);
             }
+            Ok(state) if !state.serving() => rebuilding.extend(&speed_buckets),
+            Ok(state) => {
+                let q = SpeedQuery {
+                    granularity: g,
+                    buckets: speed_buckets.clone(),
+                    filters: p.range.filters.clone(),
+                    group_by: vec![p.dimension],
+                    measures: vec![p.measure],
+                    epoch: state.epoch.clone(),
+                    max_groups,
+                };
+                match src.speed_totals(view, q).await {
+                    Ok(s) => {
+                        for (group, part) in s {
+                            add(group, &part, "speed");
+                        }
+                    }
+                    Err(SourceError::TooManyGroups(n)) => {
+                        return Err(too_many_groups("dimension", n, max_groups));
+                    }
+                    Err(SourceError::Rebuilding) => rebuilding.extend(&speed_buckets),
+                    Err(e) => {
+                        errors.push(format!("speed layer unreadable: {e}"));
+                        unreadable.extend(&speed_buckets);
+                    }
+                }
+            }
         }
+    }
+    if totals.len() > max_groups {
+        return Err(too_many_groups("dimension", totals.len(), max_groups));
     }
     let measure = &view.measures[p.measure];
     let mut rows: Vec<TopRow> = totals
@@ -522,10 +500,8 @@ pub async fn top(
         granularity: g.to_string(),
         batch_horizon: horizon.map(format_rfc3339),
         rows,
-        missing: filter(&by_source, Source::Missing)
-            .into_iter()
-            .map(format_rfc3339)
-            .collect(),
+        missing: missing.into_iter().map(format_rfc3339).collect(),
+        rebuilding: rebuilding.into_iter().map(format_rfc3339).collect(),
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,
     })

@@ -3,6 +3,7 @@
 
 use tributary_shared::Granularity;
 use tributary_shared::bucket::{format_rfc3339, parse_date, parse_rfc3339};
+use tributary_shared::event::MAX_EVENT_TIME_MS;
 use tributary_shared::view::ViewPlan;
 
 use crate::error::ApiError;
@@ -73,20 +74,50 @@ fn reject_unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiE
     Ok(())
 }
 
+/// What one query may cost (from `[serving]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_buckets: usize,
+    pub max_groups: usize,
+    pub max_filter_values: usize,
+}
+
+impl Limits {
+    pub fn of(config: &tributary_shared::config::ServingConfig) -> Self {
+        Limits {
+            max_buckets: config.max_buckets,
+            max_groups: config.max_groups,
+            max_filter_values: config.max_filter_values,
+        }
+    }
+}
+
+/// Times a query may name: the range events may have (bucket arithmetic stays in range).
+const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=MAX_EVENT_TIME_MS + 1;
+
 fn time(pairs: &[(String, String)], key: &'static str) -> Result<Option<i64>, ApiError> {
     match one(pairs, key) {
         None | Some("") => Ok(None),
-        Some(s) => parse_rfc3339(s)
-            .or_else(|| parse_date(s))
-            .or_else(|| s.parse::<i64>().ok())
-            .map(Some)
-            .ok_or_else(|| {
-                ApiError::param(
+        Some(s) => {
+            let t = parse_rfc3339(s)
+                .or_else(|| parse_date(s))
+                .or_else(|| s.parse::<i64>().ok())
+                .ok_or_else(|| {
+                    ApiError::param(
+                        key,
+                        "bad_parameter",
+                        format!("{key}={s:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), a date, or epoch milliseconds"),
+                    )
+                })?;
+            if !TIME_RANGE.contains(&t) {
+                return Err(ApiError::param(
                     key,
                     "bad_parameter",
-                    format!("{key}={s:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), a date, or epoch milliseconds"),
-                )
-            }),
+                    format!("{key}={s:?} is outside 1970-01-01 ..= 9999-12-31"),
+                ));
+            }
+            Ok(Some(t))
+        }
     }
 }
 
@@ -124,9 +155,14 @@ fn measure(view: &ViewPlan, param: &'static str, name: &str) -> Result<usize, Ap
 }
 
 /// `from`/`to` (default: the last 24 hours) and the `filter`s.
-fn range(view: &ViewPlan, pairs: &[(String, String)], now_ms: i64) -> Result<Range, ApiError> {
+fn range(
+    view: &ViewPlan,
+    pairs: &[(String, String)],
+    now_ms: i64,
+    limits: Limits,
+) -> Result<Range, ApiError> {
     let to_ms = time(pairs, "to")?.unwrap_or(now_ms);
-    let from_ms = time(pairs, "from")?.unwrap_or(to_ms - 24 * 3_600_000);
+    let from_ms = time(pairs, "from")?.unwrap_or((to_ms - 24 * 3_600_000).max(0));
     if from_ms >= to_ms {
         return Err(ApiError::param(
             "from",
@@ -157,8 +193,21 @@ fn range(view: &ViewPlan, pairs: &[(String, String)], now_ms: i64) -> Result<Ran
                 ),
             ));
         }
-        let values: Vec<String> = values.split('|').map(str::to_string).collect();
+        let mut values: Vec<String> = values.split('|').map(str::to_string).collect();
+        values.sort();
+        values.dedup();
         filters.push((d, values));
+    }
+    let listed: usize = filters.iter().map(|(_, v)| v.len()).sum();
+    if listed > limits.max_filter_values {
+        return Err(ApiError::param(
+            "filter",
+            "too_many_values",
+            format!(
+                "the filters list {listed} values; at most {} (serving.max_filter_values)",
+                limits.max_filter_values
+            ),
+        ));
     }
     Ok(Range {
         from_ms,
@@ -172,15 +221,23 @@ impl SeriesParams {
         view: &ViewPlan,
         pairs: &[(String, String)],
         now_ms: i64,
-        max_buckets: usize,
+        limits: Limits,
     ) -> Result<SeriesParams, ApiError> {
         reject_unknown(pairs, KNOWN_SERIES)?;
+        let max_buckets = limits.max_buckets;
         let measures = match one(pairs, "measures") {
             None | Some("") => (0..view.measures.len()).collect(),
-            Some(list) => list
-                .split(',')
-                .map(|m| measure(view, "measures", m.trim()))
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(list) => {
+                // A measure named twice is read and answered once.
+                let mut measures = Vec::new();
+                for m in list.split(',') {
+                    let m = measure(view, "measures", m.trim())?;
+                    if !measures.contains(&m) {
+                        measures.push(m);
+                    }
+                }
+                measures
+            }
         };
         let granularity = match one(pairs, "granularity") {
             None | Some("") => *view
@@ -219,7 +276,7 @@ impl SeriesParams {
                 dims
             }
         };
-        let range = range(view, pairs, now_ms)?;
+        let range = range(view, pairs, now_ms, limits)?;
         let buckets = granularity.count(range.from_ms, range.to_ms) as usize;
         if buckets > max_buckets {
             return Err(ApiError::param(
@@ -244,6 +301,7 @@ impl TopParams {
         view: &ViewPlan,
         pairs: &[(String, String)],
         now_ms: i64,
+        limits: Limits,
     ) -> Result<TopParams, ApiError> {
         reject_unknown(pairs, KNOWN_TOP)?;
         let dimension = match one(pairs, "dimension") {
@@ -280,7 +338,7 @@ impl TopParams {
             dimension,
             measure,
             k,
-            range: range(view, pairs, now_ms)?,
+            range: range(view, pairs, now_ms, limits)?,
         })
     }
 }
@@ -303,8 +361,16 @@ mod tests {
             .unwrap_or_else(|| panic!("example view"))
     }
 
+    fn limits() -> Limits {
+        Limits {
+            max_buckets: 1000,
+            max_groups: 100,
+            max_filter_values: 5,
+        }
+    }
+
     fn err(q: &str) -> (Option<&'static str>, String, String) {
-        match SeriesParams::parse(&plan(), &pairs(Some(q)), 1_763_719_200_000, 1000) {
+        match SeriesParams::parse(&plan(), &pairs(Some(q)), 1_763_719_200_000, limits()) {
             Ok(_) => (None, String::new(), String::new()),
             Err(e) => (e.parameter, e.code.to_string(), e.message),
         }
@@ -327,13 +393,38 @@ mod tests {
         );
         assert!(msg.contains("28800"), "{msg}");
         assert_eq!(err("colour=red").1, "unknown_parameter");
+        // Times outside the calendar the platform keeps are refused, not overflowed.
+        for q in [
+            "to=9223372036854775807",
+            "from=-9223372036854775808",
+            "from=-1&to=5",
+            "to=253402300800001",
+        ] {
+            let (p, code, _) = err(q);
+            assert!(p == Some("from") || p == Some("to"), "{q}: {p:?}");
+            assert_eq!(code, "bad_parameter", "{q}");
+        }
+        let (p, code, _) = err("filter=country:a|b|c&filter=device:d|e|f");
+        assert_eq!((p, code.as_str()), (Some("filter"), "too_many_values"));
+        let dup = SeriesParams::parse(
+            &plan(),
+            &pairs(Some("measures=events,revenue,events&granularity=hour")),
+            1_763_719_200_000,
+            limits(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(
+            dup.measures.len(),
+            2,
+            "a measure named twice is answered once"
+        );
         let ok = SeriesParams::parse(
             &plan(),
             &pairs(Some(
                 "measures=events&granularity=hour&group_by=country&filter=device:mobile|tablet&from=2026-11-21T00:00:00Z&to=2026-11-21T06:00:00Z",
             )),
             0,
-            1000,
+            limits(),
         );
         let ok = ok.unwrap_or_else(|e| panic!("{}", e.message));
         assert_eq!(
@@ -341,12 +432,13 @@ mod tests {
             vec![(1, vec!["mobile".to_string(), "tablet".to_string()])]
         );
         assert_eq!(ok.group_by, vec![0]);
-        assert!(TopParams::parse(&plan(), &pairs(Some("measure=events")), 0).is_err());
+        assert!(TopParams::parse(&plan(), &pairs(Some("measure=events")), 0, limits()).is_err());
         assert!(
             TopParams::parse(
                 &plan(),
                 &pairs(Some("dimension=country&measure=events&k=0")),
-                0
+                0,
+                limits()
             )
             .is_err()
         );

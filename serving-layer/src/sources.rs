@@ -15,90 +15,22 @@ use tributary_batch_layer::read::BatchReader;
 use tributary_shared::layout::RedisKeys;
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::{Config, EventSchema, ViewPlan};
-use tributary_speed_layer::read::{SpeedQuery, read, read_totals};
+use tributary_speed_layer::read::{ReadError, SpeedQuery, read, read_totals};
+use tributary_speed_layer::view_state::ViewState;
+
+use crate::points::PointCache;
 
 /// How long a Redis connect or command may take before the speed side is reported unreadable.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
 /// After a failed connect, the next attempt waits this long (requests in between fail fast).
 const REDIS_RETRY: Duration = Duration::from_secs(1);
-/// How long a read speed watermark is reused.
-pub const WATERMARK_REFRESH: Duration = Duration::from_millis(100);
+/// How long a view's state read from Redis is reused.
+pub const STATE_REFRESH: Duration = Duration::from_millis(100);
 
-/// Rendered points of buckets whose answer can no longer change, per key (the query's shape:
-/// view, granularity, filters, group-by, measures, and the source: a batch manifest version,
-/// or the speed layer for sealed buckets, which ended at or before the speed watermark) and
-/// bucket. Entries expire after a while, so a `speed-layer reset` is seen.
-pub struct PointCache {
-    shapes: std::sync::Mutex<HashMap<String, Buckets>>,
-    ttl: Duration,
-    max_entries: usize,
-}
-
-/// A key's cached buckets: bucket start → (when cached, points).
-type Buckets = HashMap<i64, (Instant, CachedPoints)>;
-
-/// One bucket's points per output group, rendered.
-pub type CachedPoints = Arc<Vec<(Vec<Option<String>>, crate::merge::RenderedPoint)>>;
-
-impl PointCache {
-    pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        PointCache {
-            shapes: Default::default(),
-            ttl,
-            max_entries,
-        }
-    }
-
-    /// The cached entries of `buckets` for one query shape (one lock for all of them).
-    pub fn get_many(&self, shape: &str, buckets: &[i64]) -> Vec<Option<CachedPoints>> {
-        let guard = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(entries) = guard.get(shape) else {
-            return vec![None; buckets.len()];
-        };
-        buckets
-            .iter()
-            .map(|b| {
-                entries
-                    .get(b)
-                    .filter(|(t, _)| t.elapsed() < self.ttl)
-                    .map(|(_, e)| e.clone())
-            })
-            .collect()
-    }
-
-    pub fn put_many(&self, shape: &str, entries: Vec<(i64, CachedPoints)>) {
-        if entries.is_empty() {
-            return;
-        }
-        let mut guard = self.shapes.lock().unwrap_or_else(|e| e.into_inner());
-        let held: usize = guard.values().map(HashMap::len).sum();
-        if held + entries.len() > self.max_entries {
-            // Cheap bound: drop the expired, and everything if still full.
-            let ttl = self.ttl;
-            for e in guard.values_mut() {
-                e.retain(|_, (t, _)| t.elapsed() < ttl);
-            }
-            guard.retain(|_, e| !e.is_empty());
-            if guard.values().map(HashMap::len).sum::<usize>() + entries.len() > self.max_entries {
-                guard.clear();
-            }
-        }
-        let now = Instant::now();
-        let shape_entries = match guard.get_mut(shape) {
-            Some(e) => e,
-            None => guard.entry(shape.to_string()).or_default(),
-        };
-        for (b, e) in entries {
-            shape_entries.insert(b, (now, e));
-        }
-    }
-}
-
-/// The speed watermark as last read, and when.
-#[derive(Default)]
-struct WatermarkSlot {
-    read_at: Option<Instant>,
-    value: Option<i64>,
+/// A view's state in Redis as last read, and when.
+struct StateSlot {
+    read_at: Instant,
+    state: ViewState,
 }
 
 pub struct Sources {
@@ -110,8 +42,8 @@ pub struct Sources {
     pub batch: BatchReader,
     redis_url: String,
     redis: Mutex<RedisSlot>,
-    watermark: std::sync::Mutex<WatermarkSlot>,
-    inflight: std::sync::Mutex<HashMap<String, SharedRead>>,
+    states: std::sync::Mutex<HashMap<String, StateSlot>>,
+    inflight: Arc<std::sync::Mutex<HashMap<String, SharedRead>>>,
 }
 
 /// A speed read several identical requests wait on.
@@ -127,6 +59,21 @@ struct RedisSlot {
 pub enum SourceError {
     #[error("redis unavailable: {0}")]
     Redis(String),
+    /// The view's speed state was lost or is being rebuilt: its buckets are `rebuilding`.
+    #[error("the view's speed state is being rebuilt")]
+    Rebuilding,
+    #[error("{0} groups")]
+    TooManyGroups(usize),
+}
+
+impl From<ReadError> for SourceError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::StateChanged => SourceError::Rebuilding,
+            ReadError::TooManyGroups(n) => SourceError::TooManyGroups(n),
+            e => SourceError::Redis(e.to_string()),
+        }
+    }
 }
 
 impl Sources {
@@ -137,14 +84,14 @@ impl Sources {
             .map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
         let redis_url = tributary_speed_layer::redis_url(&config)?;
         Ok(Sources {
-            points: PointCache::new(Duration::from_secs(300), 200_000),
+            points: PointCache::new(Duration::from_secs(300), config.serving.cache_size),
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
             batch: BatchReader::new(store.clone(), Duration::from_secs(1)),
             store,
             views,
             redis_url,
             redis: Mutex::new(RedisSlot::default()),
-            watermark: Default::default(),
+            states: Default::default(),
             inflight: Default::default(),
             config,
         })
@@ -194,48 +141,48 @@ impl Sources {
         }
     }
 
-    /// The speed layer's event-time watermark (minimum over partitions); `None` when Redis is
-    /// unreadable or no consumer has published progress. Re-read at most every
-    /// [`WATERMARK_REFRESH`]: it only decides which speed buckets are sealed, and a bucket read
-    /// as open a moment longer than needed is still right.
-    pub async fn speed_watermark(&self) -> Option<i64> {
+    /// A view's state in Redis: whether speed answers can be trusted (see
+    /// `tributary_speed_layer::view_state`), and its watermark. Re-read at most every
+    /// [`STATE_REFRESH`]: it only decides which speed buckets are sealed or rebuilding, and
+    /// every speed read checks the epoch again itself.
+    pub async fn view_state(&self, view: &str) -> Result<ViewState, SourceError> {
         {
-            let slot = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-            if slot
-                .read_at
-                .is_some_and(|t| t.elapsed() < WATERMARK_REFRESH)
+            let slots = self.states.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(slot) = slots.get(view)
+                && slot.read_at.elapsed() < STATE_REFRESH
             {
-                return slot.value;
+                return Ok(slot.state.clone());
             }
         }
         let keys = self.keys.clone();
         let topic = self.config.source.topic.clone();
-        let progress = self
+        let name = view.to_string();
+        // An unreadable Redis is not remembered: the next request asks again (or fails fast
+        // in `redis()` while the reconnect waits).
+        let state = self
             .with_redis(|mut con| async move {
-                tributary_speed_layer::read::progress(&mut con, &keys, &topic)
+                tributary_speed_layer::view_state::read(&mut con, &keys, &topic, &name)
                     .await
                     .map_err(|e| e.to_string())
             })
-            .await;
-        // An unreadable Redis is not remembered: the next request asks again (or fails fast
-        // in `redis()` while the reconnect waits).
-        let progress = progress.ok()?;
-        let value = progress
-            .values()
-            .filter_map(|p| p.get("watermark_ms").and_then(|w| w.as_i64()))
-            .min();
-        let mut slot = self.watermark.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = WatermarkSlot {
-            read_at: Some(Instant::now()),
-            value,
-        };
-        value
+            .await?;
+        let mut slots = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        slots.insert(
+            view.to_string(),
+            StateSlot {
+                read_at: Instant::now(),
+                state: state.clone(),
+            },
+        );
+        Ok(state)
     }
 
     /// A speed-layer series read (see `tributary_speed_layer::read::read`). Identical reads
     /// (same `key`: query shape and buckets) that overlap in time share one Redis read: many
     /// dashboards polling the same chart cost Redis one read per round, not one per viewer.
-    /// A request never gets an answer read before the previous identical read finished.
+    /// A request never gets an answer read before the previous identical read finished. The
+    /// read runs as its own task and removes itself from the in-flight map when done, so a
+    /// request cancelled while waiting (a client gone, a timeout) leaves nothing behind.
     pub async fn speed_series(
         &self,
         key: String,
@@ -249,32 +196,45 @@ impl Sources {
                 Some(read) => read.clone(),
                 None => {
                     let (keys, view) = (self.keys.clone(), view.clone());
-                    let read = async move {
+                    let map = self.inflight.clone();
+                    let task_key = key.clone();
+                    let task = tokio::spawn(async move {
                         let mut con = con;
-                        match tokio::time::timeout(
+                        let out = match tokio::time::timeout(
                             REDIS_TIMEOUT * 4,
                             read(&mut con, &keys, &view, &q),
                         )
                         .await
                         {
                             Ok(Ok(series)) => Ok(Arc::new(series)),
-                            Ok(Err(e)) => Err(SourceError::Redis(e.to_string())),
+                            Ok(Err(e)) => Err(SourceError::from(e)),
                             Err(_) => Err(SourceError::Redis("read timed out".into())),
-                        }
+                        };
+                        map.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&task_key);
+                        out
+                    });
+                    let read = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(SourceError::Redis(format!("read task: {e}"))))
                     }
                     .boxed()
                     .shared();
-                    inflight.insert(key.clone(), read.clone());
+                    inflight.insert(key, read.clone());
                     read
                 }
             }
         };
-        let out = read.clone().await;
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.get(&key).is_some_and(|r| r.ptr_eq(&read)) {
-            inflight.remove(&key);
-        }
-        out
+        read.await
+    }
+
+    /// Reads in flight (for tests: cancelled requests must not leave any behind).
+    pub fn inflight_reads(&self) -> usize {
+        self.inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     /// Mergeable speed-layer totals per group (see `tributary_speed_layer::read::read_totals`).
@@ -283,13 +243,14 @@ impl Sources {
         view: &ViewPlan,
         q: SpeedQuery,
     ) -> Result<BTreeMap<Vec<Option<String>>, Partial>, SourceError> {
+        let con = self.redis().await?;
         let (keys, view) = (self.keys.clone(), view.clone());
-        self.with_redis(|mut con| async move {
-            read_totals(&mut con, &keys, &view, &q)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
+        let mut con = con;
+        match tokio::time::timeout(REDIS_TIMEOUT * 4, read_totals(&mut con, &keys, &view, &q)).await
+        {
+            Ok(r) => r.map_err(SourceError::from),
+            Err(_) => Err(SourceError::Redis("read timed out".into())),
+        }
     }
 
     /// Runs a Redis read with the timeout; any failure reads as "unavailable".

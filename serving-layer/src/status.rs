@@ -11,6 +11,8 @@ use tributary_batch_layer::state::StateStore;
 use tributary_shared::bucket::format_rfc3339;
 use utoipa::ToSchema;
 
+use tributary_speed_layer::view_state::ViewState;
+
 use crate::sources::Sources;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -26,9 +28,36 @@ pub struct SpeedPartition {
     pub updated: Option<String>,
 }
 
+/// A rebuild of a view's speed state from Kafka, while it runs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildStatus {
+    /// `lost` (Redis lost the view's state), `reset` (an operator) or `corrupt`.
+    pub reason: String,
+    /// Event time the view is rebuilt from.
+    pub from: String,
+    pub started: String,
+    /// Records still to apply before the view's speed buckets are served again.
+    pub remaining_offsets: i64,
+    /// Per partition: [offset applied so far, offset to reach].
+    #[schema(value_type = Object)]
+    pub partitions: BTreeMap<i32, (i64, i64)>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SpeedViewStatus {
+    pub view: String,
+    /// `serving`, `rebuilding` or `missing` (no state in Redis: lost, and the speed layer has
+    /// not started rebuilding it yet, or never ran).
+    pub state: String,
+    /// The view's watermark over every partition (speed buckets ending before it are final).
+    pub watermark: Option<String>,
+    pub rebuild: Option<RebuildStatus>,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SpeedStatus {
     pub readable: bool,
+    pub views: Vec<SpeedViewStatus>,
     pub partitions: Vec<SpeedPartition>,
     /// Minimum watermark over partitions.
     pub watermark: Option<String>,
@@ -88,10 +117,6 @@ pub struct StatusResponse {
     pub warnings: Vec<String>,
 }
 
-fn num(v: &serde_json::Value, k: &str) -> Option<i64> {
-    v.get(k).and_then(|x| x.as_i64())
-}
-
 pub async fn status(src: &Sources) -> StatusResponse {
     let now = Utc::now().timestamp_millis();
     let topic = src.config.source.topic.clone();
@@ -103,9 +128,17 @@ pub async fn status(src: &Sources) -> StatusResponse {
     let t = topic.clone();
     let speed = src
         .with_redis(|mut con| async move {
-            let progress = tributary_speed_layer::read::progress(&mut con, &keys, &t)
+            let progress = tributary_speed_layer::progress::read(&mut con, &keys, &t)
                 .await
                 .map_err(|e| e.to_string())?;
+            let mut states = Vec::new();
+            for v in &view_names {
+                states.push(
+                    tributary_speed_layer::view_state::read(&mut con, &keys, &t, v)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
+            }
             let mut pipe = redis::pipe();
             pipe.hgetall(keys.speed_stats(&t));
             for v in &view_names {
@@ -115,23 +148,23 @@ pub async fn status(src: &Sources) -> StatusResponse {
                 .query_async(&mut con)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok((progress, stats))
+            Ok((progress, states, stats))
         })
         .await;
+    let lateness = src.config.speed.allowed_lateness.as_millis() as i64;
     let speed = match speed {
-        Ok((progress, stats)) => {
+        Ok((progress, states, stats)) => {
             let partitions: Vec<SpeedPartition> = progress
                 .iter()
-                .map(|(p, v)| SpeedPartition {
+                .map(|(p, r)| SpeedPartition {
                     partition: *p,
-                    next_offset: num(v, "next_offset"),
-                    high_watermark: num(v, "high_watermark"),
-                    lag_offsets: num(v, "lag_offsets"),
-                    max_event_time: num(v, "max_event_time_ms").map(format_rfc3339),
-                    event_time_lag_seconds: num(v, "max_event_time_ms")
-                        .map(|t| (now - t) as f64 / 1000.0),
-                    watermark: num(v, "watermark_ms").map(format_rfc3339),
-                    updated: num(v, "updated_ms").map(format_rfc3339),
+                    next_offset: r.next_offset,
+                    high_watermark: r.high_watermark,
+                    lag_offsets: r.lag_offsets,
+                    max_event_time: r.max_event_time_ms.map(format_rfc3339),
+                    event_time_lag_seconds: r.max_event_time_ms.map(|t| (now - t) as f64 / 1000.0),
+                    watermark: r.watermark_ms.map(format_rfc3339),
+                    updated: Some(format_rfc3339(r.updated_ms)),
                 })
                 .collect();
             let dlq: BTreeMap<String, u64> = stats
@@ -158,10 +191,26 @@ pub async fn status(src: &Sources) -> StatusResponse {
                     )
                 })
                 .collect();
-            let watermark = progress
-                .values()
-                .filter_map(|v| num(v, "watermark_ms"))
-                .min();
+            let views: Vec<SpeedViewStatus> = src
+                .view_names()
+                .into_iter()
+                .zip(&states)
+                .map(|(v, st)| view_status(v, st, lateness))
+                .collect();
+            for v in &views {
+                match (&v.rebuild, v.state.as_str()) {
+                    (Some(r), _) => warnings.push(format!(
+                        "view {}: the speed layer is rebuilding its state from Kafka ({}, from {}, {} records to go): its speed buckets answer `rebuilding` (docs/runbooks/rebuild-redis.md)",
+                        v.view, r.reason, r.from, r.remaining_offsets
+                    )),
+                    (None, "missing") => warnings.push(format!(
+                        "view {}: no speed state in Redis (lost, or no speed layer has run): its speed buckets answer `rebuilding` until `speed-layer run` rebuilds it (docs/runbooks/rebuild-redis.md)",
+                        v.view
+                    )),
+                    _ => {}
+                }
+            }
+            let watermark = progress.values().filter_map(|r| r.watermark_ms).min();
             if partitions
                 .iter()
                 .any(|p| p.lag_offsets.unwrap_or(0) > 100_000)
@@ -170,6 +219,7 @@ pub async fn status(src: &Sources) -> StatusResponse {
             }
             SpeedStatus {
                 readable: true,
+                views,
                 partitions,
                 watermark: watermark.map(format_rfc3339),
                 late_dropped,
@@ -183,6 +233,7 @@ pub async fn status(src: &Sources) -> StatusResponse {
             ));
             SpeedStatus {
                 readable: false,
+                views: Vec::new(),
                 partitions: Vec::new(),
                 watermark: None,
                 late_dropped: BTreeMap::new(),
@@ -194,10 +245,15 @@ pub async fn status(src: &Sources) -> StatusResponse {
 
     // Archive, from the partition states.
     let idle_ms = src.config.batch.idle_timeout.as_millis() as i64;
-    let archive = match StateStore::new(src.store.clone(), &topic).load_all().await {
-        Ok(states) => ArchiveStatus {
+    let state_store = StateStore::new(src.store.clone(), &topic);
+    let loaded = match state_store.load_topic().await {
+        Ok(n) => state_store.load_all().await.map(|s| (n, s)),
+        Err(e) => Err(e),
+    };
+    let archive = match loaded {
+        Ok((topic_partitions, states)) => ArchiveStatus {
             readable: true,
-            horizon: horizon(&states, now, idle_ms).map(format_rfc3339),
+            horizon: horizon(&states, topic_partitions, now, idle_ms).map(format_rfc3339),
             partitions: states
                 .iter()
                 .map(|(p, s)| ArchivePartition {
@@ -295,6 +351,30 @@ pub async fn status(src: &Sources) -> StatusResponse {
             schedule: src.config.batch.schedule.clone(),
         },
         warnings,
+    }
+}
+
+fn view_status(view: String, st: &ViewState, lateness_ms: i64) -> SpeedViewStatus {
+    let state = match (&st.epoch, &st.rebuild) {
+        (None, _) => "missing",
+        (Some(_), Some(_)) => "rebuilding",
+        (Some(_), None) => "serving",
+    };
+    SpeedViewStatus {
+        view,
+        state: state.into(),
+        watermark: st.watermark(lateness_ms).map(format_rfc3339),
+        rebuild: st.rebuild.as_ref().map(|r| RebuildStatus {
+            reason: r.reason.clone(),
+            from: format_rfc3339(r.from_ms),
+            started: format_rfc3339(r.started_ms),
+            remaining_offsets: st.rebuild_remaining(),
+            partitions: r
+                .targets
+                .iter()
+                .map(|(p, t)| (*p, (st.partitions.get(p).map_or(0, |s| s.next_offset), *t)))
+                .collect(),
+        }),
     }
 }
 

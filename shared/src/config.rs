@@ -215,8 +215,16 @@ impl Default for BatchConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServingConfig {
     pub listen: String,
-    /// Upper bound of buckets × groups a single query may ask for.
+    /// Upper bound of the buckets a single query may ask for.
     pub max_buckets: usize,
+    /// Upper bound of the groups one answer may hold (`group_by` over a high-cardinality
+    /// dimension, `top` over one): a query past it gets a 400 naming the parameter.
+    pub max_groups: usize,
+    /// Upper bound of the values all `filter` parameters of one query may list together.
+    pub max_filter_values: usize,
+    /// Memory of the rendered-point cache, in bytes (e.g. "256MiB").
+    #[serde(with = "byte_size")]
+    pub cache_size: u64,
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
 }
@@ -226,6 +234,9 @@ impl Default for ServingConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             max_buckets: 10_000,
+            max_groups: 10_000,
+            max_filter_values: 1_000,
+            cache_size: 256 << 20,
             request_timeout: Duration::from_secs(10),
         }
     }
@@ -441,9 +452,38 @@ impl Config {
             "batch.archive_max_rows".into(),
             "must be greater than 0".into(),
         );
+        for (key, n) in [
+            ("serving.max_buckets", self.serving.max_buckets),
+            ("serving.max_groups", self.serving.max_groups),
+            ("serving.max_filter_values", self.serving.max_filter_values),
+        ] {
+            check(n > 0, key.into(), "must be greater than 0".into());
+        }
+        // A run renews its lock every third of the TTL; below a few seconds a slow object
+        // store round trip would let a live run's lock expire.
         check(
-            self.serving.max_buckets > 0,
-            "serving.max_buckets".into(),
+            self.batch.lock_ttl >= Duration::from_secs(3),
+            "batch.lock_ttl".into(),
+            format!(
+                "{} is too short: at least 3s (a run renews its lock every lock_ttl / 3)",
+                humantime::format_duration(self.batch.lock_ttl)
+            ),
+        );
+        // 0 would delete superseded view files while a reader of the previous manifest may
+        // still be reading them.
+        check(
+            !self.batch.gc_grace.is_zero(),
+            "batch.gc_grace".into(),
+            "must be greater than 0 (readers of the previous manifest need its files)".into(),
+        );
+        check(
+            !self.batch.idle_timeout.is_zero(),
+            "batch.idle_timeout".into(),
+            "must be greater than 0".into(),
+        );
+        check(
+            !self.batch.archive_flush_interval.is_zero(),
+            "batch.archive_flush_interval".into(),
             "must be greater than 0".into(),
         );
         for name in self.fields.keys() {
@@ -712,12 +752,28 @@ fn typed_env_value(existing: Option<&toml::Value>, raw: &str) -> Result<toml::Va
             .parse::<bool>()
             .map(Value::Boolean)
             .map_err(|_| format!("expected true or false, got {raw:?}")),
-        _ => {
+        Some(Value::Array(_) | Value::Table(_)) => {
             let doc = format!("v = {raw}");
-            match toml::from_str::<toml::Table>(&doc) {
-                Ok(mut t) => Ok(t.remove("v").unwrap_or(Value::String(raw.to_string()))),
-                Err(_) => Ok(Value::String(raw.to_string())),
+            toml::from_str::<toml::Table>(&doc)
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .ok_or_else(|| "expected a TOML array or inline table".to_string())
+        }
+        // A key without a default (an optional one: passwords, endpoints, a field's type) is a
+        // string, whatever it looks like: `TRIBUTARY__REDIS__PASSWORD=123456` is the password
+        // "123456", not the number. Only arrays and tables are parsed.
+        _ => {
+            let trimmed = raw.trim_start();
+            if trimmed.starts_with('[') || trimmed.starts_with('{') {
+                let doc = format!("v = {raw}");
+                if let Some(v) = toml::from_str::<toml::Table>(&doc)
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+                {
+                    return Ok(v);
+                }
             }
+            Ok(Value::String(raw.to_string()))
         }
     }
 }
@@ -744,6 +800,44 @@ pub mod duration_str {
         }
         humantime::parse_duration(s.trim())
             .map_err(|e| format!("{s:?} is not a duration like \"200ms\", \"5m\" or \"48h\": {e}"))
+    }
+}
+
+/// Serde adapter for sizes written as strings: "256MiB", "2GiB", "1048576".
+pub mod byte_size {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    /// Written back exactly (a serialized config is loaded again by subprocesses).
+    pub fn serialize<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+        let text = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+            .iter()
+            .find(|(unit, _)| *n > 0 && n.is_multiple_of(*unit))
+            .map_or_else(
+                || format!("{n}B"),
+                |(unit, name)| format!("{}{name}", n / unit),
+            );
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(n),
+            Raw::Text(s) => parse(&s).map_err(D::Error::custom),
+        }
+    }
+
+    /// Parses "256MiB", "2 GiB", "512kB", "1048576".
+    pub fn parse(s: &str) -> Result<u64, String> {
+        s.trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| format!("{s:?} is not a size like \"256MiB\" or \"2GiB\": {e}"))
     }
 }
 

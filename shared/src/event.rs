@@ -22,10 +22,21 @@ pub const RESERVED_FIELDS: &[&str] = &[
 ];
 /// Longest accepted `event_id`, in bytes.
 pub const MAX_EVENT_ID_BYTES: usize = 256;
+/// Earliest accepted `event_time`: 1970-01-01T00:00:00Z.
+pub const MIN_EVENT_TIME_MS: i64 = 0;
+/// Latest accepted `event_time`: 9999-12-31T23:59:59.999Z (bucket arithmetic and RFC 3339
+/// formatting stay in range, and every layer formats the same 4-digit years).
+pub const MAX_EVENT_TIME_MS: i64 = 253_402_300_799_999;
+/// Largest accepted magnitude of a declared number. Chosen so that the sum of up to 2^64 such
+/// values stays finite: no sum the speed layer keeps in Redis (or the batch layer computes) can
+/// overflow, whatever the events, so a flush never fails halfway on a value.
+pub const MAX_MAGNITUDE: f64 = 1e288;
 
 /// Why an event was rejected. The `Display` text goes into the DLQ's `tributary.error` header.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum EventError {
+    #[error("not valid UTF-8 (invalid byte at offset {0})")]
+    NotUtf8(usize),
     #[error("not valid JSON: {0}")]
     NotJson(String),
     #[error("not a JSON object: got {0}")]
@@ -38,6 +49,10 @@ pub enum EventError {
         "field \"event_time\": expected an RFC 3339 string or integer epoch milliseconds, got {0}"
     )]
     BadEventTime(String),
+    #[error(
+        "field \"event_time\": {0} is outside 1970-01-01T00:00:00Z ..= 9999-12-31T23:59:59.999Z"
+    )]
+    TimeOutOfRange(String),
     #[error("field \"type\": expected a non-empty string, got {0}")]
     BadType(String),
     #[error("field {field:?}: expected {expected}, got {got}")]
@@ -46,6 +61,8 @@ pub enum EventError {
         expected: FieldType,
         got: String,
     },
+    #[error("field {field:?}: {got} is beyond ±1e288 (the largest magnitude a sum can take)")]
+    NumberOutOfRange { field: String, got: String },
     #[error(
         "event_time {event_time} is {ahead_ms} ms ahead of now, more than max_future_skew ({max_ms} ms)"
     )]
@@ -60,26 +77,32 @@ impl EventError {
     /// A stable machine-readable code, for metrics labels and the `tributary.error_code` header.
     pub fn code(&self) -> &'static str {
         match self {
+            EventError::NotUtf8(_) => "not_utf8",
             EventError::NotJson(_) => "not_json",
             EventError::NotObject(_) => "not_object",
             EventError::Missing(_) => "missing_field",
             EventError::BadEventId(_) => "bad_event_id",
             EventError::BadEventTime(_) => "bad_event_time",
+            EventError::TimeOutOfRange(_) => "time_out_of_range",
             EventError::BadType(_) => "bad_type",
             EventError::FieldType { .. } => "ill_typed_field",
+            EventError::NumberOutOfRange { .. } => "number_out_of_range",
             EventError::TooFarInFuture { .. } => "future_event_time",
         }
     }
 
     /// Every code, for pre-registering metric series.
     pub const CODES: &'static [&'static str] = &[
+        "not_utf8",
         "not_json",
         "not_object",
         "missing_field",
         "bad_event_id",
         "bad_event_time",
+        "time_out_of_range",
         "bad_type",
         "ill_typed_field",
+        "number_out_of_range",
         "future_event_time",
     ];
 }
@@ -174,7 +197,10 @@ impl EventSchema {
     /// Parses and validates one message. Time skew is checked separately by
     /// [`check_future_skew`] because it depends on the clock.
     pub fn parse<'a>(&self, bytes: &'a [u8]) -> Result<Event<'a>, EventError> {
-        let mut de = serde_json::Deserializer::from_slice(bytes);
+        // serde_json checks UTF-8 only in the strings it decodes, not in skipped ones, so an
+        // undeclared field could smuggle invalid bytes into the archived payload.
+        let text = std::str::from_utf8(bytes).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
+        let mut de = serde_json::Deserializer::from_str(text);
         let raw = RawSeed { schema: self }
             .deserialize(&mut de)
             .map_err(|e| EventError::NotJson(e.to_string()))?;
@@ -197,9 +223,22 @@ impl EventSchema {
         };
         let event_time_ms = match raw.event_time {
             None | Some(Scalar::Null) => return Err(EventError::Missing("event_time")),
-            Some(Scalar::Int(ms)) => ms,
-            Some(Scalar::Str(s)) => crate::bucket::parse_rfc3339(&s)
-                .ok_or_else(|| EventError::BadEventTime(format!("string {:?}", truncate(&s))))?,
+            Some(Scalar::Int(ms)) if (MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ms) => ms,
+            Some(Scalar::Int(ms)) => {
+                return Err(EventError::TimeOutOfRange(format!("integer {ms}")));
+            }
+            Some(Scalar::BigUint(ms)) => {
+                return Err(EventError::TimeOutOfRange(format!("integer {ms}")));
+            }
+            Some(Scalar::Str(s)) => {
+                let ms = crate::bucket::parse_rfc3339(&s).ok_or_else(|| {
+                    EventError::BadEventTime(format!("string {:?}", truncate(&s)))
+                })?;
+                if !(MIN_EVENT_TIME_MS..=MAX_EVENT_TIME_MS).contains(&ms) {
+                    return Err(EventError::TimeOutOfRange(format!("{:?}", truncate(&s))));
+                }
+                ms
+            }
             Some(other) => return Err(EventError::BadEventTime(other.describe())),
         };
         let event_type = match raw.event_type {
@@ -241,6 +280,14 @@ pub fn check_future_skew(
 }
 
 fn typed<'a>(name: &str, ty: FieldType, v: Scalar<'a>) -> Result<Value<'a>, EventError> {
+    if let Scalar::Float(f) = v
+        && f.abs() > MAX_MAGNITUDE
+    {
+        return Err(EventError::NumberOutOfRange {
+            field: name.to_string(),
+            got: format!("{f:e}"),
+        });
+    }
     let value = match (ty, v) {
         (FieldType::String, Scalar::Str(s)) => Value::Str(s),
         (FieldType::Float, Scalar::Float(f)) => Value::Float(f),

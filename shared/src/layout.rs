@@ -69,6 +69,31 @@ impl RedisKeys {
         format!("{}:offsets:{topic}", self.view(view))
     }
 
+    /// The view's epoch: an id the speed layer writes when it (re)builds the view's state and
+    /// checks in every flush. Gone means Redis lost the view's data (a restart without
+    /// persistence, a failover, `FLUSHALL`); changed means another process rebuilt it.
+    pub fn epoch(&self, view: &str) -> String {
+        format!("{}:epoch", self.view(view))
+    }
+
+    /// Hash describing a rebuild in progress (`epoch`, `from_ms`, `started_ms`, `reason`, and
+    /// `t:<partition>` → the offset the rebuild must reach); deleted by the flush that
+    /// completes it.
+    pub fn rebuild(&self, view: &str) -> String {
+        format!("{}:rebuild", self.view(view))
+    }
+
+    /// Lock taken by the one process that rebuilds a view's state.
+    pub fn rebuild_lock(&self, view: &str) -> String {
+        format!("{}:rebuild-lock", self.view(view))
+    }
+
+    /// The events topic's partition count as the speed layer last saw it (a speed bucket is
+    /// sealed only when every partition's watermark has passed it).
+    pub fn topic_partitions(&self, topic: &str) -> String {
+        format!("{}:speed:{topic}:partitions", self.prefix)
+    }
+
     /// Hash of per-view counters (`late_dropped`, `applied`, ...).
     pub fn view_stats(&self, view: &str) -> String {
         format!("{}:stats", self.view(view))
@@ -206,6 +231,11 @@ pub mod paths {
         Path::from(format!("master/{topic}/_state/p{partition}.json"))
     }
 
+    /// `master/<topic>/_state/topic.json`: the topic's partition count as the archive saw it.
+    pub fn archive_topic_state(topic: &str) -> Path {
+        Path::from(format!("master/{topic}/_state/topic.json"))
+    }
+
     /// `master/<topic>/_state/`
     pub fn archive_state_dir(topic: &str) -> Path {
         Path::from(format!("master/{topic}/_state"))
@@ -257,6 +287,9 @@ mod tests {
             k.groups("checkouts", Granularity::Hour, 0),
             k.offsets("checkouts", "events"),
             k.view_stats("checkouts"),
+            k.epoch("checkouts"),
+            k.rebuild("checkouts"),
+            k.rebuild_lock("checkouts"),
         ] {
             assert!(key.starts_with("tributary:{checkouts}:"), "{key}");
         }

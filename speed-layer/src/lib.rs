@@ -4,11 +4,12 @@
 //! - [`watermark`]: per-partition offsets and event-time watermarks;
 //! - [`dedup`]: the optional producer-duplicate filter;
 //! - [`redis_sink`]: one atomic, fenced Lua script per view and flush;
-//! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`);
-//! - [`dlq`]: draining and replaying the dead-letter topic;
+//! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`), with [`rebalance`];
+//! - [`rebuild`]: a view's Redis state rebuilt from Kafka (after Redis lost it, or `reset`);
+//! - [`dlq`]: producing dead letters, draining and replaying the dead-letter topic;
 //! - [`replay`]: the same pipeline fed from a file (`speed-layer replay`);
-//! - [`read`]: reading aggregates back for the serving layer;
-//! - [`reset`]: `speed-layer reset --to T`, rebuilding Redis from Kafka;
+//! - [`read`], [`view_state`], [`progress`]: what the serving layer reads back;
+//! - [`reset`]: `speed-layer reset --to T`;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod aggregate;
@@ -16,10 +17,14 @@ pub mod consumer;
 pub mod dedup;
 pub mod dlq;
 pub mod metrics;
+pub mod progress;
 pub mod read;
+pub mod rebalance;
+pub mod rebuild;
 pub mod redis_sink;
 pub mod replay;
 pub mod reset;
+pub mod view_state;
 pub mod watermark;
 
 use anyhow::Context;
@@ -62,6 +67,6 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Res
     )
     .await?;
     let pipeline = build_pipeline(&config)?;
-    let consumer = consumer::SpeedConsumer::new(config, pipeline, metrics).await?;
-    consumer.run(shutdown).await
+    let consumer = consumer::SpeedConsumer::new(config, pipeline, metrics, shutdown).await?;
+    consumer.run().await
 }

@@ -20,6 +20,10 @@ pub struct SpeedMetrics {
     pub dlq: Family<Labels, Counter>,
     pub flushes: Counter,
     pub fenced: Counter,
+    pub redis_retries: Counter,
+    pub rebuilds: Family<Labels, Counter>,
+    pub group_rejoins: Counter,
+    pub rebuild_remaining: Family<Labels, Gauge>,
     pub flush_seconds: Histogram,
     pub lag_offsets: Family<Labels, Gauge>,
     pub lag_event_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
@@ -35,6 +39,10 @@ impl SpeedMetrics {
         let dlq = Family::<Labels, Counter>::default();
         let flushes = Counter::default();
         let fenced = Counter::default();
+        let redis_retries = Counter::default();
+        let rebuilds = Family::<Labels, Counter>::default();
+        let group_rejoins = Counter::default();
+        let rebuild_remaining = Family::<Labels, Gauge>::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let lag_offsets = Family::<Labels, Gauge>::default();
         let lag_event_seconds = Family::<Labels, Gauge<f64, AtomicU64>>::default();
@@ -55,6 +63,26 @@ impl SpeedMetrics {
             "fenced",
             "Flushes refused because another consumer owns the partition now",
             fenced.clone(),
+        );
+        registry.register(
+            "redis_retries",
+            "Flush writes retried because Redis was unreachable, loading or failing over",
+            redis_retries.clone(),
+        );
+        registry.register(
+            "rebuilds",
+            "Views rebuilt from Kafka because their Redis state was lost or untrustworthy",
+            rebuilds.clone(),
+        );
+        registry.register(
+            "group_rejoins",
+            "Times the consumer left and rejoined its group because a partition stalled",
+            group_rejoins.clone(),
+        );
+        registry.register(
+            "rebuild_remaining_offsets",
+            "Records a view's rebuild from Kafka still has to apply (0: none running)",
+            rebuild_remaining.clone(),
         );
         registry.register(
             "flush_seconds",
@@ -78,6 +106,10 @@ impl SpeedMetrics {
             dlq,
             flushes,
             fenced,
+            redis_retries,
+            rebuilds,
+            group_rejoins,
+            rebuild_remaining,
             flush_seconds,
             lag_offsets,
             lag_event_seconds,

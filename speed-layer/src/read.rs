@@ -28,6 +28,12 @@ pub struct SpeedQuery {
     pub group_by: Vec<usize>,
     /// Measure indices of the view.
     pub measures: Vec<usize>,
+    /// The view's epoch the caller saw (see `view_state`). A read that finds another, none,
+    /// or a rebuild running fails with [`ReadError::StateChanged`] rather than answer from a
+    /// state that is not whole.
+    pub epoch: Option<String>,
+    /// Most output groups an answer may have ([`ReadError::TooManyGroups`] past it).
+    pub max_groups: usize,
 }
 
 pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
@@ -38,6 +44,32 @@ pub enum ReadError {
     Redis(#[from] redis::RedisError),
     #[error("unexpected redis reply: {0}")]
     Reply(#[from] redis::ParsingError),
+    #[error("the view's speed state changed during the read (lost or rebuilding)")]
+    StateChanged,
+    #[error("{0} groups")]
+    TooManyGroups(usize),
+}
+
+/// Appends the reads that tell whether the view's state is still the one the query expects.
+fn add_state_check(pipe: &mut redis::Pipeline, keys: &RedisKeys, view: &ViewPlan) {
+    pipe.get(keys.epoch(&view.name))
+        .exists(keys.rebuild(&view.name));
+}
+
+/// Checks the two replies [`add_state_check`] asked for.
+fn check_state(q: &SpeedQuery, replies: &[redis::Value]) -> Result<(), ReadError> {
+    let Some(expected) = &q.epoch else {
+        return Ok(());
+    };
+    let [epoch, rebuilding] = replies else {
+        return Err(ReadError::StateChanged);
+    };
+    let epoch: Option<String> = redis::from_redis_value_ref(epoch)?;
+    let rebuilding: bool = redis::from_redis_value_ref(rebuilding)?;
+    if epoch.as_ref() != Some(expected) || rebuilding {
+        return Err(ReadError::StateChanged);
+    }
+    Ok(())
 }
 
 /// Sum, count, min, max of a numeric field across merged cells.
@@ -83,16 +115,19 @@ async fn gather<C: ConnectionLike>(
     fold: bool,
 ) -> Result<BTreeMap<(Vec<Option<String>>, i64), Merged>, ReadError> {
     let g = q.granularity;
-    // 1. Which groups have data in each bucket.
+    // 1. Which groups have data in each bucket (and the view's state, before).
     let mut pipe = redis::pipe();
     for b in &q.buckets {
         pipe.smembers(keys.groups(&view.name, g, *b));
     }
-    let members: Vec<Vec<String>> = if q.buckets.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(con).await?
-    };
+    add_state_check(&mut pipe, keys, view);
+    let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
+    let state = replies.split_off(q.buckets.len().min(replies.len()));
+    check_state(q, &state)?;
+    let members: Vec<Vec<String>> = replies
+        .into_iter()
+        .map(redis::from_redis_value)
+        .collect::<Result<_, _>>()?;
 
     // 2. Keep the groups passing the filters, and fold them into output groups.
     let mut cells: Vec<(i64, String, Vec<Option<String>>)> = Vec::new();
@@ -118,6 +153,11 @@ async fn gather<C: ConnectionLike>(
             cells.push((*b, encoded, out));
         }
     }
+    let groups: std::collections::HashSet<&Vec<Option<String>>> =
+        cells.iter().map(|(_, _, out)| out).collect();
+    if groups.len() > q.max_groups {
+        return Err(ReadError::TooManyGroups(groups.len()));
+    }
 
     let quantile_fields = fields_of(view, q, AggKind::Quantile);
     // Only the hash fields the measures use (a cell's hash holds every numeric field's stats).
@@ -134,7 +174,8 @@ async fn gather<C: ConnectionLike>(
         }
     }
 
-    // 3. The cells' hashes and sketches.
+    // 3. The cells' hashes and sketches (and the view's state, after: a state lost or
+    // rebuilt between the two round trips would make a partial answer).
     let mut pipe = redis::pipe();
     for (b, enc, _) in &cells {
         pipe.cmd("HMGET")
@@ -144,11 +185,10 @@ async fn gather<C: ConnectionLike>(
             pipe.hgetall(keys.sketch(&view.name, f, g, *b, enc));
         }
     }
-    let replies: Vec<redis::Value> = if cells.is_empty() {
-        Vec::new()
-    } else {
-        pipe.query_async(con).await?
-    };
+    add_state_check(&mut pipe, keys, view);
+    let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
+    let state = replies.split_off(replies.len().saturating_sub(2));
+    check_state(q, &state)?;
     let per_cell = 1 + quantile_fields.len();
     let mut hashes: Vec<HashMap<String, String>> = Vec::with_capacity(replies.len());
     for (i, reply) in replies.into_iter().enumerate() {
@@ -373,21 +413,4 @@ pub async fn read_totals<C: ConnectionLike>(
             .or_insert(p);
     }
     Ok(out)
-}
-
-/// Per-partition progress the consumers publish (`next_offset`, `high_watermark`,
-/// `lag_offsets`, `max_event_time_ms`, `watermark_ms`, `updated_ms`), as JSON per partition.
-pub async fn progress<C: ConnectionLike>(
-    con: &mut C,
-    keys: &RedisKeys,
-    topic: &str,
-) -> Result<BTreeMap<i32, serde_json::Value>, ReadError> {
-    let raw: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(keys.speed_progress(topic))
-        .query_async(con)
-        .await?;
-    Ok(raw
-        .into_iter()
-        .filter_map(|(p, v)| Some((p.parse().ok()?, serde_json::from_str(&v).ok()?)))
-        .collect())
 }

@@ -13,16 +13,30 @@ use tributary_shared::view::ViewPlan;
 use crate::aggregate::{Flush, ViewFlush, ViewInputs};
 use crate::watermark::Stored;
 
-/// Applies one view's flush. KEYS[1] is the view's offsets hash; ARGV holds the partition
-/// count, then (partition, expected, new) triples, then ops until the end:
-/// `I key field n` HINCRBY · `F key field x` HINCRBYFLOAT · `m`/`M key field x` keep min/max ·
-/// `S key member` SADD · `A key n m1..mn` SADD many · `X key ms` PEXPIREAT.
-/// An offset that differs from the expected one means another consumer moved on: the whole
-/// script is refused with `FENCED` before anything is written.
+/// Applies one view's flush. KEYS: the view's offsets hash, epoch, rebuild hash and stats.
+/// ARGV: the epoch this consumer holds, now (ms), the partition count, (partition, expected,
+/// new) triples, then ops until the end: `I key field n` HINCRBY · `F key field x`
+/// HINCRBYFLOAT · `m`/`M key field x` keep min/max · `S key member` SADD · `A key n m1..mn`
+/// SADD many · `X key ms` PEXPIREAT.
+///
+/// Redis does not roll back a script that fails halfway, so everything that could fail is
+/// checked before the first write: the epoch (`LOST` when the view's state is gone, `FENCED`
+/// when another process rebuilt it), every partition's offset (`FENCED` when another consumer
+/// moved on), and every float increment (`REFUSED` if a sum would leave the finite range;
+/// events cannot make that happen, see `MAX_MAGNITUDE`, so it means the state was tampered
+/// with). Then the data, then the offsets, then: if a rebuild is running and every partition
+/// has reached its target, the rebuild record is deleted.
 const APPLY_LUA: &str = r#"
-local off = KEYS[1]
-local np = tonumber(ARGV[1])
-local i = 2
+local off, epoch_key, rebuild_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local epoch = redis.call('GET', epoch_key)
+if not epoch then
+  return redis.error_reply('LOST the view state is gone from redis (no epoch)')
+end
+if epoch ~= ARGV[1] then
+  return redis.error_reply('FENCED the view was rebuilt: epoch ' .. epoch .. ', expected ' .. ARGV[1])
+end
+local np = tonumber(ARGV[3])
+local i = 4
 for _ = 1, np do
   local cur = redis.call('HGET', off, ARGV[i])
   if (cur or '') ~= ARGV[i + 1] then
@@ -30,12 +44,29 @@ for _ = 1, np do
   end
   i = i + 3
 end
-i = 2
-for _ = 1, np do
-  redis.call('HSET', off, ARGV[i], ARGV[i + 2])
-  i = i + 3
-end
+local ops = i
 local n = #ARGV
+while i <= n do
+  local op = ARGV[i]
+  if op == 'F' then
+    local cur = tonumber(redis.call('HGET', ARGV[i + 1], ARGV[i + 2]) or '0')
+    local x = tonumber(ARGV[i + 3])
+    local r = (cur or 0 / 0) + (x or 0 / 0)
+    if r ~= r or r == math.huge or r == -math.huge then
+      return redis.error_reply('REFUSED ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' would not stay a finite number')
+    end
+    i = i + 4
+  elseif op == 'I' or op == 'm' or op == 'M' then
+    i = i + 4
+  elseif op == 'S' or op == 'X' then
+    i = i + 3
+  elseif op == 'A' then
+    i = i + 3 + tonumber(ARGV[i + 2])
+  else
+    return redis.error_reply('REFUSED bad op ' .. tostring(op))
+  end
+end
+i = ops
 while i <= n do
   local op = ARGV[i]
   if op == 'I' then
@@ -54,10 +85,32 @@ while i <= n do
   elseif op == 'A' then
     local cnt = tonumber(ARGV[i + 2])
     redis.call('SADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
-  elseif op == 'X' then
-    redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   else
-    return redis.error_reply('bad op ' .. tostring(op))
+    redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
+  end
+end
+i = 4
+for _ = 1, np do
+  redis.call('HSET', off, ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+if redis.call('EXISTS', rebuild_key) == 1 then
+  local r = redis.call('HGETALL', rebuild_key)
+  local done = true
+  for j = 1, #r, 2 do
+    if string.sub(r[j], 1, 2) == 't:' then
+      local cur = redis.call('HGET', off, string.sub(r[j], 3))
+      local at = cur and tonumber(string.match(cur, '^(-?%d+):'))
+      if not at or at < tonumber(r[j + 1]) then
+        done = false
+        break
+      end
+    end
+  end
+  if done then
+    redis.call('DEL', rebuild_key)
+    redis.call('HSET', stats_key, 'last_rebuild_done_ms', ARGV[2])
+    redis.call('HINCRBY', stats_key, 'rebuilds', 1)
   end
 end
 return 'OK'
@@ -68,8 +121,15 @@ const SADD_CHUNK: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Another consumer moved the partitions on, or another process rebuilt the view.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// The view's state is gone from Redis: it must be rebuilt.
+    #[error("the view's state is gone from redis: {0}")]
+    Lost(String),
+    /// The flush does not fit what Redis holds (tampered state): the view must be rebuilt.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
 }
@@ -79,26 +139,44 @@ impl SinkError {
         let text = e.to_string();
         if text.contains("FENCED") {
             SinkError::Fenced(text)
+        } else if text.contains("LOST") {
+            SinkError::Lost(text)
+        } else if text.contains("REFUSED") {
+            SinkError::Refused(text)
         } else {
             SinkError::Redis(e)
         }
     }
 
-    /// Worth retrying (a connection problem), as opposed to a refusal.
+    /// Worth retrying as is (Redis unreachable, loading, read-only during a failover, out of
+    /// memory), as opposed to a refusal that needs the consumer to reload or rebuild first.
     pub fn is_retryable(&self) -> bool {
         match self {
-            SinkError::Fenced(_) => false,
+            SinkError::Fenced(_) | SinkError::Lost(_) | SinkError::Refused(_) => false,
             SinkError::Redis(e) => {
+                let text = e.to_string();
                 e.is_io_error()
                     || e.is_connection_dropped()
                     || e.is_timeout()
                     || e.is_connection_refusal()
+                    || [
+                        "LOADING",
+                        "READONLY",
+                        "OOM",
+                        "BUSY",
+                        "TRYAGAIN",
+                        "CLUSTERDOWN",
+                        "MASTERDOWN",
+                    ]
+                    .iter()
+                    .any(|k| text.contains(k))
             }
         }
     }
 }
 
-/// The Redis side of the speed layer.
+/// The Redis side of the speed layer (cheap to clone: one shared, reconnecting connection).
+#[derive(Clone)]
 pub struct RedisSink {
     con: ConnectionManager,
     script: redis::Script,
@@ -129,14 +207,18 @@ impl RedisSink {
     }
 
     /// Applies a flush, view by view (each view atomically).
+    /// `epochs[v]` is the epoch this consumer holds for view `v`.
     pub async fn write(
         &mut self,
         flush: &Flush,
         views: &[ViewPlan],
         inputs: &[ViewInputs],
+        epochs: &[String],
     ) -> Result<(), SinkError> {
         for vf in &flush.views {
-            let (Some(plan), Some(inp)) = (views.get(vf.view), inputs.get(vf.view)) else {
+            let (Some(plan), Some(inp), Some(epoch)) =
+                (views.get(vf.view), inputs.get(vf.view), epochs.get(vf.view))
+            else {
                 continue;
             };
             if vf.offsets.is_empty()
@@ -152,8 +234,15 @@ impl RedisSink {
             if let Some(pipe) = hll_pipeline(&self.keys, self.retention_ms, vf, plan, inp) {
                 pipe.query_async::<()>(&mut self.con).await?;
             }
-            let (key, args) = build_args(&self.keys, &self.topic, self.retention_ms, vf, plan, inp);
-            let mut invocation = self.script.key(key);
+            let args = build_args(&self.keys, &self.topic, self.retention_ms, vf, plan, inp);
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .key(self.keys.offsets(&plan.name, &self.topic))
+                .key(self.keys.epoch(&plan.name))
+                .key(self.keys.rebuild(&plan.name))
+                .key(self.keys.view_stats(&plan.name))
+                .arg(epoch)
+                .arg(chrono::Utc::now().timestamp_millis());
             for a in args {
                 invocation.arg(a);
             }
@@ -206,19 +295,17 @@ impl RedisSink {
         Ok(slots.into_iter().zip(sets).collect())
     }
 
-    /// Publishes per-partition progress for `/v1/status` (outside the fenced scripts: it is
-    /// informational and not per view).
-    pub async fn write_progress(
-        &mut self,
-        fields: Vec<(String, String)>,
-    ) -> redis::RedisResult<()> {
-        if fields.is_empty() {
-            return Ok(());
-        }
-        redis::cmd("HSET")
-            .arg(self.keys.speed_progress(&self.topic))
-            .arg(fields)
-            .query_async::<()>(&mut self.con)
+    /// A handle on the sink's connection (shared, reconnecting).
+    pub fn connection(&self) -> ConnectionManager {
+        self.con.clone()
+    }
+
+    /// Records the events topic's partition count (see `RedisKeys::topic_partitions`).
+    pub async fn set_topic_partitions(&mut self, n: i32) -> redis::RedisResult<()> {
+        redis::cmd("SET")
+            .arg(self.keys.topic_partitions(&self.topic))
+            .arg(n)
+            .query_async(&mut self.con)
             .await
     }
 
@@ -236,7 +323,61 @@ impl RedisSink {
     }
 }
 
-/// The script's key and arguments for one view's flush.
+/// The view's epoch, created when there is none: for writers that are not consumers (`replay`
+/// of a file), which have no Kafka offsets to rebuild from.
+pub async fn epoch_or_create<C: redis::aio::ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &str,
+) -> redis::RedisResult<String> {
+    let fresh = format!(
+        "{}-replay-{:08x}",
+        chrono::Utc::now().timestamp_millis(),
+        rand::random::<u32>()
+    );
+    let _: Option<String> = redis::cmd("SET")
+        .arg(keys.epoch(view))
+        .arg(&fresh)
+        .arg("NX")
+        .query_async(con)
+        .await?;
+    redis::cmd("GET")
+        .arg(keys.epoch(view))
+        .query_async(con)
+        .await
+}
+
+/// Refuses a Redis that may evict keys: every data key has a TTL, so even the `volatile-*`
+/// policies would drop aggregates (and offsets with them) under memory pressure, silently.
+pub async fn check_no_eviction<C: redis::aio::ConnectionLike>(
+    con: &mut C,
+) -> Result<(), EvictionError> {
+    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
+    let policy = info
+        .lines()
+        .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+        .map(|p| p.trim().to_string())
+        .unwrap_or_default();
+    if policy == "noeviction" {
+        Ok(())
+    } else {
+        Err(EvictionError::Policy(policy))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvictionError {
+    #[error(
+        "maxmemory-policy is {0:?}: Redis could evict the speed layer's keys and silently lose counts. \
+         Set it to noeviction (`CONFIG SET maxmemory-policy noeviction`, and `maxmemory-policy noeviction` \
+         in redis.conf; on a managed Redis, in its parameter group) and size maxmemory for the retention"
+    )]
+    Policy(String),
+    #[error("cannot read its memory settings (INFO memory): {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+/// The script's arguments for one view's flush, from the partition count on.
 fn build_args(
     keys: &RedisKeys,
     topic: &str,
@@ -244,7 +385,7 @@ fn build_args(
     vf: &ViewFlush,
     plan: &ViewPlan,
     inputs: &ViewInputs,
-) -> (String, Vec<String>) {
+) -> Vec<String> {
     let mut args: Vec<String> = Vec::with_capacity(64 + vf.data.cells.len() * 16);
     args.push(vf.offsets.len().to_string());
     for (p, expected, new) in &vf.offsets {
@@ -339,7 +480,7 @@ fn build_args(
     for (key, at) in expire {
         push(&mut args, ["X", &key, &at.to_string()]);
     }
-    (keys.offsets(&plan.name, topic), args)
+    args
 }
 
 /// PFADD and PEXPIREAT of every distinct set of a view's flush; `None` when there are none.

@@ -49,12 +49,20 @@ pub async fn replay(
     .with_context(|| format!("connect to redis at {}", config.redis.url))?;
     let views = pipeline.views().to_vec();
     let inputs = pipeline.inputs().to_vec();
+    let mut epochs = Vec::new();
+    for v in &views {
+        epochs.push(
+            crate::redis_sink::epoch_or_create(&mut sink.connection(), sink.keys(), &v.name)
+                .await
+                .with_context(|| format!("view {}: its epoch in redis", v.name))?,
+        );
+    }
 
     let (tx, mut rx) = mpsc::channel::<Flush>(2);
     let writer = tokio::spawn(async move {
         let mut flushes = 0u64;
         while let Some(flush) = rx.recv().await {
-            sink.write(&flush, &views, &inputs)
+            sink.write(&flush, &views, &inputs, &epochs)
                 .await
                 .context("write flush to redis")?;
             flushes += 1;

@@ -300,3 +300,39 @@ fn several_problems_are_reported_together() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_numeric_secret_from_the_environment_works_and_is_never_echoed() {
+    let c = load_env(FULL, &[("TRIBUTARY__REDIS__PASSWORD", "123456")]).expect("numeric secret");
+    assert_eq!(
+        c.redis.password.as_ref().map(Secret::expose),
+        Some("123456")
+    );
+    // Written unquoted in the file it is a TOML integer: refused, without showing it.
+    let err = load(&FULL.replace("[redis]\n", "[redis]\npassword = 123456\n"))
+        .expect_err("integer password")
+        .to_string();
+    assert!(!err.contains("123456"), "{err}");
+    assert!(err.contains("redis.password"), "{err}");
+}
+
+#[test]
+fn durations_that_break_the_batch_lock_or_gc_are_refused() {
+    for (var, value, key) in [
+        ("TRIBUTARY__BATCH__LOCK_TTL", "0s", "batch.lock_ttl"),
+        ("TRIBUTARY__BATCH__LOCK_TTL", "1s", "batch.lock_ttl"),
+        ("TRIBUTARY__BATCH__GC_GRACE", "0s", "batch.gc_grace"),
+        ("TRIBUTARY__BATCH__IDLE_TIMEOUT", "0s", "batch.idle_timeout"),
+        ("TRIBUTARY__SERVING__MAX_GROUPS", "0", "serving.max_groups"),
+        (
+            "TRIBUTARY__SERVING__CACHE_SIZE",
+            "lots",
+            "serving.cache_size",
+        ),
+    ] {
+        let err = load_env(FULL, &[(var, value)]).expect_err(var);
+        assert!(err.to_string().contains(key), "{var}={value}: {err}");
+    }
+    let c = load_env(FULL, &[("TRIBUTARY__SERVING__CACHE_SIZE", "64MiB")]).expect("size");
+    assert_eq!(c.serving.cache_size, 64 << 20);
+}

@@ -190,7 +190,7 @@ fn every_bad_event_has_its_own_reason() {
     let err = s
         .parse(b"{\"event_id\":\"\xff\",\"event_time\":0,\"type\":\"t\"}")
         .expect_err("invalid utf-8");
-    assert_eq!(err.code(), "not_json");
+    assert_eq!(err.code(), "not_utf8");
 }
 
 #[test]
@@ -218,4 +218,51 @@ fn value_text_matches_sql_casts() {
         out.push('|');
     }
     assert_eq!(out, "1.5|2|-3|false|");
+}
+
+#[test]
+fn invalid_utf8_anywhere_is_rejected_even_in_an_undeclared_field() {
+    let s = schema();
+    let mut bytes = br#"{"event_id":"a","event_time":1000,"type":"t","note":"x"#.to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(br#""}"#);
+    let err = s.parse(&bytes).expect_err("invalid UTF-8");
+    assert_eq!(err.code(), "not_utf8");
+    assert!(err.to_string().contains("offset 54"), "{err}");
+}
+
+#[test]
+fn event_times_outside_1970_to_9999_are_rejected() {
+    let s = schema();
+    for time in [
+        "-1",
+        "-9223372036854775808",
+        "253402300800000",
+        "18446744073709551615",
+        r#""1969-12-31T23:59:59Z""#,
+    ] {
+        let json = format!(r#"{{"event_id":"a","event_time":{time},"type":"t"}}"#);
+        let err = s.parse(json.as_bytes()).expect_err(&json);
+        assert_eq!(err.code(), "time_out_of_range", "{json}: {err}");
+    }
+    for time in ["0", "253402300799999", r#""9999-12-31T23:59:59.999Z""#] {
+        let json = format!(r#"{{"event_id":"a","event_time":{time},"type":"t"}}"#);
+        assert!(s.parse(json.as_bytes()).is_ok(), "{json}");
+    }
+}
+
+#[test]
+fn numbers_beyond_the_summable_range_are_rejected() {
+    let s = schema();
+    let err = s
+        .parse(br#"{"event_id":"a","event_time":1,"type":"t","amount":1.5e308}"#)
+        .expect_err("too large");
+    assert_eq!(err.code(), "number_out_of_range");
+    assert!(err.to_string().contains("amount"), "{err}");
+    assert!(
+        s.parse(br#"{"event_id":"a","event_time":1,"type":"t","amount":-1e288}"#)
+            .is_ok()
+    );
+    // 2^64 values of the largest accepted magnitude still sum to a finite number.
+    assert!((MAX_MAGNITUDE * 2f64.powi(64)).is_finite());
 }

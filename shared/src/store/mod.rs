@@ -1,12 +1,14 @@
-//! Object store construction from the config's URL: `file:///abs/path` (the embedded default),
-//! `s3://bucket/prefix` (S3 or any S3 API such as moto), `memory://` (unit tests).
+//! Object store construction from the config's URL: `file:///abs/path` (the embedded default,
+//! a [`local::LocalStore`]), `s3://bucket/prefix` (S3 or any S3 API such as moto), `memory://`
+//! (unit tests).
+
+pub mod local;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
-use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::prefix::PrefixStore;
 
@@ -84,7 +86,8 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreErr
                 path: path.display().to_string(),
                 source,
             })?;
-            let fs = LocalFileSystem::new_with_prefix(&path).map_err(open_err)?;
+            // Durable puts and compare-and-swap updates (see `local`).
+            let fs = local::LocalStore::new(&path).map_err(open_err)?;
             Ok(Arc::new(fs))
         }
         StoreLocation::S3 { bucket, prefix } => {

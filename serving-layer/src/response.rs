@@ -1,0 +1,91 @@
+//! The JSON answers of `series` and `top` (and their OpenAPI schemas).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::points::RenderedPoint;
+
+/// A point of a series (the schema of [`RenderedPoint`]).
+#[allow(dead_code)]
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PointOut {
+    /// Bucket start (RFC 3339, UTC).
+    pub t: String,
+    /// `batch`, `speed`, `missing` (neither layer holds it), `rebuilding` (the speed layer is
+    /// rebuilding the view from Kafka after Redis lost it) or `unreadable` (its layer could
+    /// not be read; see `errors`). Only `batch` and `speed` points have values.
+    pub source: &'static str,
+    /// False for sketch-based values (speed distinct counts and quantiles, merged batch rows).
+    pub exact: bool,
+    pub values: BTreeMap<String, Option<f64>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GroupSeries {
+    /// The `group_by` dimensions' values (null: events without the field).
+    pub group: BTreeMap<String, Option<String>>,
+    #[schema(value_type = Vec<PointOut>)]
+    pub points: Vec<RenderedPoint>,
+}
+
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct SourceCounts {
+    pub batch: usize,
+    pub speed: usize,
+    pub missing: usize,
+    pub rebuilding: usize,
+    pub unreadable: usize,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SeriesResponse {
+    pub view: String,
+    pub granularity: String,
+    pub from: String,
+    pub to: String,
+    /// Buckets ending at or before it come from the batch view.
+    pub batch_horizon: Option<String>,
+    /// The view's speed watermark (minimum over every partition of the topic): speed buckets
+    /// ending at or before it are final.
+    pub speed_watermark: Option<String>,
+    pub series: Vec<GroupSeries>,
+    /// Bucket counts by source.
+    pub buckets: SourceCounts,
+    /// Buckets neither layer holds.
+    pub missing: Vec<String>,
+    /// Speed buckets not served while the speed layer rebuilds the view from Kafka.
+    pub rebuilding: Vec<String>,
+    /// Buckets whose layer could not be read (e.g. Redis down).
+    pub unreadable: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopRow {
+    /// The dimension's value (null: events without the field).
+    pub value: Option<String>,
+    pub measure_value: Option<f64>,
+    pub exact: bool,
+    /// `batch`, `speed` or `batch+speed`.
+    pub source: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopResponse {
+    pub view: String,
+    pub dimension: String,
+    pub measure: String,
+    pub from: String,
+    pub to: String,
+    /// The granularity the range was read at (the coarsest one both ends align to).
+    pub granularity: String,
+    pub batch_horizon: Option<String>,
+    pub rows: Vec<TopRow>,
+    pub missing: Vec<String>,
+    /// Speed buckets left out while the speed layer rebuilds the view.
+    pub rebuilding: Vec<String>,
+    pub unreadable: Vec<String>,
+    pub errors: Vec<String>,
+}
