@@ -276,7 +276,7 @@ async fn kill_storm_loses_and_doubles_nothing() -> anyhow::Result<()> {
                 run.start()?;
                 let pid = run.pid().unwrap_or(0);
                 let store = open(&pf.config.store)?;
-                for _ in 0..30 {
+                for _ in 0..600 {
                     let lock = match store
                         .get(&tributary_shared::layout::paths::batch_lock())
                         .await
@@ -287,9 +287,17 @@ async fn kill_storm_loses_and_doubles_nothing() -> anyhow::Result<()> {
                     if lock.contains(&format!(":{pid}\"")) || !run.running() {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                sleep_ms(&mut rng, 0, 1500).await;
+                // The storm's views are small (runs of 10-150 ms here): the kill lands
+                // within the run, anywhere from taking the lock to landing.
+                sleep_ms(&mut rng, 0, 60).await;
+                if let Some(status) = run.exited() {
+                    println!(
+                        "[chaos] kill_storm: batch run {n_runs} ended ({status}) before its kill: {}",
+                        run.tail(1)
+                    );
+                }
                 run.kill9().await?;
                 if run.kills > 0 {
                     *kills.entry("batch").or_default() += 1;
