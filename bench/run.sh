@@ -30,7 +30,7 @@ echo "[bench] speed layer engine alone: replay of $events generated events"
 target/release/tributary-gen --count "$events" --out "$work/events.jsonl" --span-secs 7200 2>/dev/null
 redis_url=${TRIBUTARY_TEST_REDIS:-redis://127.0.0.1:16379/0}
 for i in $(seq "$runs"); do
-  # The shipped example config (DESIGN.md's view), pointed at this run's Redis keys.
+  # The shipped example config (its checkouts view), pointed at this run's Redis keys.
   TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX="bench-replay-$$-$i" \
   TRIBUTARY__SPEED__ALLOWED_LATENESS=48h TRIBUTARY__SPEED__FLUSH_MAX_EVENTS=100000 \
   RUST_LOG=warn target/release/speed-layer --config infra/tributary.toml replay --file "$work/events.jsonl" >"$work/replay-$i.json"

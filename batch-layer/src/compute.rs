@@ -2,91 +2,31 @@
 //!
 //! Two steps. First the date's committed files are read (only the columns the view needs,
 //! decoded in parallel), then SQL filters them by the view's `where` and deduplicates them by
-//! `event_id` (producer duplicates); the result stays in memory. Then one aggregate query per granularity and grouping set of the
-//! view's dimensions (the cube) computes the exact values and the mergeable sketches. Each
-//! granularity's rows for the date become one Parquet file ([`view_schema`]).
+//! `event_id` (producer duplicates); the result stays in memory. Then one aggregate query per
+//! granularity and grouping set of the view's dimensions (the cube) computes the exact values
+//! and the mergeable sketches. Each granularity's rows for the date become one Parquet file
+//! ([`view_schema`]). The queries' text is in [`crate::sql`], the aggregate functions they call
+//! in [`crate::udaf`].
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::{ObjectStore, ObjectStoreExt};
 use tributary_shared::Granularity;
 use tributary_shared::config::AggKind;
-use tributary_shared::view::{FieldRef, FilterValue, ViewPlan};
+use tributary_shared::view::{FilterValue, ViewPlan};
 
 use crate::snapshot::DateInput;
-use crate::{encode, sketches};
+use crate::sql::{aggregate_sql, dedup_sql, fields_of, filter_column, input_columns};
+use crate::view_file::view_schema;
+use crate::{encode, udaf};
 
 /// Names of the per-date temporary tables.
 static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Column names of view files.
-pub mod columns {
-    pub const T: &str = "t";
-    pub const GSET: &str = "gset";
-    pub const ROWS: &str = "rows";
-    pub fn dim(name: &str) -> String {
-        format!("dim:{name}")
-    }
-    pub fn value(measure: &str) -> String {
-        format!("m:{measure}")
-    }
-    pub fn avg_sum(measure: &str) -> String {
-        format!("m:{measure}:sum")
-    }
-    pub fn avg_n(measure: &str) -> String {
-        format!("m:{measure}:n")
-    }
-    pub fn sketch(measure: &str) -> String {
-        format!("s:{measure}")
-    }
-}
-
-/// Schema of a view file: bucket start (`t`, epoch ms), the grouping set (`gset`, bit `i` set
-/// when dimension `i` is grouped; an ungrouped dimension is null), one column per dimension,
-/// the row count, then per measure its exact value (avg: sum and count) and, for
-/// `count_distinct`/`quantile`, the sketch (Redis HyperLogLog bytes / encoded quantile sketch).
-pub fn view_schema(view: &ViewPlan) -> SchemaRef {
-    let mut fields = vec![
-        Field::new(columns::T, DataType::Int64, false),
-        Field::new(columns::GSET, DataType::Int32, false),
-    ];
-    for d in &view.dimensions {
-        fields.push(Field::new(columns::dim(&d.name), DataType::Utf8, true));
-    }
-    fields.push(Field::new(columns::ROWS, DataType::Int64, false));
-    for m in &view.measures {
-        match m.agg {
-            AggKind::Count => {
-                fields.push(Field::new(columns::value(&m.name), DataType::Int64, true))
-            }
-            AggKind::Sum | AggKind::Min | AggKind::Max => {
-                fields.push(Field::new(columns::value(&m.name), DataType::Float64, true))
-            }
-            AggKind::Avg => {
-                fields.push(Field::new(
-                    columns::avg_sum(&m.name),
-                    DataType::Float64,
-                    true,
-                ));
-                fields.push(Field::new(columns::avg_n(&m.name), DataType::Int64, true));
-            }
-            AggKind::CountDistinct => {
-                fields.push(Field::new(columns::value(&m.name), DataType::Int64, true));
-                fields.push(Field::new(columns::sketch(&m.name), DataType::Binary, true));
-            }
-            AggKind::Quantile => {
-                fields.push(Field::new(columns::value(&m.name), DataType::Float64, true));
-                fields.push(Field::new(columns::sketch(&m.name), DataType::Utf8, true));
-            }
-        }
-    }
-    Arc::new(Schema::new(fields))
-}
 
 /// A computed date: rows per granularity, in [`view_schema`].
 #[derive(Debug)]
@@ -137,9 +77,9 @@ impl Engine {
             .with_target_partitions(partitions)
             .with_batch_size(16 * 1024);
         let ctx = SessionContext::new_with_config(config.clone());
-        sketches::register(&ctx);
+        udaf::register(&ctx);
         let serial = SessionContext::new_with_config(config.with_target_partitions(1));
-        sketches::register(&serial);
+        udaf::register(&serial);
         Ok(Engine {
             ctx,
             serial,
@@ -291,10 +231,7 @@ impl Engine {
         use futures::StreamExt;
         let mut wanted: Vec<String> = vec!["event_id".into(), "event_time".into()];
         for (name, field, _) in &view.filters {
-            wanted.push(match field {
-                FieldRef::Type => "type".into(),
-                FieldRef::Declared(_) => name.clone(),
-            });
+            wanted.push(filter_column(*field, name));
         }
         for c in input_columns(view) {
             wanted.push(c);
@@ -375,10 +312,7 @@ fn pushable_filters(view: &ViewPlan, schema: &Schema) -> Vec<(String, FilterValu
     view.filters
         .iter()
         .filter_map(|(name, field, value)| {
-            let column = match field {
-                FieldRef::Type => "type".to_string(),
-                FieldRef::Declared(_) => name.clone(),
-            };
+            let column = filter_column(*field, name);
             let ty = schema.field_with_name(&column).ok()?.data_type().clone();
             match (&ty, value) {
                 (DataType::Utf8, FilterValue::Str(_))
@@ -412,153 +346,6 @@ fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Compu
         .map(|(f, c)| cast(c, f.data_type()))
         .collect::<Result<_, _>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
-}
-
-/// `"name"` with quotes doubled.
-pub fn ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-fn literal(v: &FilterValue) -> String {
-    match v {
-        FilterValue::Str(s) => format!("'{}'", s.replace('\'', "''")),
-        FilterValue::Num(n) => format!("{n:?}"),
-        FilterValue::Bool(b) => b.to_string(),
-    }
-}
-
-fn column_of(view_field: FieldRef, name: &str) -> String {
-    match view_field {
-        FieldRef::Type => ident("type"),
-        FieldRef::Declared(_) => ident(name),
-    }
-}
-
-/// The input columns a view reads, besides the event time: dimensions and measure fields.
-pub fn input_columns(view: &ViewPlan) -> Vec<String> {
-    let mut cols: Vec<String> = view.dimensions.iter().map(|d| d.name.clone()).collect();
-    for m in &view.measures {
-        if let Some(f) = &m.field_name
-            && !cols.contains(f)
-        {
-            cols.push(f.clone());
-        }
-    }
-    cols
-}
-
-/// The fields of the view's measures of one kind (each once).
-pub fn fields_of(view: &ViewPlan, agg: AggKind) -> Vec<String> {
-    let mut fields: Vec<String> = Vec::new();
-    for m in &view.measures {
-        if m.agg == agg
-            && let Some(f) = &m.field_name
-            && !fields.contains(f)
-        {
-            fields.push(f.clone());
-        }
-    }
-    fields
-}
-
-/// Step 1: the view's events of the date, one row per `event_id`. Producer duplicates are
-/// resends of the same event; grouping by `event_id` with `min` per column keeps one
-/// deterministically (and, were two records with one id to differ, picks the same values on
-/// every run, so reruns stay idempotent).
-pub fn dedup_sql(view: &ViewPlan, table: &str) -> String {
-    let mut select = vec!["min(CAST(event_time AS BIGINT)) AS ts".to_string()];
-    for c in input_columns(view) {
-        select.push(format!("min({col}) AS {col}", col = ident(&c)));
-    }
-    let mut sql = format!("SELECT {} FROM {}", select.join(", "), ident(table));
-    if !view.filters.is_empty() {
-        let conds: Vec<String> = view
-            .filters
-            .iter()
-            .map(|(name, field, value)| format!("{} = {}", column_of(*field, name), literal(value)))
-            .collect();
-        sql.push_str(" WHERE ");
-        sql.push_str(&conds.join(" AND "));
-    }
-    sql.push_str(" GROUP BY event_id");
-    sql
-}
-
-/// Step 2: one granularity and grouping set (`mask` bit `i` = dimension `i` grouped).
-pub fn aggregate_sql(view: &ViewPlan, table: &str, g: Granularity, mask: u32) -> String {
-    let ms = g.millis();
-    let mut select = vec![
-        // Floor division that is right for times before 1970 too.
-        format!("ts - ((ts % {ms}) + {ms}) % {ms} AS t"),
-        format!("CAST({mask} AS INT) AS gset"),
-    ];
-    let mut group = vec![format!("ts - ((ts % {ms}) + {ms}) % {ms}")];
-    for (i, d) in view.dimensions.iter().enumerate() {
-        if mask & (1 << i) != 0 {
-            select.push(format!(
-                "CAST({} AS VARCHAR) AS {}",
-                ident(&d.name),
-                ident(&columns::dim(&d.name))
-            ));
-            group.push(ident(&d.name));
-        } else {
-            select.push(format!(
-                "CAST(NULL AS VARCHAR) AS {}",
-                ident(&columns::dim(&d.name))
-            ));
-        }
-    }
-    select.push(format!("count(*) AS {}", ident(columns::ROWS)));
-    for m in &view.measures {
-        let field = m.field_name.as_deref().map(ident).unwrap_or_default();
-        let num = format!("CAST({field} AS DOUBLE)");
-        let value = ident(&columns::value(&m.name));
-        match m.agg {
-            AggKind::Count => select.push(format!("count(*) AS {value}")),
-            AggKind::Sum => select.push(format!("sum({num}) AS {value}")),
-            AggKind::Min => select.push(format!("min({num}) AS {value}")),
-            AggKind::Max => select.push(format!("max({num}) AS {value}")),
-            AggKind::Avg => {
-                select.push(format!(
-                    "sum({num}) AS {}",
-                    ident(&columns::avg_sum(&m.name))
-                ));
-                select.push(format!(
-                    "count({num}) AS {}",
-                    ident(&columns::avg_n(&m.name))
-                ));
-            }
-            AggKind::CountDistinct => {
-                // Over the columns `encode` added (the field's text interned / hashed once).
-                let f = m.field_name.as_deref().unwrap_or_default();
-                select.push(format!(
-                    "tributary_count_distinct_ids({}) AS {value}",
-                    ident(&encode::id_column(f))
-                ));
-                select.push(format!(
-                    "tributary_hll_observed({}) AS {}",
-                    ident(&encode::hll_column(f)),
-                    ident(&columns::sketch(&m.name))
-                ));
-            }
-            AggKind::Quantile => {
-                let q = m.q.unwrap_or(0.5);
-                select.push(format!("tributary_quantile_cont({num}, {q:?}) AS {value}"));
-                let f = m.field_name.as_deref().unwrap_or_default();
-                select.push(format!(
-                    "tributary_qsketch_observed({}) AS {}",
-                    ident(&encode::sketch_column(f)),
-                    ident(&columns::sketch(&m.name))
-                ));
-            }
-        }
-    }
-    format!(
-        "SELECT {} FROM {} GROUP BY {}",
-        select.join(", "),
-        ident(table),
-        group.join(", ")
-    )
 }
 
 #[cfg(test)]

@@ -1,30 +1,34 @@
 //! The batch layer: the immutable Parquet master dataset and exact views.
 //!
-//! - [`archive`]: Kafka → Parquet master dataset, committed per partition by [`state`];
+//! - [`archive`](mod@archive): Kafka → Parquet master dataset, committed per partition by
+//!   [`state`];
 //! - [`master`]: the master dataset's schema and Parquet encoding;
 //! - [`snapshot`]: the committed files a run reads, and the [`horizon`];
-//! - [`compute`]: a view's date recomputed with DataFusion SQL (with [`sketches`], the exact
-//!   [`distinct`] count over values [`encode`]d once, and the exact [`quantile`]);
-//! - [`run`], [`schedule`]: runs, their [`lock`] and each view's [`manifest`];
+//! - [`compute`]: a view's date recomputed with DataFusion: the [`sql`] it runs, over values
+//!   [`encode`]d once, calling the aggregate functions of [`udaf`] (mergeable sketches, exact
+//!   distinct count and quantile); the result is written in the [`view_file`] format;
+//! - [`run`](mod@run), [`schedule`](mod@schedule): runs, their [`lock`], each view's
+//!   [`manifest`] and the run's [`report`];
 //! - [`read`]: the read API the serving layer uses;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod archive;
 pub mod compute;
-pub mod distinct;
 pub mod encode;
 pub mod horizon;
 pub mod lock;
 pub mod manifest;
 pub mod master;
 pub mod metrics;
-pub mod quantile;
 pub mod read;
+pub mod report;
 pub mod run;
 pub mod schedule;
-pub mod sketches;
 pub mod snapshot;
+pub mod sql;
 pub mod state;
+pub mod udaf;
+pub mod view_file;
 
 use anyhow::Context;
 use std::sync::Arc;

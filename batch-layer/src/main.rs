@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tributary_batch_layer::run::RunRequest;
-use tributary_shared::bucket::{parse_date, parse_rfc3339};
+use tributary_shared::bucket::{TIME_FORMATS, parse_time};
 use tributary_shared::cli;
 
 #[derive(Parser)]
@@ -56,7 +56,7 @@ fn main() -> ExitCode {
             Ok(r) => Some(r),
             Err(msg) => {
                 eprintln!("error: {msg}");
-                return ExitCode::from(2);
+                return ExitCode::from(cli::EXIT_CONFIG);
             }
         },
         _ => None,
@@ -85,11 +85,7 @@ fn backfill_request(
     view: &Option<String>,
 ) -> Result<RunRequest, String> {
     let parse = |flag: &str, s: &str| {
-        parse_rfc3339(s).or_else(|| parse_date(s)).ok_or_else(|| {
-            format!(
-                "--{flag} {s:?}: expected RFC 3339 (2026-11-21T00:00:00Z) or a date (2026-11-21)"
-            )
-        })
+        parse_time(s).ok_or_else(|| format!("--{flag} {s:?}: expected {TIME_FORMATS}"))
     };
     let from_ms = parse("from", from)?;
     let to_ms = parse("to", to)?;

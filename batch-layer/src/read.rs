@@ -17,15 +17,23 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tributary_shared::Granularity;
-use tributary_shared::bucket::{DAY_MS, date_string, parse_date};
+use tributary_shared::bucket::{DAY_MS, date_string};
 use tributary_shared::config::AggKind;
 use tributary_shared::hll::Hll;
+use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue, Series};
 use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
 
-use crate::compute::columns;
-use crate::manifest::{Manifest, ManifestError};
+use crate::manifest::ManifestError;
+use crate::view_file::columns;
+
+// The rest of what the serving layer reads from the batch side, so it has one surface to
+// import: manifests, the archive's partition states and the horizon they give, the last run.
+pub use crate::horizon::horizon;
+pub use crate::manifest::Manifest;
+pub use crate::report::{ReportError, RunReport, load_report};
+pub use crate::state::{PartitionState, StateStore};
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -34,12 +42,8 @@ pub struct BatchQuery {
     /// Bucket starts from `from_ms` (floored) to before `to_ms`.
     pub from_ms: i64,
     pub to_ms: i64,
-    /// (dimension index, accepted values).
-    pub filters: Vec<(usize, Vec<String>)>,
-    /// Dimension indices of the output groups.
-    pub group_by: Vec<usize>,
-    /// Measure indices of the view.
-    pub measures: Vec<usize>,
+    /// Filters, output groups and measures.
+    pub selection: Selection,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -209,7 +213,7 @@ impl BatchReader {
         let (tables, cells) = self.matching_rows(view, manifest, q).await?;
         let mut out: BTreeMap<Vec<Option<String>>, BTreeMap<i64, Partial>> = BTreeMap::new();
         for ((group, t), rows) in cells {
-            let partial = merged(&tables, &rows, view, &q.measures, true)?;
+            let partial = merged(&tables, &rows, view, &q.selection.measures, true)?;
             out.entry(group).or_default().insert(t, partial);
         }
         Ok(out)
@@ -227,7 +231,7 @@ impl BatchReader {
         let (tables, cells) = self.matching_rows(view, manifest, q).await?;
         let mut out = Series::new();
         for ((group, t), rows) in cells {
-            let partial = merged(&tables, &rows, view, &q.measures, rows.len() > 1)?;
+            let partial = merged(&tables, &rows, view, &q.selection.measures, rows.len() > 1)?;
             out.entry(group).or_default().insert(t, partial.finish());
         }
         Ok(out)
@@ -243,10 +247,7 @@ impl BatchReader {
     ) -> Result<(Vec<ResolvedTable>, Cells), ReadError> {
         let g = q.granularity;
         let from = g.floor(q.from_ms);
-        let mut mask = 0i32;
-        for d in q.group_by.iter().chain(q.filters.iter().map(|(d, _)| d)) {
-            mask |= 1 << d;
-        }
+        let mask = q.selection.grouping_set();
         let mut tables = Vec::new();
         let mut cells = Cells::new();
         let mut day = DAY_MS * from.div_euclid(DAY_MS);
@@ -260,7 +261,7 @@ impl BatchReader {
             if !table.by_gset.contains_key(&mask) {
                 continue;
             }
-            let resolved = ResolvedTable::new(table, view, &q.measures, &file.path)?;
+            let resolved = ResolvedTable::new(table, view, &q.selection.measures, &file.path)?;
             let index = tables.len();
             {
                 let cols = &resolved;
@@ -270,18 +271,10 @@ impl BatchReader {
                     if t < from || t >= q.to_ms {
                         continue;
                     }
-                    let pass = q.filters.iter().all(|(d, accepted)| {
-                        cols.dim(*d, row)
-                            .is_some_and(|v| accepted.iter().any(|a| a == v))
-                    });
-                    if !pass {
+                    if !q.selection.passes(|d| cols.dim(d, row)) {
                         continue;
                     }
-                    let group: Vec<Option<String>> = q
-                        .group_by
-                        .iter()
-                        .map(|d| cols.dim(*d, row).map(str::to_string))
-                        .collect();
+                    let group = q.selection.project(|d| cols.dim(d, row));
                     cells.entry((group, t)).or_default().push((index, row));
                 }
             }
@@ -289,20 +282,6 @@ impl BatchReader {
         }
         Ok((tables, cells))
     }
-}
-
-/// Does the manifest cover the bucket `[start, end)`? It must end at or before the horizon.
-pub fn covers(manifest: &Manifest, end_ms: i64) -> bool {
-    manifest.horizon_ms.is_some_and(|h| end_ms <= h)
-}
-
-/// Dates of a manifest as epoch ms, for status pages.
-pub fn computed_dates(manifest: &Manifest) -> Vec<i64> {
-    manifest
-        .dates
-        .keys()
-        .filter_map(|d| parse_date(d))
-        .collect()
 }
 
 /// Matching rows by (output group, bucket start): `(table index, row)`.

@@ -1,4 +1,4 @@
-//! Realistic events (DESIGN.md's shape, ~200 bytes) for the demo, tests and benchmarks.
+//! Realistic events (the event contract's shape, ~200 bytes) for the demo, tests and benchmarks.
 
 use std::time::{Duration, Instant};
 

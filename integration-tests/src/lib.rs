@@ -8,6 +8,7 @@ pub mod checks;
 pub mod generator;
 pub mod master;
 pub mod scenario;
+pub mod server;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Hand-made events with a known ground truth, for the batch and end-to-end tests: the view
-//! `checkouts` of [`VIEWS`] over them, computed independently of the platform.
+//! Hand-made events with a known ground truth, for the speed, batch and end-to-end tests: the
+//! view `checkouts` of [`VIEWS`] over them, computed independently of the platform.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -8,15 +8,27 @@ use tributary_shared::sketch::exact_quantile_cont;
 
 use crate::{produce_all, producer};
 
-/// Fields and views of the scenario (append to [`crate::test_config`]'s `extra`).
-pub const VIEWS: &str = r#"
+/// The `[fields]` table, as a macro so the constants below can `concat!` it.
+macro_rules! fields_toml {
+    () => {
+        r#"
 [fields]
 country = "string"
 device = "string"
 user_id = "string"
 amount = "float"
 latency_ms = "float"
+"#
+    };
+}
 
+/// The fields of the events of [`events`] (for tests that need no view, e.g. the archive's).
+pub const FIELDS: &str = fields_toml!();
+
+/// Fields and views of the scenario (append to [`crate::test_config`]'s `extra`).
+pub const VIEWS: &str = concat!(
+    fields_toml!(),
+    r#"
 [[views]]
 name = "checkouts"
 where = { type = "checkout" }
@@ -37,7 +49,24 @@ name = "all_types"
 dimensions = ["type"]
 granularities = ["day"]
 measures = [{ name = "events", agg = "count" }]
-"#;
+"#
+);
+
+/// Fields and one view of sketches only (distinct users, median latency) over every event,
+/// for the sketch-accuracy test. Apart from [`VIEWS`] because tests list, count and check
+/// every view of their config (manifests, reports, orphaned files).
+pub const LATENCY_VIEWS: &str = concat!(
+    fields_toml!(),
+    r#"
+[[views]]
+name = "latency"
+granularities = ["day"]
+measures = [
+  { name = "users", agg = "count_distinct", field = "user_id" },
+  { name = "p50", agg = "quantile", field = "latency_ms", q = 0.5 },
+]
+"#
+);
 
 /// One event, as the ground truth sees it.
 #[derive(Debug, Clone)]
@@ -86,6 +115,26 @@ impl Ev {
 /// seed: 70% checkouts, 5 countries (one absent), 3 devices, 400 users, amounts sometimes
 /// missing.
 pub fn events(seed: u64, n: u64, start_ms: i64, span_ms: i64) -> Vec<Ev> {
+    generate(seed, n, start_ms, span_ms, Shape::Mixed)
+}
+
+/// [`events`] for tests that compare sums bit for bit (the speed layer's): times evenly spaced
+/// over the span (`span_ms / n` apart), every event with an amount, a multiple of 0.25 below
+/// 100, so float sums are exact whatever the order.
+pub fn exact_events(seed: u64, n: u64, start_ms: i64, span_ms: i64) -> Vec<Ev> {
+    generate(seed, n, start_ms, span_ms, Shape::Exact)
+}
+
+/// How [`generate`] draws times and amounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Random times, amounts in cents and sometimes missing.
+    Mixed,
+    /// Evenly spaced times, quarter amounts always present.
+    Exact,
+}
+
+fn generate(seed: u64, n: u64, start_ms: i64, span_ms: i64, shape: Shape) -> Vec<Ev> {
     const COUNTRIES: [Option<&str>; 5] = [Some("DE"), Some("FR"), Some("US"), Some("GB"), None];
     const DEVICES: [&str; 3] = ["mobile", "desktop", "tablet"];
     let mut out: Vec<Ev> = (0..n)
@@ -94,15 +143,24 @@ pub fn events(seed: u64, n: u64, start_ms: i64, span_ms: i64) -> Vec<Ev> {
                 &seed.wrapping_mul(1_000_003).wrapping_add(i).to_le_bytes(),
                 seed,
             );
+            let (ts, amount) = match shape {
+                Shape::Mixed => (
+                    start_ms + (h % span_ms.max(1) as u64) as i64,
+                    (!(h >> 32).is_multiple_of(13)).then(|| ((h >> 36) % 50_000) as f64 / 100.0),
+                ),
+                Shape::Exact => (
+                    start_ms + (i as i64) * span_ms / n.max(1) as i64,
+                    Some(((h >> 36) % 399 + 1) as f64 * 0.25),
+                ),
+            };
             Ev {
                 id: format!("e-{seed}-{i}"),
-                ts: start_ms + (h % span_ms.max(1) as u64) as i64,
+                ts,
                 checkout: h % 10 < 7,
                 country: COUNTRIES[((h >> 8) % 5) as usize],
                 device: DEVICES[((h >> 16) % 3) as usize],
                 user: format!("u{}", (h >> 20) % 400),
-                amount: (!(h >> 32).is_multiple_of(13))
-                    .then(|| ((h >> 36) % 50_000) as f64 / 100.0),
+                amount,
                 latency: ((h >> 40) % 3000) as f64 / 3.0,
             }
         })
@@ -235,4 +293,25 @@ pub fn truth(
 /// Equal up to floating-point summation order.
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the speed tests rely on: every amount a quarter, times in order and evenly spaced,
+    /// so sums are the same in any order and the last events are close together.
+    #[test]
+    fn exact_events_sum_the_same_in_any_order() {
+        let evs = exact_events(3, 3_000, 1_000_000, 40 * 60_000);
+        assert!(evs.iter().all(|e| {
+            e.amount
+                .is_some_and(|a| a > 0.0 && (a * 4.0).fract() == 0.0)
+        }));
+        assert!(evs.windows(2).all(|w| w[1].ts - w[0].ts == 800));
+        let amounts: Vec<f64> = evs.iter().filter_map(|e| e.amount).collect();
+        let forward: f64 = amounts.iter().sum();
+        let backward: f64 = amounts.iter().rev().sum();
+        assert_eq!(forward, backward);
+    }
 }

@@ -13,11 +13,12 @@ use tokio::sync::watch;
 use tributary_batch_layer::state::StateStore;
 use tributary_it::generator::{Generator, GeneratorOptions};
 use tributary_it::master::{check_once, read_master};
+use tributary_it::scenario::FIELDS;
 use tributary_it::*;
 use tributary_shared::Config;
 use tributary_shared::config::StoreConfig;
 
-const FIELDS: &str = r#"
+const SETTINGS: &str = r#"
 [speed]
 allowed_lateness = "5m"
 
@@ -26,14 +27,12 @@ archive_max_rows = 5000
 archive_flush_interval = "500ms"
 metrics_listen = "127.0.0.1:0"
 idle_timeout = "2s"
-
-[fields]
-country = "string"
-device = "string"
-user_id = "string"
-amount = "float"
-latency_ms = "float"
 "#;
+
+/// The settings above and the events' fields (no view: the archive keeps every valid event).
+fn settings() -> String {
+    format!("{SETTINGS}{FIELDS}")
+}
 
 /// Produces `n` generated events (5% malformed) round-robin over `partitions`; returns, per
 /// partition, the offsets of the valid ones and the partition's end.
@@ -54,7 +53,7 @@ async fn produce(
         count: n,
     });
     let schema = tributary_shared::EventSchema::from_config(&Config::from_toml_str_with_env(
-        FIELDS,
+        &settings(),
         "t",
         Vec::new(),
     )?);
@@ -107,7 +106,7 @@ fn start(
 async fn archive_end_to_end(store_config: StoreConfig) -> anyhow::Result<()> {
     let topic = unique("archive");
     create_topic(&topic, 4).await?;
-    let mut config = test_config(&topic, "unused", FIELDS)?;
+    let mut config = test_config(&topic, "unused", &settings())?;
     config.store = store_config;
     let store = open(&config.store)?;
     let (valid, ends) = produce(&topic, 12_000, 4, 9).await?;
@@ -205,8 +204,9 @@ async fn a_crash_between_files_and_state_leaves_no_duplicates() -> anyhow::Resul
     let dir = tempfile::tempdir()?;
     let store_url = format!("file://{}/store", dir.path().display());
     let text = format!(
-        "[source]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{topic}\"\n[store]\nurl = \"{store_url}\"\n{FIELDS}",
-        brokers()
+        "[source]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{topic}\"\n[store]\nurl = \"{store_url}\"\n{}",
+        brokers(),
+        settings()
     );
     let config_path = dir.path().join("tributary.toml");
     std::fs::write(&config_path, &text)?;
@@ -255,7 +255,7 @@ async fn a_crash_between_files_and_state_leaves_no_duplicates() -> anyhow::Resul
 async fn fenced_partition_resumes(store_config: StoreConfig) -> anyhow::Result<()> {
     let topic = unique("archive-fence");
     create_topic(&topic, 2).await?;
-    let mut config = test_config(&topic, "unused", FIELDS)?;
+    let mut config = test_config(&topic, "unused", &settings())?;
     config.store = store_config;
     let store = open(&config.store)?;
     let (valid1, ends1) = produce(&topic, 2_000, 2, 21).await?;
@@ -316,8 +316,9 @@ async fn data_files_are_synced_before_the_state_that_commits_them() -> anyhow::R
     let dir = tempfile::tempdir()?;
     let store_url = format!("file://{}/store", dir.path().display());
     let text = format!(
-        "[source]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{topic}\"\n[store]\nurl = \"{store_url}\"\n{FIELDS}",
-        brokers()
+        "[source]\nbrokers = \"{}\"\ntopic = \"{topic}\"\ngroup_prefix = \"{topic}\"\n[store]\nurl = \"{store_url}\"\n{}",
+        brokers(),
+        settings()
     );
     let config_path = dir.path().join("tributary.toml");
     std::fs::write(&config_path, &text)?;

@@ -13,12 +13,13 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::sync::watch;
 use tributary_batch_layer::manifest::Manifest;
 use tributary_batch_layer::read::{BatchQuery, BatchReader};
-use tributary_batch_layer::run::{RunReport, load_report};
+use tributary_batch_layer::report::{RunReport, load_report};
 use tributary_it::scenario::*;
 use tributary_it::*;
 use tributary_shared::bucket::{DAY_MS, HOUR_MS, date_string};
 use tributary_shared::config::StoreConfig;
 use tributary_shared::layout::paths;
+use tributary_shared::selection::Selection;
 use tributary_shared::{Config, EventSchema, Granularity, ViewPlan};
 
 /// (dimension index, accepted values) per filtered dimension.
@@ -97,9 +98,11 @@ async fn check_views(
                 granularity: g,
                 from_ms: from,
                 to_ms: to,
-                filters: filters.clone(),
-                group_by: group_by.clone(),
-                measures: (0..plan.measures.len()).collect(),
+                selection: Selection {
+                    filters: filters.clone(),
+                    group_by: group_by.clone(),
+                    measures: (0..plan.measures.len()).collect(),
+                },
             };
             let got = reader.read(plan, &manifest, &q).await?;
             let mut want = truth(evs, g, group_by, filters);
@@ -147,9 +150,11 @@ async fn check_views(
         granularity: Granularity::Day,
         from_ms: from,
         to_ms: to,
-        filters: set.clone(),
-        group_by: vec![],
-        measures: (0..plan.measures.len()).collect(),
+        selection: Selection {
+            filters: set.clone(),
+            group_by: vec![],
+            measures: (0..plan.measures.len()).collect(),
+        },
     };
     let got = reader.read(plan, &manifest, &q).await?;
     let points = got.get(&Vec::new()).context("set filter result")?;
@@ -221,7 +226,7 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
 
     let (code, out) = batch_cli(&config, &["run"]).await?;
     assert_eq!(code, 0, "batch-layer run: {out}");
-    let report = load_report(&store).await.context("last_run.json")?;
+    let report = load_report(&store).await?.context("last_run.json")?;
     assert_eq!(
         report.views["checkouts"].dates_computed,
         vec![date_string(d1), date_string(d2)]
@@ -276,7 +281,7 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
     archive_until(&config, &store, &ends2).await?;
     let (code, out) = batch_cli(&config, &["run"]).await?;
     assert_eq!(code, 0, "{out}");
-    let report: RunReport = load_report(&store).await.context("report")?;
+    let report: RunReport = load_report(&store).await?.context("report")?;
     assert_eq!(
         report.views["checkouts"].dates_computed,
         vec![date_string(d1)],
@@ -340,7 +345,7 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
         out.contains("progress=\"1/1\"") || out.contains("progress=1/1"),
         "progress output: {out}"
     );
-    let report = load_report(&store).await.context("report")?;
+    let report = load_report(&store).await?.context("report")?;
     assert_eq!(report.views.keys().collect::<Vec<_>>(), vec!["checkouts"]);
     assert_eq!(
         report.views["checkouts"].dates_computed,
@@ -372,7 +377,7 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
         out.contains("all_types"),
         "the failing view is named: {out}"
     );
-    let report = load_report(&store).await.context("report")?;
+    let report = load_report(&store).await?.context("report")?;
     assert!(report.views["all_types"].error.is_some());
     assert_eq!(
         report.views["checkouts"].dates_computed,

@@ -59,15 +59,6 @@ impl ApiError {
             parameter: None,
         }
     }
-
-    pub fn unavailable(message: impl Into<String>) -> Self {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            code: "unavailable",
-            message: message.into(),
-            parameter: None,
-        }
-    }
 }
 
 impl IntoResponse for ApiError {

@@ -2,8 +2,9 @@
 //! parameter and says what would be accepted.
 
 use tributary_shared::Granularity;
-use tributary_shared::bucket::{format_rfc3339, parse_date, parse_rfc3339};
+use tributary_shared::bucket::{format_rfc3339, parse_time};
 use tributary_shared::event::MAX_EVENT_TIME_MS;
+use tributary_shared::selection::Selection;
 use tributary_shared::view::ViewPlan;
 
 use crate::error::ApiError;
@@ -47,6 +48,28 @@ pub struct TopParams {
     pub measure: usize,
     pub k: usize,
     pub range: Range,
+}
+
+impl SeriesParams {
+    /// What both layers read for this query.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            filters: self.range.filters.clone(),
+            group_by: self.group_by.clone(),
+            measures: self.measures.clone(),
+        }
+    }
+}
+
+impl TopParams {
+    /// What both layers read for this query: the measure per value of the dimension.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            filters: self.range.filters.clone(),
+            group_by: vec![self.dimension],
+            measures: vec![self.measure],
+        }
+    }
 }
 
 const KNOWN_SERIES: &[&str] = &[
@@ -99,8 +122,7 @@ fn time(pairs: &[(String, String)], key: &'static str) -> Result<Option<i64>, Ap
     match one(pairs, key) {
         None | Some("") => Ok(None),
         Some(s) => {
-            let t = parse_rfc3339(s)
-                .or_else(|| parse_date(s))
+            let t = parse_time(s)
                 .or_else(|| s.parse::<i64>().ok())
                 .ok_or_else(|| {
                     ApiError::param(

@@ -15,8 +15,7 @@ use tributary_batch_layer::read::BatchReader;
 use tributary_shared::layout::RedisKeys;
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::{Config, EventSchema, ViewPlan};
-use tributary_speed_layer::read::{ReadError, SpeedQuery, read, read_totals};
-use tributary_speed_layer::view_state::ViewState;
+use tributary_speed_layer::read::{ReadError, SpeedQuery, ViewState, read, read_totals};
 
 use crate::points::PointCache;
 
@@ -82,7 +81,7 @@ impl Sources {
         let views = ViewPlan::compile_all(&config, &schema)?;
         let store = tributary_shared::store::open_store(&config.store)
             .map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
-        let redis_url = tributary_speed_layer::redis_url(&config)?;
+        let redis_url = config.redis.connection_url()?;
         Ok(Sources {
             points: PointCache::new(Duration::from_secs(300), config.serving.cache_size),
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
@@ -142,7 +141,7 @@ impl Sources {
     }
 
     /// A view's state in Redis: whether speed answers can be trusted (see
-    /// `tributary_speed_layer::view_state`), and its watermark. Re-read at most every
+    /// `tributary_speed_layer::read::ViewState`), and its watermark. Re-read at most every
     /// [`STATE_REFRESH`]: it only decides which speed buckets are sealed or rebuilding, and
     /// every speed read checks the epoch again itself.
     pub async fn view_state(&self, view: &str) -> Result<ViewState, SourceError> {
@@ -161,7 +160,7 @@ impl Sources {
         // in `redis()` while the reconnect waits).
         let state = self
             .with_redis(|mut con| async move {
-                tributary_speed_layer::view_state::read(&mut con, &keys, &topic, &name)
+                tributary_speed_layer::read::read_view_state(&mut con, &keys, &topic, &name)
                     .await
                     .map_err(|e| e.to_string())
             })

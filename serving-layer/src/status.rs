@@ -1,17 +1,16 @@
 //! `/v1/status`: one page for operators: speed lag per partition, late and DLQ counts,
 //! archive progress, batch horizon per view, last and next batch run, and warnings.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use chrono::Utc;
 use serde::Serialize;
-use tributary_batch_layer::horizon::horizon;
-use tributary_batch_layer::state::StateStore;
+use tributary_batch_layer::read::{StateStore, horizon, load_report};
 use tributary_shared::bucket::format_rfc3339;
 use utoipa::ToSchema;
 
-use tributary_speed_layer::view_state::ViewState;
+use tributary_speed_layer::read::{SpeedStats, ViewState};
 
 use crate::sources::Sources;
 
@@ -128,24 +127,18 @@ pub async fn status(src: &Sources) -> StatusResponse {
     let t = topic.clone();
     let speed = src
         .with_redis(|mut con| async move {
-            let progress = tributary_speed_layer::progress::read(&mut con, &keys, &t)
+            let progress = tributary_speed_layer::read::read_progress(&mut con, &keys, &t)
                 .await
                 .map_err(|e| e.to_string())?;
             let mut states = Vec::new();
             for v in &view_names {
                 states.push(
-                    tributary_speed_layer::view_state::read(&mut con, &keys, &t, v)
+                    tributary_speed_layer::read::read_view_state(&mut con, &keys, &t, v)
                         .await
                         .map_err(|e| e.to_string())?,
                 );
             }
-            let mut pipe = redis::pipe();
-            pipe.hgetall(keys.speed_stats(&t));
-            for v in &view_names {
-                pipe.hgetall(keys.view_stats(v));
-            }
-            let stats: Vec<HashMap<String, String>> = pipe
-                .query_async(&mut con)
+            let stats = tributary_speed_layer::read::read_stats(&mut con, &keys, &t, &view_names)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok((progress, states, stats))
@@ -167,30 +160,7 @@ pub async fn status(src: &Sources) -> StatusResponse {
                     updated: Some(format_rfc3339(r.updated_ms)),
                 })
                 .collect();
-            let dlq: BTreeMap<String, u64> = stats
-                .first()
-                .into_iter()
-                .flatten()
-                .filter_map(|(k, v)| {
-                    Some((
-                        k.strip_prefix("dlq:").unwrap_or(k).to_string(),
-                        v.parse().ok()?,
-                    ))
-                })
-                .collect();
-            let late_dropped = src
-                .view_names()
-                .into_iter()
-                .zip(stats.iter().skip(1))
-                .map(|(v, h)| {
-                    (
-                        v,
-                        h.get("late_dropped")
-                            .and_then(|x| x.parse().ok())
-                            .unwrap_or(0),
-                    )
-                })
-                .collect();
+            let SpeedStats { dlq, late_dropped } = stats;
             let views: Vec<SpeedViewStatus> = src
                 .view_names()
                 .into_iter()
@@ -295,7 +265,7 @@ pub async fn status(src: &Sources) -> StatusResponse {
                         "view {}: batch horizon {} is behind speed retention ({}): buckets between them are missing; run the batch (docs/runbooks/horizon-lagging.md)",
                         v.name,
                         horizon_ms.map(format_rfc3339).unwrap_or_else(|| "(none yet)".into()),
-                        humantime_like(retention)
+                        humantime::format_duration(src.config.speed.retention)
                     ));
                 }
                 views.push(ViewBatchStatus {
@@ -321,7 +291,15 @@ pub async fn status(src: &Sources) -> StatusResponse {
             }
         }
     }
-    let last_run = tributary_batch_layer::run::load_report(&src.store).await;
+    let last_run = match load_report(&src.store).await {
+        Ok(r) => r,
+        Err(e) => {
+            warnings.push(format!(
+                "last batch run unreadable: {e} (docs/runbooks/batch-run-failed.md)"
+            ));
+            None
+        }
+    };
     if let Some(r) = &last_run
         && !r.ok
     {
@@ -375,13 +353,5 @@ fn view_status(view: String, st: &ViewState, lateness_ms: i64) -> SpeedViewStatu
                 .map(|(p, t)| (*p, (st.partitions.get(p).map_or(0, |s| s.next_offset), *t)))
                 .collect(),
         }),
-    }
-}
-
-fn humantime_like(ms: i64) -> String {
-    if ms % 3_600_000 == 0 {
-        format!("{}h", ms / 3_600_000)
-    } else {
-        format!("{}s", ms / 1000)
     }
 }

@@ -139,6 +139,14 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
+/// A time as operators and dashboards write it: RFC 3339 or a date (its midnight UTC).
+pub fn parse_time(s: &str) -> Option<i64> {
+    parse_rfc3339(s).or_else(|| parse_date(s))
+}
+
+/// How [`parse_time`] expects a time, for error messages.
+pub const TIME_FORMATS: &str = "RFC 3339 (2026-11-21T10:00:00Z) or a date (2026-11-21)";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +246,12 @@ mod tests {
         assert_eq!(hour_of_day(t), 10);
         assert_eq!(parse_date("2026-11-21"), Some(ms("2026-11-21T00:00:00Z")));
         assert_eq!(parse_date("2026-02-30"), None);
+        assert_eq!(parse_time("2026-11-21"), Some(ms("2026-11-21T00:00:00Z")));
+        assert_eq!(
+            parse_time("2026-11-21T10:00:00+01:00"),
+            Some(ms("2026-11-21T09:00:00Z"))
+        );
+        assert_eq!(parse_time("yesterday"), None);
         assert_eq!(ms("2026-11-21T11:00:03.250+01:00"), t);
         assert_eq!("hour".parse::<Granularity>().ok(), Some(Granularity::Hour));
         assert!("week".parse::<Granularity>().is_err());

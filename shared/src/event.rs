@@ -1,4 +1,5 @@
-//! Event parsing and validation (DESIGN.md "Event format").
+//! Event parsing and validation: the event contract every layer reads (a JSON object with
+//! `event_id`, `type`, `event_time` and the fields `[fields]` declares).
 //!
 //! Parsing borrows from the message bytes wherever the JSON has no escapes, and skips
 //! undeclared fields without building them, because this is the hot path of both consumers.

@@ -3,12 +3,16 @@
 //! - [`event`]: parsing and validating events;
 //! - [`config`]: `tributary.toml`, its layered loader and validation;
 //! - [`view`]: views compiled into plans;
-//! - [`bucket`]: UTC time buckets;
+//! - [`selection`]: a query's filters, grouping and measures, applied the same by both readers;
+//! - [`bucket`]: UTC time buckets and the times operators write;
 //! - [`layout`]: Redis keys and object-store paths;
 //! - [`sketch`]: the quantile sketch both sides merge;
 //! - [`hll`]: HyperLogLog in Redis's own encodings;
 //! - [`series`]: the per-bucket answer both layers give;
-//! - [`store`]: object stores from URLs.
+//! - [`store`]: object stores from URLs (local directory with fsync and compare-and-swap, S3);
+//! - [`kafka`]: client settings, topics, end offsets and the consumer-group watchdog;
+//! - [`cli`], [`telemetry`], [`metrics_http`]: what every binary starts with;
+//! - [`secret`]: credentials that never print.
 
 pub mod bucket;
 pub mod cli;
@@ -19,6 +23,7 @@ pub mod kafka;
 pub mod layout;
 pub mod metrics_http;
 pub mod secret;
+pub mod selection;
 pub mod series;
 pub mod sketch;
 pub mod store;

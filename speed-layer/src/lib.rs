@@ -4,11 +4,13 @@
 //! - [`watermark`]: per-partition offsets and event-time watermarks;
 //! - [`dedup`]: the optional producer-duplicate filter;
 //! - [`redis_sink`]: one atomic, fenced Lua script per view and flush;
-//! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`), with [`rebalance`];
+//! - [`consumer`]: the rdkafka consumer loop (`speed-layer run`): flush, recovery,
+//!   housekeeping, progress; with [`rebalance`];
 //! - [`rebuild`]: a view's Redis state rebuilt from Kafka (after Redis lost it, or `reset`);
 //! - [`dlq`]: producing dead letters, draining and replaying the dead-letter topic;
 //! - [`replay`]: the same pipeline fed from a file (`speed-layer replay`);
-//! - [`read`], [`view_state`], [`progress`]: what the serving layer reads back;
+//! - [`read`]: the one surface the serving layer reads through: aggregates, and the
+//!   [`view_state`], [`progress`] and [`stats`] written beside them;
 //! - [`reset`]: `speed-layer reset --to T`;
 //! - [`metrics`]: Prometheus metrics.
 
@@ -24,24 +26,14 @@ pub mod rebuild;
 pub mod redis_sink;
 pub mod replay;
 pub mod reset;
+pub mod stats;
 pub mod view_state;
 pub mod watermark;
 
-use anyhow::Context;
 use tokio::sync::watch;
 use tributary_shared::{Config, EventSchema, ViewPlan};
 
 use crate::aggregate::Pipeline;
-
-/// The Redis URL with the configured password (kept out of the URL in config) filled in.
-pub fn redis_url(config: &Config) -> anyhow::Result<String> {
-    let mut url = url::Url::parse(&config.redis.url).context("redis.url")?;
-    if let Some(pw) = &config.redis.password {
-        url.set_password(Some(pw.expose()))
-            .map_err(|_| anyhow::anyhow!("redis.url cannot carry a password"))?;
-    }
-    Ok(url.to_string())
-}
 
 /// Compiles the config's views into a pipeline.
 pub fn build_pipeline(config: &Config) -> anyhow::Result<Pipeline> {

@@ -74,13 +74,14 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     let reset_to = match &args.command {
-        Command::Reset { to } => match tributary_shared::bucket::parse_rfc3339(to)
-            .or_else(|| tributary_shared::bucket::parse_date(to))
-        {
+        Command::Reset { to } => match tributary_shared::bucket::parse_time(to) {
             Some(t) => Some(t),
             None => {
-                eprintln!("error: --to {to:?}: expected RFC 3339 (2026-11-21T10:00:00Z) or a date");
-                return ExitCode::from(2);
+                eprintln!(
+                    "error: --to {to:?}: expected {}",
+                    tributary_shared::bucket::TIME_FORMATS
+                );
+                return ExitCode::from(cli::EXIT_CONFIG);
             }
         },
         _ => None,

@@ -38,7 +38,7 @@ pub async fn replay(
     dlq_file: Option<PathBuf>,
 ) -> anyhow::Result<ReplaySummary> {
     let mut pipeline = crate::build_pipeline(config)?;
-    let redis = redis::Client::open(crate::redis_url(config)?).context("redis url")?;
+    let redis = redis::Client::open(config.redis.connection_url()?).context("redis url")?;
     let mut sink = RedisSink::connect(
         &redis,
         RedisKeys::new(config.redis.key_prefix.clone()),

@@ -21,7 +21,7 @@ pub struct ResetSummary {
 pub async fn reset(config: &Config, to_ms: i64) -> anyhow::Result<ResetSummary> {
     let schema = EventSchema::from_config(config);
     let views = ViewPlan::compile_all(config, &schema)?;
-    let client = redis::Client::open(crate::redis_url(config)?).context("redis.url")?;
+    let client = redis::Client::open(config.redis.connection_url()?).context("redis.url")?;
     let mut con = client
         .get_multiplexed_async_connection()
         .await

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use redis::aio::ConnectionLike;
 use tributary_shared::layout::RedisKeys;
 
-use crate::read::ReadError;
+use crate::read::error::ReadError;
 use crate::watermark::Stored;
 
 /// A rebuild of a view's state from Kafka, while it runs.

@@ -1,4 +1,4 @@
-//! `tributary-gen`: realistic events (~200 bytes, DESIGN.md's shape) for the demo, the tests and
+//! `tributary-gen`: realistic events (~200 bytes, the event contract's shape) for the demo, the tests and
 //! the benchmarks. Fixed seed → the same events every time. Writes JSON lines to a file or
 //! stdout, or produces to a Kafka topic, optionally at a fixed rate.
 

@@ -1,3 +1,5 @@
+use std::path::Path;
+
 use super::*;
 
 /// The shipped example config: the design brief's, pointed at the local stack.
@@ -14,7 +16,7 @@ fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 
 #[test]
 fn the_design_example_loads() {
-    let c = load(FULL).expect("DESIGN.md example is valid");
+    let c = load(FULL).expect("the full example config is valid");
     assert_eq!(c.speed.flush_interval, Duration::from_millis(200));
     assert_eq!(c.speed.retention, Duration::from_secs(48 * 3600));
     assert_eq!(c.speed.dedup_window, Duration::ZERO);

@@ -1,5 +1,10 @@
-//! Kafka helpers both consumers need: the events-topic check and partition end offsets from
-//! librdkafka's statistics.
+//! Kafka helpers both consumers need: client settings, the events-topic check, the
+//! dead-letter topic, partition end offsets from librdkafka's statistics, and the consumer
+//! group watchdog ([`group`]).
+
+pub mod group;
+
+pub use group::{ALONE_FOR, GroupAction, GroupWatch, Membership, MembershipEvent};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,28 @@ pub fn client_config(source: &crate::config::SourceConfig) -> ClientConfig {
     c.set("bootstrap.servers", &source.brokers)
         // New partitions are noticed (and rebalanced) within seconds, not librdkafka's 5 min.
         .set("topic.metadata.refresh.interval.ms", "10000");
+    c
+}
+
+/// The settings both consumers (speed, archive) start from: their own group, offsets kept by
+/// the consumer itself (Redis or the archive state is the commit point; Kafka commits are
+/// advisory), reading from the start of a partition nothing was committed for, and
+/// statistics every 2 s (partition end offsets, see [`HighWatermarks`]).
+pub fn consumer_config(
+    source: &crate::config::SourceConfig,
+    group: &str,
+    session_timeout: Duration,
+) -> ClientConfig {
+    let mut c = client_config(source);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
+        .set("statistics.interval.ms", "2000");
     c
 }
 
@@ -159,163 +186,5 @@ impl HighWatermarks {
 
     pub fn snapshot(&self) -> HashMap<i32, i64> {
         self.0.lock().map(|h| h.clone()).unwrap_or_default()
-    }
-}
-
-/// Notices a consumer group that stopped handing some partition to anyone, and says what to
-/// do about it.
-///
-/// Brokers are not perfect: Tansu 0.6 (the local stack's) keeps a member that expired on the
-/// heartbeat path in its assignment and hands the survivors their old, possibly empty,
-/// assignment forever; a LeaveGroup resets that. Worse, after a new member joins such a group
-/// it can wait forever for a leader that is gone, and then nothing a client sends helps (only
-/// a broker restart). So each consumer watches the group's committed offsets (both consumers
-/// commit after every flush): a partition it does not own, with records nobody has read,
-/// whose committed offset has not moved for `stall_after` is stalled. The first answers are
-/// [`GroupAction::Rejoin`] (leave the group, join again); when rejoining did not help twice,
-/// [`GroupAction::AssignAll`]: read every partition without the group for a while (exactly
-/// once still holds: every write is fenced by the offsets or state it was read from), then
-/// [`GroupAction::BackToGroup`]. Harmless on a healthy broker: an owner that makes progress
-/// commits, and an idle partition has nothing unread.
-#[derive(Debug)]
-pub struct GroupWatch {
-    topic: String,
-    stall_after: Duration,
-    /// Per partition: the committed offset last seen and since when it has not moved.
-    seen: HashMap<i32, (i64, std::time::Instant)>,
-    /// Rejoins in a row that did not end the stall.
-    rejoins: u32,
-    /// Reading every partition without the group since then.
-    alone_since: Option<std::time::Instant>,
-}
-
-/// What a consumer should do about its group.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GroupAction {
-    Nothing,
-    /// Leave the group and join it again (these partitions stalled).
-    Rejoin(Vec<i32>),
-    /// Rejoining did not help: leave the group and assign every partition to itself.
-    AssignAll(Vec<i32>),
-    /// Enough time without the group: give its partitions back and join it again.
-    BackToGroup,
-}
-
-/// How long a consumer reads every partition by itself before trying the group again.
-pub const ALONE_FOR: Duration = Duration::from_secs(300);
-
-impl GroupWatch {
-    pub fn new(topic: impl Into<String>, stall_after: Duration) -> Self {
-        GroupWatch {
-            topic: topic.into(),
-            stall_after,
-            seen: HashMap::new(),
-            rejoins: 0,
-            alone_since: None,
-        }
-    }
-
-    /// Whether the consumer reads every partition by itself (not through the group).
-    pub fn alone(&self) -> bool {
-        self.alone_since.is_some()
-    }
-
-    /// The next thing to do, given the partitions this consumer owns. Blocking (metadata and
-    /// offset requests with short timeouts): call it from `block_in_place` every few seconds.
-    pub fn check<C: rdkafka::consumer::ConsumerContext>(
-        &mut self,
-        consumer: &impl Consumer<C>,
-        owned: &std::collections::HashSet<i32>,
-    ) -> GroupAction {
-        if let Some(since) = self.alone_since {
-            if since.elapsed() >= ALONE_FOR {
-                self.alone_since = None;
-                self.seen.clear();
-                return GroupAction::BackToGroup;
-            }
-            return GroupAction::Nothing;
-        }
-        let stalled = self.stalled(consumer, owned);
-        if stalled.is_empty() {
-            return GroupAction::Nothing;
-        }
-        self.seen.clear();
-        if self.rejoins < 2 {
-            self.rejoins += 1;
-            GroupAction::Rejoin(stalled)
-        } else {
-            self.rejoins = 0;
-            self.alone_since = Some(std::time::Instant::now());
-            GroupAction::AssignAll(stalled)
-        }
-    }
-
-    /// The partitions that stalled: not owned, records unread, committed offset unmoved for
-    /// `stall_after`. A partition that moved clears the count of rejoins.
-    fn stalled<C: rdkafka::consumer::ConsumerContext>(
-        &mut self,
-        consumer: &impl Consumer<C>,
-        owned: &std::collections::HashSet<i32>,
-    ) -> Vec<i32> {
-        let timeout = Duration::from_secs(5);
-        let Ok(meta) = consumer.fetch_metadata(Some(&self.topic), timeout) else {
-            return Vec::new();
-        };
-        let partitions: Vec<i32> = meta
-            .topics()
-            .first()
-            .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            .unwrap_or_default();
-        let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in &partitions {
-            tpl.add_partition(&self.topic, *p);
-        }
-        let Ok(committed) = consumer.committed_offsets(tpl, timeout) else {
-            return Vec::new();
-        };
-        let now = std::time::Instant::now();
-        let mut stalled = Vec::new();
-        let mut unread = false;
-        for e in committed.elements() {
-            let p = e.partition();
-            let Ok((low, high)) = consumer.fetch_watermarks(&self.topic, p, timeout) else {
-                continue;
-            };
-            let at = match e.offset() {
-                rdkafka::Offset::Offset(o) => o,
-                _ => low,
-            };
-            let entry = self.seen.entry(p).or_insert((at, now));
-            if entry.0 != at {
-                *entry = (at, now);
-            }
-            if !owned.contains(&p) && at < high {
-                unread = true;
-                if now.duration_since(entry.1) >= self.stall_after {
-                    stalled.push(p);
-                }
-            }
-        }
-        if !unread {
-            // Every partition others own is read to its end: the group works.
-            self.rejoins = 0;
-        }
-        stalled
-    }
-
-    /// Every partition of the topic (for [`GroupAction::AssignAll`]).
-    pub fn partitions<C: rdkafka::consumer::ConsumerContext>(
-        &self,
-        consumer: &impl Consumer<C>,
-    ) -> Vec<i32> {
-        consumer
-            .fetch_metadata(Some(&self.topic), Duration::from_secs(5))
-            .ok()
-            .and_then(|m| {
-                m.topics()
-                    .first()
-                    .map(|t| t.partitions().iter().map(|p| p.id()).collect())
-            })
-            .unwrap_or_default()
     }
 }

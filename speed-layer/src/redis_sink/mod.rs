@@ -5,13 +5,15 @@
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use tributary_shared::Granularity;
 use tributary_shared::layout::RedisKeys;
-use tributary_shared::sketch::SketchBucket;
 use tributary_shared::view::ViewPlan;
 
-use crate::aggregate::{Flush, ViewFlush, ViewInputs};
+use crate::aggregate::{Flush, ViewInputs};
 use crate::watermark::Stored;
+
+mod args;
+
+use args::{build_args, hll_pipeline};
 
 /// Applies one view's flush. KEYS: the view's offsets hash, epoch, rebuild hash and stats.
 /// ARGV: the epoch this consumer holds, now (ms), the partition count, (partition, expected,
@@ -26,95 +28,7 @@ use crate::watermark::Stored;
 /// events cannot make that happen, see `MAX_MAGNITUDE`, so it means the state was tampered
 /// with). Then the data, then the offsets, then: if a rebuild is running and every partition
 /// has reached its target, the rebuild record is deleted.
-const APPLY_LUA: &str = r#"
-local off, epoch_key, rebuild_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local epoch = redis.call('GET', epoch_key)
-if not epoch then
-  return redis.error_reply('LOST the view state is gone from redis (no epoch)')
-end
-if epoch ~= ARGV[1] then
-  return redis.error_reply('FENCED the view was rebuilt: epoch ' .. epoch .. ', expected ' .. ARGV[1])
-end
-local np = tonumber(ARGV[3])
-local i = 4
-for _ = 1, np do
-  local cur = redis.call('HGET', off, ARGV[i])
-  if (cur or '') ~= ARGV[i + 1] then
-    return redis.error_reply('FENCED partition ' .. ARGV[i] .. ' holds ' .. tostring(cur) .. ', expected ' .. ARGV[i + 1])
-  end
-  i = i + 3
-end
-local ops = i
-local n = #ARGV
-while i <= n do
-  local op = ARGV[i]
-  if op == 'F' then
-    local cur = tonumber(redis.call('HGET', ARGV[i + 1], ARGV[i + 2]) or '0')
-    local x = tonumber(ARGV[i + 3])
-    local r = (cur or 0 / 0) + (x or 0 / 0)
-    if r ~= r or r == math.huge or r == -math.huge then
-      return redis.error_reply('REFUSED ' .. ARGV[i + 1] .. ' ' .. ARGV[i + 2] .. ' would not stay a finite number')
-    end
-    i = i + 4
-  elseif op == 'I' or op == 'm' or op == 'M' then
-    i = i + 4
-  elseif op == 'S' or op == 'X' then
-    i = i + 3
-  elseif op == 'A' then
-    i = i + 3 + tonumber(ARGV[i + 2])
-  else
-    return redis.error_reply('REFUSED bad op ' .. tostring(op))
-  end
-end
-i = ops
-while i <= n do
-  local op = ARGV[i]
-  if op == 'I' then
-    redis.call('HINCRBY', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'F' then
-    redis.call('HINCRBYFLOAT', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]); i = i + 4
-  elseif op == 'm' or op == 'M' then
-    local cur = redis.call('HGET', ARGV[i + 1], ARGV[i + 2])
-    local x = tonumber(ARGV[i + 3])
-    if not cur or (op == 'm' and x < tonumber(cur)) or (op == 'M' and x > tonumber(cur)) then
-      redis.call('HSET', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3])
-    end
-    i = i + 4
-  elseif op == 'S' then
-    redis.call('SADD', ARGV[i + 1], ARGV[i + 2]); i = i + 3
-  elseif op == 'A' then
-    local cnt = tonumber(ARGV[i + 2])
-    redis.call('SADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
-  else
-    redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
-  end
-end
-i = 4
-for _ = 1, np do
-  redis.call('HSET', off, ARGV[i], ARGV[i + 2])
-  i = i + 3
-end
-if redis.call('EXISTS', rebuild_key) == 1 then
-  local r = redis.call('HGETALL', rebuild_key)
-  local done = true
-  for j = 1, #r, 2 do
-    if string.sub(r[j], 1, 2) == 't:' then
-      local cur = redis.call('HGET', off, string.sub(r[j], 3))
-      local at = cur and tonumber(string.match(cur, '^(-?%d+):'))
-      if not at or at < tonumber(r[j + 1]) then
-        done = false
-        break
-      end
-    end
-  end
-  if done then
-    redis.call('DEL', rebuild_key)
-    redis.call('HSET', stats_key, 'last_rebuild_done_ms', ARGV[2])
-    redis.call('HINCRBY', stats_key, 'rebuilds', 1)
-  end
-end
-return 'OK'
-"#;
+const APPLY_LUA: &str = include_str!("apply.lua");
 
 /// Members per SADD op: Lua's `unpack` has a stack limit.
 const SADD_CHUNK: usize = 1000;
@@ -317,7 +231,7 @@ impl RedisSink {
         let key = self.keys.speed_stats(&self.topic);
         let mut pipe = redis::pipe();
         for (code, n) in by_code {
-            pipe.hincr(&key, format!("dlq:{code}"), *n).ignore();
+            pipe.hincr(&key, crate::stats::dlq_field(code), *n).ignore();
         }
         pipe.query_async::<()>(&mut self.con).await
     }
@@ -375,148 +289,4 @@ pub enum EvictionError {
     Policy(String),
     #[error("cannot read its memory settings (INFO memory): {0}")]
     Redis(#[from] redis::RedisError),
-}
-
-/// The script's arguments for one view's flush, from the partition count on.
-fn build_args(
-    keys: &RedisKeys,
-    topic: &str,
-    retention_ms: i64,
-    vf: &ViewFlush,
-    plan: &ViewPlan,
-    inputs: &ViewInputs,
-) -> Vec<String> {
-    let mut args: Vec<String> = Vec::with_capacity(64 + vf.data.cells.len() * 16);
-    args.push(vf.offsets.len().to_string());
-    for (p, expected, new) in &vf.offsets {
-        args.push(p.to_string());
-        args.push(expected.map(|s: Stored| s.to_string()).unwrap_or_default());
-        args.push(new.to_string());
-    }
-    let stats = keys.view_stats(&plan.name);
-    if vf.data.applied > 0 {
-        push(
-            &mut args,
-            ["I", &stats, "applied", &vf.data.applied.to_string()],
-        );
-    }
-    if vf.data.duplicates > 0 {
-        push(
-            &mut args,
-            ["I", &stats, "duplicates", &vf.data.duplicates.to_string()],
-        );
-    }
-    for (p, slot, expire_at, ids) in &vf.dedup {
-        let key = keys.dedup(&plan.name, topic, *p, *slot);
-        for chunk in ids.chunks(SADD_CHUNK) {
-            args.push("A".into());
-            args.push(key.clone());
-            args.push(chunk.len().to_string());
-            args.extend(chunk.iter().map(u64::to_string));
-        }
-        push(&mut args, ["X", &key, &expire_at.to_string()]);
-    }
-    if vf.data.late_dropped > 0 {
-        push(
-            &mut args,
-            [
-                "I",
-                &stats,
-                "late_dropped",
-                &vf.data.late_dropped.to_string(),
-            ],
-        );
-    }
-    let mut expire: Vec<(String, i64)> = Vec::new();
-    let mut groups_touched: std::collections::HashSet<(Granularity, i64)> = Default::default();
-    for ((g, bucket, gid), cell) in &vf.data.cells {
-        let Some(group) = vf.data.groups.get(*gid as usize) else {
-            continue;
-        };
-        let expire_at = g.end(*bucket) + retention_ms;
-        let key = keys.aggregates(&plan.name, *g, *bucket, group);
-        push(&mut args, ["I", &key, "count", &cell.count.to_string()]);
-        for ((field, _), acc) in inputs.numeric.iter().zip(&cell.numeric) {
-            if acc.n == 0 {
-                continue;
-            }
-            push(
-                &mut args,
-                ["I", &key, &format!("n:{field}"), &acc.n.to_string()],
-            );
-            push(
-                &mut args,
-                ["F", &key, &format!("sum:{field}"), &acc.sum.to_string()],
-            );
-            push(
-                &mut args,
-                ["m", &key, &format!("min:{field}"), &acc.min.to_string()],
-            );
-            push(
-                &mut args,
-                ["M", &key, &format!("max:{field}"), &acc.max.to_string()],
-            );
-        }
-        expire.push((key, expire_at));
-        let gkey = keys.groups(&plan.name, *g, *bucket);
-        push(&mut args, ["S", &gkey, group]);
-        if groups_touched.insert((*g, *bucket)) {
-            expire.push((gkey, expire_at));
-        }
-        for ((field, _), sketch) in inputs.quantile.iter().zip(&cell.sketches) {
-            if sketch.is_empty() {
-                continue;
-            }
-            let qkey = keys.sketch(&plan.name, field, *g, *bucket, group);
-            for (b, c) in sketch {
-                push(
-                    &mut args,
-                    ["I", &qkey, &SketchBucket::field(*b), &c.to_string()],
-                );
-            }
-            expire.push((qkey, expire_at));
-        }
-    }
-    for (key, at) in expire {
-        push(&mut args, ["X", &key, &at.to_string()]);
-    }
-    args
-}
-
-/// PFADD and PEXPIREAT of every distinct set of a view's flush; `None` when there are none.
-fn hll_pipeline(
-    keys: &RedisKeys,
-    retention_ms: i64,
-    vf: &ViewFlush,
-    plan: &ViewPlan,
-    inputs: &ViewInputs,
-) -> Option<redis::Pipeline> {
-    if inputs.distinct.is_empty() {
-        return None;
-    }
-    let mut pipe = redis::pipe();
-    let mut any = false;
-    for ((g, bucket, gid), cell) in &vf.data.cells {
-        let Some(group) = vf.data.groups.get(*gid as usize) else {
-            continue;
-        };
-        for ((field, _), set) in inputs.distinct.iter().zip(&cell.distinct) {
-            if set.is_empty() {
-                continue;
-            }
-            let hkey = keys.hll(&plan.name, field, *g, *bucket, group);
-            let elems: Vec<&str> = set.iter().map(|s| s.as_ref()).collect();
-            pipe.cmd("PFADD").arg(&hkey).arg(elems).ignore();
-            pipe.cmd("PEXPIREAT")
-                .arg(&hkey)
-                .arg(g.end(*bucket) + retention_ms)
-                .ignore();
-            any = true;
-        }
-    }
-    any.then_some(pipe)
-}
-
-fn push<const N: usize>(args: &mut Vec<String>, items: [&str; N]) {
-    args.extend(items.iter().map(|s| s.to_string()));
 }

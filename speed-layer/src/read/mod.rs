@@ -12,6 +12,7 @@ use tributary_shared::Granularity;
 use tributary_shared::config::AggKind;
 use tributary_shared::hll::Hll;
 use tributary_shared::layout::{RedisKeys, decode_group};
+use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
 use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
@@ -22,12 +23,8 @@ pub struct SpeedQuery {
     pub granularity: Granularity,
     /// Bucket starts to read.
     pub buckets: Vec<i64>,
-    /// (dimension index, accepted values): a group passes when its value is one of them.
-    pub filters: Vec<(usize, Vec<String>)>,
-    /// Dimension indices of the output groups (empty: one total series).
-    pub group_by: Vec<usize>,
-    /// Measure indices of the view.
-    pub measures: Vec<usize>,
+    /// Filters, output groups and measures.
+    pub selection: Selection,
     /// The view's epoch the caller saw (see `view_state`). A read that finds another, none,
     /// or a rebuild running fails with [`ReadError::StateChanged`] rather than answer from a
     /// state that is not whole.
@@ -36,19 +33,17 @@ pub struct SpeedQuery {
     pub max_groups: usize,
 }
 
+pub(crate) mod error;
+
+pub use error::ReadError;
 pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ReadError {
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("unexpected redis reply: {0}")]
-    Reply(#[from] redis::ParsingError),
-    #[error("the view's speed state changed during the read (lost or rebuilding)")]
-    StateChanged,
-    #[error("{0} groups")]
-    TooManyGroups(usize),
-}
+// The rest of what the serving layer reads from the speed layer's Redis state, so it has one
+// surface to import: each view's state (epoch, rebuild, watermarks), partition progress and
+// the operators' counters.
+pub use crate::progress::{PartitionReport, read as read_progress};
+pub use crate::stats::{SpeedStats, read as read_stats};
+pub use crate::view_state::{ViewState, read as read_view_state};
 
 /// Appends the reads that tell whether the view's state is still the one the query expects.
 fn add_state_check(pipe: &mut redis::Pipeline, keys: &RedisKeys, view: &ViewPlan) {
@@ -90,21 +85,6 @@ struct Merged {
     sketches: HashMap<String, QuantileSketch>,
 }
 
-/// Input fields of the requested measures of one kind, once each (p50 and p95 of one field
-/// read one sketch).
-fn fields_of(view: &ViewPlan, q: &SpeedQuery, k: AggKind) -> Vec<String> {
-    let mut fields: Vec<String> = q
-        .measures
-        .iter()
-        .filter_map(|m| view.measures.get(*m))
-        .filter(|m| m.agg == k)
-        .filter_map(|m| m.field_name.clone())
-        .collect();
-    fields.sort();
-    fields.dedup();
-    fields
-}
-
 /// Steps 1-3 of a read: the cells passing the filters, merged per output group and bucket
 /// (all buckets into the first one when `fold`).
 async fn gather<C: ConnectionLike>(
@@ -136,20 +116,11 @@ async fn gather<C: ConnectionLike>(
             let Some(values) = decode_group(&encoded) else {
                 continue;
             };
-            let pass = q.filters.iter().all(|(dim, accepted)| {
-                values
-                    .get(*dim)
-                    .and_then(|v| v.as_ref())
-                    .is_some_and(|v| accepted.iter().any(|a| a == v))
-            });
-            if !pass {
+            let value = |d: usize| values.get(d).and_then(|v| v.as_deref());
+            if !q.selection.passes(value) {
                 continue;
             }
-            let out: Vec<Option<String>> = q
-                .group_by
-                .iter()
-                .map(|d| values.get(*d).cloned().flatten())
-                .collect();
+            let out = q.selection.project(value);
             cells.push((*b, encoded, out));
         }
     }
@@ -159,11 +130,11 @@ async fn gather<C: ConnectionLike>(
         return Err(ReadError::TooManyGroups(groups.len()));
     }
 
-    let quantile_fields = fields_of(view, q, AggKind::Quantile);
+    let quantile_fields = q.selection.fields(view, AggKind::Quantile);
     // Only the hash fields the measures use (a cell's hash holds every numeric field's stats).
     let mut numeric: Vec<String> = [AggKind::Sum, AggKind::Min, AggKind::Max, AggKind::Avg]
         .into_iter()
-        .flat_map(|k| fields_of(view, q, k))
+        .flat_map(|k| q.selection.fields(view, k))
         .collect();
     numeric.sort();
     numeric.dedup();
@@ -265,7 +236,7 @@ pub async fn read<C: ConnectionLike>(
     let g = q.granularity;
     let merged = gather(con, keys, view, q, false).await?;
     // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
-    let distinct_fields = fields_of(view, q, AggKind::CountDistinct);
+    let distinct_fields = q.selection.fields(view, AggKind::CountDistinct);
     let mut distinct: HashMap<(usize, String), u64> = HashMap::new();
     if !distinct_fields.is_empty() && !merged.is_empty() {
         let mut pipe = redis::pipe();
@@ -293,7 +264,7 @@ pub async fn read<C: ConnectionLike>(
         }
         let mut values = BTreeMap::new();
         let mut exact = true;
-        for mi in &q.measures {
+        for mi in &q.selection.measures {
             let Some(measure) = view.measures.get(*mi) else {
                 continue;
             };
@@ -347,7 +318,7 @@ pub async fn read_totals<C: ConnectionLike>(
 ) -> Result<BTreeMap<Vec<Option<String>>, Partial>, ReadError> {
     let g = q.granularity;
     let merged = gather(con, keys, view, q, true).await?;
-    let distinct_fields = fields_of(view, q, AggKind::CountDistinct);
+    let distinct_fields = q.selection.fields(view, AggKind::CountDistinct);
     let mut hlls: HashMap<(usize, String), Hll> = HashMap::new();
     if !distinct_fields.is_empty() && !merged.is_empty() {
         let mut pipe = redis::pipe();
@@ -373,7 +344,12 @@ pub async fn read_totals<C: ConnectionLike>(
             continue;
         }
         let mut p = Partial::default();
-        for measure in q.measures.iter().filter_map(|mi| view.measures.get(*mi)) {
+        for measure in q
+            .selection
+            .measures
+            .iter()
+            .filter_map(|mi| view.measures.get(*mi))
+        {
             let num = measure
                 .field_name
                 .as_ref()

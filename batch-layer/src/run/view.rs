@@ -1,0 +1,395 @@
+//! One view within a run: recompute the dates that need it, write their view files, land the
+//! view's new manifest (only while the run holds the lock, only over the version it read), then
+//! delete the files no manifest names any more.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, UpdateVersion};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tributary_shared::bucket::{DAY_MS, format_rfc3339, parse_date};
+use tributary_shared::layout::paths;
+use tributary_shared::{Config, ViewPlan};
+
+use super::{Run, RunRequest, now_ms};
+use crate::compute::{ComputeError, DateOutput, Engine};
+use crate::lock::LockError;
+use crate::manifest::{DateEntry, Manifest, ManifestError, Retired, ViewFile};
+use crate::report::ViewReport;
+use crate::snapshot::{DateInput, Snapshot};
+use crate::view_file::view_schema;
+
+/// Why a view's recompute did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("computing {date}: {source}")]
+    Compute { date: String, source: ComputeError },
+    #[error("writing the view files of {date}: {source}")]
+    Write { date: String, source: WriteError },
+}
+
+/// Why a date's view files could not be written (the underlying error's text, which the run
+/// report shows).
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error(transparent)]
+    Store(#[from] object_store::Error),
+}
+
+/// What every view of one run shares: the run, its engine and its snapshot.
+pub(super) struct ViewRun<'a> {
+    pub(super) run: &'a Run<'a>,
+    pub(super) engine: &'a Engine,
+    pub(super) snapshot: &'a Snapshot,
+}
+
+impl ViewRun<'_> {
+    /// Recomputes the dates of one view that need it, then lands its new manifest (only if
+    /// this run still holds the lock and nobody else changed the manifest since it was read).
+    /// On failure the files this run wrote are removed: nothing names them.
+    pub(super) async fn run_view(&self, plan: &ViewPlan) -> Result<ViewReport, ViewError> {
+        let previous = Manifest::load_versioned(self.run.store, &plan.name).await?;
+        let mut written: Vec<String> = Vec::new();
+        let result = self.compute_and_land(plan, previous, &mut written).await;
+        if result.is_err() && !self.landed(plan).await {
+            for p in &written {
+                let _ = self
+                    .run
+                    .store
+                    .delete(&object_store::path::Path::from(p.as_str()))
+                    .await;
+            }
+        }
+        result
+    }
+
+    /// Whether the manifest now names this run (a put that failed in transit may have landed).
+    async fn landed(&self, plan: &ViewPlan) -> bool {
+        matches!(
+            Manifest::load(self.run.store, &plan.name).await,
+            Ok(Some((m, _))) if m.run_id == self.run.run_id
+        )
+    }
+
+    async fn compute_and_land(
+        &self,
+        plan: &ViewPlan,
+        previous: Option<(Manifest, UpdateVersion)>,
+        written: &mut Vec<String>,
+    ) -> Result<ViewReport, ViewError> {
+        let Run {
+            config,
+            store,
+            req,
+            run_id,
+            ..
+        } = *self.run;
+        let snapshot = self.snapshot;
+        let (previous, previous_version) = match previous {
+            Some((m, v)) => (Some(m), Some(v)),
+            None => (None, None),
+        };
+        let definition = definition(config, plan);
+        let todo = dates_to_compute(snapshot, previous.as_ref(), &definition, req);
+        let total = todo.len();
+        let mut report = ViewReport::default();
+        let mut computed: BTreeMap<String, DateEntry> = BTreeMap::new();
+        let view_started = Instant::now();
+        let mut rows_read = 0u64;
+        for (i, (date, input)) in todo.iter().enumerate() {
+            let t = Instant::now();
+            let out = self
+                .engine
+                .compute_date(plan, input)
+                .await
+                .map_err(|source| ViewError::Compute {
+                    date: (*date).clone(),
+                    source,
+                })?;
+            let entry = self
+                .write_date(plan, date, input, &out, written)
+                .await
+                .map_err(|source| ViewError::Write {
+                    date: (*date).clone(),
+                    source,
+                })?;
+            rows_read += out.input_rows;
+            let secs = t.elapsed().as_secs_f64().max(1e-9);
+            tracing::info!(
+                view = %plan.name,
+                date = %date,
+                progress = format!("{}/{total}", i + 1),
+                input_rows = out.input_rows,
+                events = out.events,
+                seconds = format!("{secs:.2}"),
+                rows_per_s = (out.input_rows as f64 / secs).round() as u64,
+                "date recomputed"
+            );
+            let labels = vec![("view".to_string(), plan.name.clone())];
+            self.run.metrics.dates_computed.get_or_create(&labels).inc();
+            self.run
+                .metrics
+                .events_computed
+                .get_or_create(&labels)
+                .inc_by(out.events);
+            report.events += out.events;
+            report.dates_computed.push((*date).clone());
+            computed.insert((*date).clone(), entry);
+        }
+
+        let now = now_ms();
+        let redefined = previous.as_ref().is_none_or(|m| m.definition != definition);
+        let mut manifest = previous.clone().unwrap_or_else(|| Manifest {
+            view: plan.name.clone(),
+            version: 0,
+            run_id: String::new(),
+            computed_at: String::new(),
+            horizon_ms: None,
+            horizon: None,
+            definition: definition.clone(),
+            dates: BTreeMap::new(),
+            retired: Vec::new(),
+        });
+        if redefined && req.range.is_none() {
+            // Every date was recomputed under the new definition; the old ones go.
+            for (_, old) in std::mem::take(&mut manifest.dates) {
+                retire(&mut manifest, &old, now);
+            }
+        }
+        for (date, entry) in computed {
+            if let Some(old) = manifest.dates.remove(&date) {
+                retire(&mut manifest, &old, now);
+            }
+            manifest.dates.insert(date, entry);
+        }
+        let grace = config.batch.gc_grace.as_millis() as i64;
+        let (expired, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut manifest.retired)
+            .into_iter()
+            .partition(|r| now - r.retired_ms >= grace);
+        manifest.retired = kept;
+        // The horizon never moves back: a snapshot that cannot place it (a partition with no
+        // watermark yet, a new partition) keeps the one already landed.
+        let horizon_ms = match (manifest.horizon_ms, snapshot.horizon_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let changed = !report.dates_computed.is_empty()
+            || !expired.is_empty()
+            || previous.as_ref().is_none_or(|m| m.horizon_ms != horizon_ms)
+            || redefined;
+        if changed
+            && (previous.is_some() || !manifest.dates.is_empty() || snapshot.horizon_ms.is_some())
+        {
+            manifest.version += 1;
+            manifest.run_id = run_id.to_string();
+            manifest.computed_at = format_rfc3339(now);
+            // A backfill of part of the dates under a changed definition leaves the old one
+            // recorded, so the next run still recomputes the rest.
+            if !(redefined && previous.is_some() && req.range.is_some()) {
+                manifest.definition = definition;
+            }
+            // A backfill may run ahead of the horizon but never moves it.
+            if req.range.is_none() || manifest.horizon_ms.is_none() {
+                manifest.horizon_ms = horizon_ms;
+                manifest.horizon = horizon_ms.map(format_rfc3339);
+            }
+            // Land only while this run still holds the lock, and only over the version it read.
+            self.run
+                .lock
+                .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
+                .await?;
+            if let Err(e) = manifest.save(store, previous_version).await
+                && !self.landed(plan).await
+            {
+                return Err(e.into());
+            }
+            report.manifest_version = Some(manifest.version);
+        } else {
+            report.manifest_version = previous.as_ref().map(|m| m.version);
+        }
+        // Only after the new manifest no longer names them.
+        delete_retired(store, &expired).await;
+        let orphans = collect_orphans(store, &manifest, run_id, now, grace).await;
+        let secs = view_started.elapsed().as_secs_f64();
+        tracing::info!(
+            view = %plan.name,
+            dates = total,
+            events = report.events,
+            input_rows = rows_read,
+            seconds = format!("{secs:.2}"),
+            manifest_version = ?report.manifest_version,
+            retired_deleted = expired.len(),
+            orphans_deleted = orphans,
+            "view done"
+        );
+        Ok(report)
+    }
+
+    /// Writes one date's view files (one per granularity), noting each path in `written`.
+    async fn write_date(
+        &self,
+        plan: &ViewPlan,
+        date: &str,
+        input: &DateInput,
+        out: &DateOutput,
+        written: &mut Vec<String>,
+    ) -> Result<DateEntry, WriteError> {
+        let Run { store, run_id, .. } = *self.run;
+        let mut files = BTreeMap::new();
+        for (g, batch) in &out.tables {
+            let props = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+                .build();
+            let mut buf = Vec::new();
+            let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+            writer.write(batch)?;
+            writer.close()?;
+            let path = paths::view_file(&plan.name, *g, date, run_id);
+            let bytes = buf.len() as u64;
+            store.put(&path, PutPayload::from(buf)).await?;
+            written.push(path.to_string());
+            files.insert(
+                *g,
+                ViewFile {
+                    path: path.to_string(),
+                    rows: batch.num_rows() as u64,
+                    bytes,
+                },
+            );
+        }
+        Ok(DateEntry {
+            input_fingerprint: input.fingerprint(),
+            input_files: input.files.len(),
+            input_rows: out.input_rows,
+            events: out.events,
+            run_id: run_id.to_string(),
+            computed_at: format_rfc3339(now_ms()),
+            files,
+        })
+    }
+}
+
+/// Fingerprint of a view's definition and of the file layout it is written in.
+fn definition(config: &Config, view: &ViewPlan) -> String {
+    let text = format!(
+        "v1|{}|{:?}",
+        serde_json::to_string(&config.view(&view.name)).unwrap_or_default(),
+        view_schema(view)
+    );
+    format!(
+        "{:016x}",
+        tributary_shared::hll::murmur64a(text.as_bytes(), 1)
+    )
+}
+
+/// Dates of the snapshot a run must compute for a view.
+fn dates_to_compute<'a>(
+    snapshot: &'a Snapshot,
+    previous: Option<&Manifest>,
+    definition: &str,
+    req: &RunRequest,
+) -> Vec<(&'a String, &'a DateInput)> {
+    let redefined = previous.is_none_or(|m| m.definition != definition);
+    snapshot
+        .dates
+        .iter()
+        .filter(|(date, input)| {
+            let Some(start) = parse_date(date) else {
+                return false;
+            };
+            if let Some((from, to)) = req.range {
+                return start < to && start + DAY_MS > from;
+            }
+            let before_horizon = snapshot.horizon_ms.is_some_and(|h| start < h);
+            let changed = redefined
+                || previous
+                    .and_then(|m| m.dates.get(*date))
+                    .is_none_or(|e| e.input_fingerprint != input.fingerprint());
+            before_horizon && changed
+        })
+        .collect()
+}
+
+/// Deletes retired view files whose grace period is over.
+async fn delete_retired(store: &Arc<dyn ObjectStore>, expired: &[Retired]) {
+    for r in expired {
+        match store
+            .delete(&object_store::path::Path::from(r.path.as_str()))
+            .await
+        {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(path = %r.path, error = %e, "could not delete a retired view file")
+            }
+        }
+    }
+}
+
+/// Deletes view files that no manifest names (a run killed after writing files, before its
+/// manifest landed) once they are older than the grace period; returns how many.
+async fn collect_orphans(
+    store: &Arc<dyn ObjectStore>,
+    manifest: &Manifest,
+    run_id: &str,
+    now: i64,
+    grace_ms: i64,
+) -> usize {
+    use futures::TryStreamExt;
+    let named: std::collections::HashSet<&str> = manifest
+        .dates
+        .values()
+        .flat_map(|d| d.files.values().map(|f| f.path.as_str()))
+        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
+        .collect();
+    let listed: Vec<object_store::ObjectMeta> = match store
+        .list(Some(&paths::view_root(&manifest.view)))
+        .try_collect()
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(view = %manifest.view, error = %e, "could not list view files for GC");
+            return 0;
+        }
+    };
+    let mut deleted = 0;
+    for meta in listed {
+        let path = meta.location.as_ref();
+        let is_view_file = path.ends_with(".parquet")
+            && !meta
+                .location
+                .filename()
+                .is_some_and(|f| f.starts_with(run_id));
+        let old = now - meta.last_modified.timestamp_millis() >= grace_ms;
+        if is_view_file && old && !named.contains(path) {
+            match store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                    tracing::info!(path, "removed an orphaned view file (its run never landed)");
+                    deleted += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "could not delete an orphaned view file")
+                }
+            }
+        }
+    }
+    deleted
+}
+
+fn retire(manifest: &mut Manifest, entry: &DateEntry, now: i64) {
+    for f in entry.files.values() {
+        manifest.retired.push(Retired {
+            path: f.path.clone(),
+            retired_ms: now,
+        });
+    }
+}

@@ -1,0 +1,458 @@
+//! The DataFusion aggregate functions (UDAFs) the view cube calls, and the plumbing they share.
+//!
+//! Each function is one file that says only what differs: what a row adds to a group, how a
+//! partial state folds in, what a group evaluates to (`Aggregate`). The rest is written
+//! once here: the registered function (`GroupedUdaf`), the grouped accumulator over a vector
+//! of group states (`Grouped`), the selected rows of a batch (`Rows`) and the
+//! single-group accumulator of an aggregate without GROUP BY (`SingleGroup`).
+//!
+//! All are grouped accumulators (one state vector indexed by group), because a view's cube
+//! has tens of thousands of groups per query and per-group accumulators would be called once
+//! per group per batch.
+//!
+//! - [`hll`]: `tributary_hll(x)`, `tributary_hll_observed(o)`, the Redis HyperLogLog;
+//! - [`quantile_sketch`]: `tributary_qsketch(x)`, `tributary_qsketch_observed(c)`, the
+//!   mergeable quantile sketch;
+//! - [`count_distinct`]: `tributary_count_distinct_ids(id)`, the exact distinct count;
+//! - [`quantile_cont`]: `tributary_quantile_cont(x, q)`, the exact quantile.
+
+pub mod count_distinct;
+pub mod hll;
+pub mod quantile_cont;
+pub mod quantile_sketch;
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BooleanArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, FieldRef};
+use datafusion::common::{Result, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
+use datafusion::logical_expr::{
+    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+};
+
+use count_distinct::CountDistinctIds;
+use hll::{HllInput, HllOf};
+use quantile_cont::QuantileCont;
+use quantile_sketch::{QuantileSketchOf, SketchInput};
+
+/// Registers the view functions on a session: the sketches, the exact distinct count over
+/// interned ids and the exact quantile.
+pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    let any = |n| Signature::any(n, Volatility::Immutable);
+    let udafs = [
+        GroupedUdaf {
+            name: "tributary_hll",
+            signature: any(1),
+            return_type: DataType::Binary,
+            state_type: DataType::Binary,
+            make: || Grouped::boxed(HllOf(HllInput::Text)),
+        },
+        GroupedUdaf {
+            name: "tributary_hll_observed",
+            signature: any(1),
+            return_type: DataType::Binary,
+            state_type: DataType::Binary,
+            make: || Grouped::boxed(HllOf(HllInput::Observation)),
+        },
+        GroupedUdaf {
+            name: "tributary_qsketch",
+            signature: any(1),
+            return_type: DataType::Utf8,
+            state_type: DataType::Utf8,
+            make: || Grouped::boxed(QuantileSketchOf(SketchInput::Value)),
+        },
+        GroupedUdaf {
+            name: "tributary_qsketch_observed",
+            signature: any(1),
+            return_type: DataType::Utf8,
+            state_type: DataType::Utf8,
+            make: || Grouped::boxed(QuantileSketchOf(SketchInput::Code)),
+        },
+        GroupedUdaf {
+            name: "tributary_count_distinct_ids",
+            signature: any(1),
+            return_type: DataType::Int64,
+            state_type: DataType::Binary,
+            make: || Grouped::boxed(CountDistinctIds),
+        },
+        GroupedUdaf {
+            name: "tributary_quantile_cont",
+            signature: any(2),
+            return_type: DataType::Float64,
+            state_type: DataType::Binary,
+            make: || Grouped::boxed(QuantileCont::default()),
+        },
+    ];
+    for udaf in udafs {
+        ctx.register_udaf(AggregateUDF::from(udaf));
+    }
+}
+
+/// What one aggregate function is, apart from the grouping plumbing of [`Grouped`].
+pub(crate) trait Aggregate: Clone + Send + Sync + 'static {
+    /// One group's state.
+    type Group: Default + Send + Sync;
+    /// What one selected row adds to a group.
+    type Input;
+
+    /// Reads constant arguments from a batch (before its rows); most functions have none.
+    fn read_args(&mut self, _rows: &Rows<'_>) -> Result<()> {
+        Ok(())
+    }
+    /// Calls `add(row, input)` for each of `rows` that adds to its group.
+    fn inputs(&self, rows: &Rows<'_>, add: impl FnMut(usize, Self::Input)) -> Result<()>;
+    /// Adds one row's input to its group.
+    fn add(group: &mut Self::Group, input: Self::Input);
+    /// Folds a partial state (one value of [`Aggregate::state`], as bytes) into a group.
+    fn merge(&mut self, group: &mut Self::Group, state: &[u8]) -> Result<()>;
+    /// The function's result, one row per group.
+    fn evaluate(&self, groups: Vec<Self::Group>) -> Result<ArrayRef>;
+    /// Partial states, one row per group; the result itself unless the result is lossy.
+    fn state(&self, groups: Vec<Self::Group>) -> Result<ArrayRef> {
+        self.evaluate(groups)
+    }
+    /// Heap bytes of one group (its inline size is counted by [`Grouped`]).
+    fn size(group: &Self::Group) -> usize;
+}
+
+/// The arguments of one batch and DataFusion's optional row filter.
+pub(crate) struct Rows<'a> {
+    pub(crate) values: &'a [ArrayRef],
+    filter: Option<&'a BooleanArray>,
+}
+
+impl<'a> Rows<'a> {
+    fn arg(&self, i: usize) -> Result<&'a ArrayRef> {
+        self.values
+            .get(i)
+            .ok_or_else(|| DataFusionError::Internal(format!("aggregate argument {i} missing")))
+    }
+
+    /// Calls `f(row, value)` for each selected row of argument `i`, cast to a primitive type.
+    pub(crate) fn each_primitive<T: ArrowPrimitiveType>(
+        &self,
+        i: usize,
+        mut f: impl FnMut(usize, T::Native),
+    ) -> Result<()> {
+        let column = cast(self.arg(i)?, &T::DATA_TYPE)?;
+        let column = column.as_primitive::<T>();
+        self.selected(column)
+            .for_each(|row| f(row, column.value(row)));
+        Ok(())
+    }
+
+    /// Calls `f(row, text)` for each selected row of argument `i`, cast to text.
+    pub(crate) fn each_text(&self, i: usize, mut f: impl FnMut(usize, &str)) -> Result<()> {
+        let column = cast(self.arg(i)?, &DataType::Utf8)?;
+        let column = column.as_string::<i32>();
+        self.selected(column)
+            .for_each(|row| f(row, column.value(row)));
+        Ok(())
+    }
+
+    /// The rows of `column` an aggregate reads: not null, and kept by the filter.
+    fn selected<'c>(&self, column: &'c dyn Array) -> impl Iterator<Item = usize> + 'c
+    where
+        'a: 'c,
+    {
+        // Most batches have neither nulls nor a filter: no per-row checks then.
+        let all = column.null_count() == 0 && self.filter.is_none();
+        let filter = self.filter;
+        (0..column.len()).filter(move |&row| {
+            all || (column.is_valid(row) && filter.is_none_or(|f| f.is_valid(row) && f.value(row)))
+        })
+    }
+
+    /// Rows in the batch.
+    fn len(&self) -> usize {
+        self.values.first().map_or(0, |v| v.len())
+    }
+}
+
+/// Little-endian `N`-byte words of a partial state.
+pub(crate) fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    bytes
+        .chunks_exact(N)
+        .filter_map(|c| <[u8; N]>::try_from(c).ok())
+}
+
+/// The grouped accumulator of an [`Aggregate`]: one state per group, indexed by group.
+pub(crate) struct Grouped<A: Aggregate> {
+    aggregate: A,
+    groups: Vec<A::Group>,
+}
+
+impl<A: Aggregate> Grouped<A> {
+    fn boxed(aggregate: A) -> Groups {
+        Box::new(Grouped {
+            aggregate,
+            groups: Vec::new(),
+        })
+    }
+}
+
+impl<A: Aggregate> GroupsAccumulator for Grouped<A> {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups.resize_with(total_num_groups, A::Group::default);
+        let rows = Rows {
+            values,
+            filter: opt_filter,
+        };
+        self.aggregate.read_args(&rows)?;
+        let groups = &mut self.groups;
+        self.aggregate.inputs(&rows, |row, input| {
+            A::add(&mut groups[group_indices[row]], input)
+        })
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        self.aggregate
+            .evaluate(emit_to.take_needed(&mut self.groups))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            self.aggregate
+                .state(emit_to.take_needed(&mut self.groups))?,
+        ])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.groups.resize_with(total_num_groups, A::Group::default);
+        let Some(states) = values.first() else {
+            return Ok(());
+        };
+        // Binary states as they are, text ones as their bytes (without a copy).
+        let states: BinaryArray = cast(states, &DataType::Binary)?.as_binary::<i32>().clone();
+        for (row, g) in group_indices.iter().enumerate() {
+            if states.is_valid(row) {
+                self.aggregate
+                    .merge(&mut self.groups[*g], states.value(row))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each row as a group of its own: the partial state of that row alone.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let rows = Rows {
+            values,
+            filter: opt_filter,
+        };
+        // Constant arguments are read into a copy: converting leaves this accumulator as it is.
+        let mut aggregate = self.aggregate.clone();
+        aggregate.read_args(&rows)?;
+        let mut groups: Vec<A::Group> = (0..rows.len()).map(|_| A::Group::default()).collect();
+        aggregate.inputs(&rows, |row, input| A::add(&mut groups[row], input))?;
+        Ok(vec![aggregate.state(groups)?])
+    }
+
+    fn size(&self) -> usize {
+        self.groups.iter().map(A::size).sum::<usize>()
+            + self.groups.capacity() * std::mem::size_of::<A::Group>()
+    }
+}
+
+/// A grouped accumulator of ours, used as both DataFusion's grouped and single-group
+/// accumulator.
+pub(crate) type Groups = Box<dyn GroupsAccumulator + Sync>;
+
+/// An aggregate function given by its grouped accumulator: what differs between ours is the
+/// name, the types and the accumulator; the rest is here once.
+pub(crate) struct GroupedUdaf {
+    name: &'static str,
+    signature: Signature,
+    return_type: DataType,
+    state_type: DataType,
+    make: fn() -> Groups,
+}
+
+impl std::fmt::Debug for GroupedUdaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupedUdaf")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+// Functions are registered by name, so the name identifies one.
+impl PartialEq for GroupedUdaf {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for GroupedUdaf {}
+
+impl std::hash::Hash for GroupedUdaf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.name.hash(state)
+    }
+}
+
+impl AggregateUDFImpl for GroupedUdaf {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.return_type.clone())
+    }
+    fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
+        Ok(vec![Arc::new(Field::new(
+            format!("{}_state", args.name),
+            self.state_type.clone(),
+            true,
+        ))])
+    }
+    fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
+        Ok(Box::new(SingleGroup((self.make)())))
+    }
+    fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
+        true
+    }
+    fn create_groups_accumulator(
+        &self,
+        _args: AccumulatorArgs,
+    ) -> Result<Box<dyn GroupsAccumulator>> {
+        Ok((self.make)())
+    }
+}
+
+/// A grouped accumulator used for the one group of an aggregate without GROUP BY.
+pub(crate) struct SingleGroup(pub(crate) Groups);
+
+impl std::fmt::Debug for SingleGroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SingleGroup")
+    }
+}
+
+impl Accumulator for SingleGroup {
+    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
+        let rows = values.first().map_or(0, |v| v.len());
+        self.0.update_batch(values, &vec![0; rows], None, 1)
+    }
+
+    fn evaluate(&mut self) -> Result<ScalarValue> {
+        // Evaluation takes the state; keep a copy to put back for a later `state()` call.
+        let saved = self.0.state(EmitTo::All)?;
+        if saved.first().is_none_or(|a| a.is_empty()) {
+            return Ok(ScalarValue::Null);
+        }
+        self.0.merge_batch(&saved, &[0], 1)?;
+        let out = self.0.evaluate(EmitTo::All)?;
+        let value = ScalarValue::try_from_array(&out, 0)?;
+        self.0.merge_batch(&saved, &[0], 1)?;
+        Ok(value)
+    }
+
+    fn size(&self) -> usize {
+        self.0.size()
+    }
+
+    fn state(&mut self) -> Result<Vec<ScalarValue>> {
+        let out = self.0.state(EmitTo::All)?;
+        if out.first().is_none_or(|a| a.is_empty()) {
+            return Ok(vec![ScalarValue::Null]);
+        }
+        let values = out
+            .iter()
+            .map(|a| ScalarValue::try_from_array(a, 0))
+            .collect::<Result<Vec<_>>>()?;
+        self.0.merge_batch(&out, &[0], 1)?;
+        Ok(values)
+    }
+
+    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
+        let rows = states.first().map_or(0, |v| v.len());
+        self.0.merge_batch(states, &vec![0; rows], 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, StringArray};
+    use datafusion::prelude::SessionContext;
+    use tributary_shared::hll::Hll;
+    use tributary_shared::sketch::QuantileSketch;
+
+    #[tokio::test]
+    async fn sketches_match_their_shared_counterparts() -> anyhow::Result<()> {
+        let ctx = SessionContext::new();
+        register(&ctx);
+        let users: Vec<String> = (0..5000).map(|i| format!("u{}", i % 1200)).collect();
+        let lat: Vec<f64> = (0..5000).map(|i| (i % 977) as f64 * 1.5).collect();
+        let groups: Vec<&str> = (0..5000)
+            .map(|i| if i % 3 == 0 { "a" } else { "b" })
+            .collect();
+        let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![
+            ("g", Arc::new(StringArray::from(groups.clone())) as ArrayRef),
+            (
+                "user",
+                Arc::new(StringArray::from(users.clone())) as ArrayRef,
+            ),
+            ("lat", Arc::new(Float64Array::from(lat.clone())) as ArrayRef),
+        ])?;
+        ctx.register_batch("t", batch)?;
+        let df = ctx
+            .sql("SELECT g, tributary_hll(user) AS h, tributary_qsketch(lat) AS q, tributary_quantile_cont(lat, 0.9) AS p FROM t GROUP BY g ORDER BY g")
+            .await?;
+        let out =
+            arrow::compute::concat_batches(&df.schema().inner().clone(), &df.collect().await?)?;
+        for (row, want_group) in ["a", "b"].iter().enumerate() {
+            let mut hll = Hll::new();
+            let mut sketch = QuantileSketch::new();
+            for i in 0..5000 {
+                if groups[i] == *want_group {
+                    hll.add(users[i].as_bytes());
+                    sketch.insert(lat[i]);
+                }
+            }
+            let h = out.column(1).as_binary::<i32>().value(row);
+            assert_eq!(Hll::from_redis(h), Some(hll));
+            let q = out.column(2).as_string::<i32>().value(row);
+            assert_eq!(QuantileSketch::decode(q), Some(sketch));
+            let mut mine: Vec<f64> = (0..5000)
+                .filter(|i| groups[*i] == *want_group)
+                .map(|i| lat[i])
+                .collect();
+            mine.sort_by(f64::total_cmp);
+            let exact = tributary_shared::sketch::exact_quantile_cont(&mine, 0.9);
+            let p = out
+                .column(3)
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .value(row);
+            assert_eq!(Some(p), exact);
+        }
+        // Without GROUP BY (the single-group accumulator).
+        let df = ctx.sql("SELECT tributary_hll(user) FROM t").await?;
+        let batches = df.collect().await?;
+        let h = batches[0].column(0).as_binary::<i32>().value(0);
+        let mut all = Hll::new();
+        users.iter().for_each(|u| all.add(u.as_bytes()));
+        assert_eq!(Hll::from_redis(h).map(|h| h.count()), Some(all.count()));
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! The whole platform on the real stack: speed layer, archive, batch run and serving layer
+//! on one topic. Generated history with late events, producer duplicates and malformed
+//! events; the batch runs; the API answers per bucket from the right layer, exactly where it
+//! must be exact and within the sketches' bounds elsewhere. Then more events arrive, the batch
+//! runs again, the horizon moves, and the answers stay right. Also: Redis down (batch still
+//! served, speed buckets listed), the 400s, top, status, health, metrics and OpenAPI.
+//!
+//! The scenario runs once per test binary, in order ([`fixture`]), and records what each
+//! phase saw; each test checks one phase's record, so a failure names its phase.
+
+mod first_run;
+mod fixture;
+mod second_run;

@@ -1,0 +1,117 @@
+//! The Lambda merge, per bucket: a bucket that ends at or before the batch horizon comes from
+//! the batch view (exact), a later one from Redis while the speed layer still keeps it
+//! (`[speed] retention` past its end); a bucket neither holds is reported `missing`, never a
+//! silent zero; one whose speed state is being rebuilt from Kafka `rebuilding`; one whose
+//! source could not be read `unreadable`.
+//!
+//! Here: each bucket's source and what both endpoints start from ([`Prologue`]); the
+//! endpoints themselves in [`series`] and [`top`].
+
+mod series;
+mod top;
+
+pub use series::series;
+pub use top::top;
+
+use std::sync::Arc;
+
+use tributary_batch_layer::read::Manifest;
+use tributary_shared::Granularity;
+use tributary_shared::view::ViewPlan;
+
+use crate::error::ApiError;
+use crate::query::Range;
+use crate::sources::Sources;
+
+/// Where a bucket's answer comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    Batch,
+    Speed,
+    Missing,
+}
+
+pub(super) fn classify(
+    end_ms: i64,
+    horizon: Option<i64>,
+    now_ms: i64,
+    retention_ms: i64,
+) -> Source {
+    if horizon.is_some_and(|h| end_ms <= h) {
+        Source::Batch
+    } else if end_ms.saturating_add(retention_ms) > now_ms {
+        Source::Speed
+    } else {
+        Source::Missing
+    }
+}
+
+/// What `series` and `top` both start from: the manifest, its horizon, each bucket's source.
+pub(super) struct Prologue {
+    pub(super) manifest: Option<Arc<Manifest>>,
+    pub(super) horizon: Option<i64>,
+    pub(super) batch: Vec<i64>,
+    pub(super) speed: Vec<i64>,
+    pub(super) missing: Vec<i64>,
+    pub(super) errors: Vec<String>,
+}
+
+pub(super) async fn prologue(
+    src: &Sources,
+    view: &ViewPlan,
+    g: Granularity,
+    range: &Range,
+    now_ms: i64,
+) -> Prologue {
+    let retention = src.config.speed.retention.as_millis() as i64;
+    let mut errors = Vec::new();
+    let manifest = match src.batch.manifest(&view.name).await {
+        Ok(m) => m,
+        Err(e) => {
+            errors.push(format!("batch view unreadable: {e}"));
+            None
+        }
+    };
+    let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
+    let (mut batch, mut speed, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for b in g.buckets(range.from_ms, range.to_ms) {
+        match classify(g.end(b), horizon, now_ms, retention) {
+            Source::Batch => batch.push(b),
+            Source::Speed => speed.push(b),
+            Source::Missing => missing.push(b),
+        }
+    }
+    Prologue {
+        manifest,
+        horizon,
+        batch,
+        speed,
+        missing,
+        errors,
+    }
+}
+
+pub(super) fn too_many_groups(param: &'static str, n: usize, max: usize) -> ApiError {
+    ApiError::param(
+        param,
+        "too_many_groups",
+        format!(
+            "{param}: the answer would have {n} groups or more; at most {max} (serving.max_groups): filter it, or group by a dimension with fewer values"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_classified_by_horizon_and_retention() {
+        let h = 10_000;
+        // Ends at the horizon: batch. After it: speed while retained, else missing.
+        assert_eq!(classify(10_000, Some(h), 20_000, 50_000), Source::Batch);
+        assert_eq!(classify(10_001, Some(h), 20_000, 50_000), Source::Speed);
+        assert_eq!(classify(10_001, None, 70_000, 50_000), Source::Missing);
+        assert_eq!(classify(5_000, None, 20_000, 50_000), Source::Speed);
+    }
+}

@@ -1,0 +1,361 @@
+//! The `tributary.toml` config tree: its types and defaults.
+//!
+//! Layers, later wins: built-in defaults → the TOML file → `TRIBUTARY__SECTION__KEY`
+//! environment variables ([`load`]); then [`Config::validate`] ([`validate`]). Every error
+//! names the key it is about, so an operator can fix the file without reading code.
+
+mod load;
+pub mod units;
+mod validate;
+
+pub use units::{byte_size, duration_str};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::Granularity;
+use crate::secret::Secret;
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "TRIBUTARY__";
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_PATH_ENV: &str = "TRIBUTARY_CONFIG";
+/// A view has at most this many dimensions: the batch cube has 2^n grouping sets.
+pub const MAX_DIMENSIONS: usize = 4;
+
+/// A config problem, always naming the key (or file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Many(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub redis: RedisConfig,
+    pub store: StoreConfig,
+    pub speed: SpeedConfig,
+    pub batch: BatchConfig,
+    pub serving: ServingConfig,
+    pub fields: BTreeMap<String, FieldType>,
+    pub views: Vec<ViewConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    pub brokers: String,
+    pub topic: String,
+    /// Consumer groups are `<group_prefix>-speed` and `<group_prefix>-archive`.
+    pub group_prefix: String,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:19092".into(),
+            topic: "events".into(),
+            group_prefix: "tributary".into(),
+        }
+    }
+}
+
+impl SourceConfig {
+    pub fn dlq_topic(&self) -> String {
+        format!("{}.dlq", self.topic)
+    }
+    pub fn speed_group(&self) -> String {
+        format!("{}-speed", self.group_prefix)
+    }
+    pub fn archive_group(&self) -> String {
+        format!("{}-archive", self.group_prefix)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Kept out of the URL so logs and `Debug` never show it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    /// Prefix of every key; `tributary` in production, a random one per test.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:16379/0".into(),
+            password: None,
+            key_prefix: "tributary".into(),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// The URL to connect with: `url` with `password` filled in. It holds the secret: open a
+    /// client with it, never print it.
+    pub fn connection_url(&self) -> Result<String, ConfigError> {
+        let mut url = url::Url::parse(&self.url)
+            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
+        if let Some(pw) = &self.password {
+            url.set_password(Some(pw.expose()))
+                .map_err(|_| ConfigError::invalid("redis.url", "cannot carry a password"))?;
+        }
+        Ok(url.to_string())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<Secret>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<Secret>,
+    pub allow_http: bool,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "file:///var/lib/tributary".into(),
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeedConfig {
+    #[serde(with = "duration_str")]
+    pub allowed_lateness: Duration,
+    #[serde(with = "duration_str")]
+    pub max_future_skew: Duration,
+    #[serde(with = "duration_str")]
+    pub retention: Duration,
+    #[serde(with = "duration_str")]
+    pub flush_interval: Duration,
+    /// Size bound of one flush, in events; whichever of this and `flush_interval` comes first.
+    pub flush_max_events: usize,
+    #[serde(with = "duration_str")]
+    pub dedup_window: Duration,
+    pub metrics_listen: String,
+}
+
+impl Default for SpeedConfig {
+    fn default() -> Self {
+        Self {
+            allowed_lateness: Duration::from_secs(5 * 60),
+            max_future_skew: Duration::from_secs(5 * 60),
+            retention: Duration::from_secs(48 * 3600),
+            flush_interval: Duration::from_millis(200),
+            flush_max_events: 50_000,
+            dedup_window: Duration::ZERO,
+            metrics_listen: "127.0.0.1:9101".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Cron expression with seconds (`sec min hour day month weekday`).
+    pub schedule: String,
+    pub metrics_listen: String,
+    /// Superseded view files are removed only after this long, so readers of the previous
+    /// manifest can finish.
+    #[serde(with = "duration_str")]
+    pub gc_grace: Duration,
+    /// A run lock older than this is considered abandoned by a crashed run.
+    #[serde(with = "duration_str")]
+    pub lock_ttl: Duration,
+    /// A partition read to its end and quiet this long no longer holds the horizon back.
+    #[serde(with = "duration_str")]
+    pub idle_timeout: Duration,
+    /// Archive flush bounds: rows per file and age of the oldest buffered row.
+    pub archive_max_rows: usize,
+    #[serde(with = "duration_str")]
+    pub archive_flush_interval: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "0 */15 * * * *".into(),
+            metrics_listen: "127.0.0.1:9102".into(),
+            gc_grace: Duration::from_secs(3600),
+            lock_ttl: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(60),
+            archive_max_rows: 500_000,
+            archive_flush_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServingConfig {
+    pub listen: String,
+    /// Upper bound of the buckets a single query may ask for.
+    pub max_buckets: usize,
+    /// Upper bound of the groups one answer may hold (`group_by` over a high-cardinality
+    /// dimension, `top` over one): a query past it gets a 400 naming the parameter.
+    pub max_groups: usize,
+    /// Upper bound of the values all `filter` parameters of one query may list together.
+    pub max_filter_values: usize,
+    /// Memory of the rendered-point cache, in bytes (e.g. "256MiB").
+    #[serde(with = "byte_size")]
+    pub cache_size: u64,
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            max_buckets: 10_000,
+            max_groups: 10_000,
+            max_filter_values: 1_000,
+            cache_size: 256 << 20,
+            request_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Type of a declared event field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldType {
+    String,
+    Float,
+    Int,
+    Bool,
+}
+
+impl FieldType {
+    pub fn is_numeric(self) -> bool {
+        matches!(self, FieldType::Float | FieldType::Int)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FieldType::String => "string",
+            FieldType::Float => "float",
+            FieldType::Int => "int",
+            FieldType::Bool => "bool",
+        }
+    }
+}
+
+impl fmt::Display for FieldType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[views]]` entry as written by the user; [`crate::view::ViewPlan`] is its compiled form.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewConfig {
+    pub name: String,
+    #[serde(default, rename = "where")]
+    pub filter: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub dimensions: Vec<String>,
+    pub granularities: Vec<Granularity>,
+    pub measures: Vec<MeasureConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasureConfig {
+    pub name: String,
+    pub agg: AggKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<f64>,
+}
+
+/// Aggregation functions of a measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggKind {
+    Count,
+    Sum,
+    Min,
+    Max,
+    Avg,
+    CountDistinct,
+    Quantile,
+}
+
+impl AggKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AggKind::Count => "count",
+            AggKind::Sum => "sum",
+            AggKind::Min => "min",
+            AggKind::Max => "max",
+            AggKind::Avg => "avg",
+            AggKind::CountDistinct => "count_distinct",
+            AggKind::Quantile => "quantile",
+        }
+    }
+}
+
+impl Config {
+    /// Type of a field usable in `where`, dimensions and measures: `type` or a declared field.
+    pub fn field_type(&self, name: &str) -> Option<FieldType> {
+        if name == "type" {
+            Some(FieldType::String)
+        } else {
+            self.fields.get(name).copied()
+        }
+    }
+
+    /// The view named `name`.
+    pub fn view(&self, name: &str) -> Option<&ViewConfig> {
+        self.views.iter().find(|v| v.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests;
