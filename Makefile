@@ -4,7 +4,7 @@ STACK := infra/stack.sh
 # The tests find the stack through these (ports overridable with TRIBUTARY_*_PORT).
 TEST_ENV = eval "$$($(STACK) env)" &&
 
-.PHONY: help up down status install build lint fmt test test-unit chaos demo bench bench-quick clean
+.PHONY: help up up-secure down status install build lint fmt test test-unit chaos demo bench bench-quick clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -12,7 +12,10 @@ help: ## list the targets
 up: ## start the local stack (Tansu, Redis, moto S3); installs what is missing
 	@$(STACK) up
 
-down: ## stop what `make up` started
+up-secure: ## the stack plus its secured services (SASL+TLS Kafka, TLS+ACL Redis, Redis Cluster)
+	@$(STACK) up --secure
+
+down: ## stop what `make up`/`make up-secure` started
 	@$(STACK) down
 
 status: ## show the stack's services, ports and state dir
@@ -31,7 +34,7 @@ lint: ## rustfmt check and clippy with warnings as errors
 fmt: ## format the code
 	cargo fmt --all
 
-test: lint up ## lint, bring the stack up, run every test of the workspace
+test: lint up-secure ## lint, bring the secured stack up, run every test of the workspace
 	cargo build --workspace --bins
 	$(TEST_ENV) cargo test --workspace --no-fail-fast
 
@@ -42,13 +45,16 @@ chaos: up ## the fault suite at full size (minutes; TRIBUTARY_CHAOS_SEED=N repla
 	cargo build --workspace --bins
 	$(TEST_ENV) TRIBUTARY_CHAOS=full cargo test -p integration-tests --test chaos -- --nocapture --test-threads=1
 
-demo: up ## the whole platform on generated events, with a dashboard
-	@bash infra/demo.sh
+# `make demo SECURE=1`: the demo through the secured services, HTTPS API behind an API key.
+DEMO_STACK := $(if $(filter 1,$(SECURE)),up-secure,up)
 
-bench: up ## the benchmark harness (full size)
+demo: $(DEMO_STACK) ## the whole platform on generated events, with a dashboard (SECURE=1: secured)
+	@$(if $(filter 1,$(SECURE)),SECURE=1 ,SECURE=0 )bash infra/demo.sh
+
+bench: up-secure ## the benchmark harness (full size)
 	@bash bench/run.sh
 
-bench-quick: up ## the benchmark harness, a few minutes
+bench-quick: up-secure ## the benchmark harness, a few minutes
 	@bash bench/run.sh --quick
 
 clean: down ## stop the stack and remove its state

@@ -26,6 +26,12 @@ trap 'rm -rf "$work"' EXIT
 echo "[bench] speed layer through the broker vs a bare consumer ($events events, $runs runs)"
 RUST_LOG=warn target/release/bench-speed --events "$events" --runs "$runs" >"$work/broker.json"
 
+echo "[bench] speed layer over SASL_SSL Kafka + TLS Redis vs a bare consumer over SASL_SSL ($events events)"
+RUST_LOG=warn target/release/bench-speed --mode secure --events "$events" --runs "$runs" >"$work/secure.json"
+
+echo "[bench] speed layer on the Redis Cluster vs on the single Redis, same events"
+RUST_LOG=warn target/release/bench-speed --mode cluster --events "$events" --runs "$runs" >"$work/cluster.json"
+
 echo "[bench] speed layer engine alone: replay of $events generated events"
 target/release/tributary-gen --count "$events" --out "$work/events.jsonl" --span-secs 7200 2>/dev/null
 redis_url=${TRIBUTARY_TEST_REDIS:-redis://127.0.0.1:16379/0}
@@ -110,6 +116,8 @@ python3 - "$work" "$events" "$runs" "$batch_events" <<'PY'
 import json, os, platform, statistics, subprocess, sys, time
 work, events, runs, batch_events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 broker = json.load(open(f"{work}/broker.json"))
+secure = json.load(open(f"{work}/secure.json"))
+cluster = json.load(open(f"{work}/cluster.json"))
 replay = [json.load(open(f"{work}/replay-{i}.json"))["events_per_second"] for i in range(1, runs + 1)]
 def stats(v):
     s = sorted(v)
@@ -134,6 +142,8 @@ result = {
     "machine": {"cpus": os.cpu_count(), "cpu": cpu, "kernel": platform.release()},
     "events": events,
     "speed_through_broker": broker,
+    "speed_secure_sasl_ssl_tls_redis": secure,
+    "speed_redis_cluster_vs_single": cluster,
     "speed_replay_events_per_sec": stats(replay),
     "archive_through_broker": broker.get("archive"),
     "batch_one_day": {
@@ -165,6 +175,12 @@ rows = [
     ("bare rdkafka consumer (peer)", f"{b['median']:,.0f} ev/s", f"{b['min']:,.0f}-{b['max']:,.0f}"),
     ("speed-layer run, through Tansu", f"{s['median']:,.0f} ev/s", f"{s['min']:,.0f}-{s['max']:,.0f}"),
     ("  ratio to bare consumer (target >= 0.8)", f"{r['median']:.2f}x", f"{r['min']:.2f}-{r['max']:.2f}"),
+    ("bare consumer over SASL_SSL (peer)", f"{secure['bare_consumer_events_per_sec']['median']:,.0f} ev/s", f"{secure['bare_consumer_events_per_sec']['min']:,.0f}-{secure['bare_consumer_events_per_sec']['max']:,.0f}"),
+    ("speed-layer run, SASL_SSL Kafka + TLS/ACL Redis", f"{secure['speed_layer_events_per_sec']['median']:,.0f} ev/s", f"{secure['speed_layer_events_per_sec']['min']:,.0f}-{secure['speed_layer_events_per_sec']['max']:,.0f}"),
+    ("  ratio to bare consumer (target >= 0.9)", f"{secure['ratio_speed_to_bare']['median']:.2f}x", f"{secure['ratio_speed_to_bare']['min']:.2f}-{secure['ratio_speed_to_bare']['max']:.2f}"),
+    ("speed-layer run, single Redis (peer)", f"{cluster['single_redis_events_per_sec']['median']:,.0f} ev/s", f"{cluster['single_redis_events_per_sec']['min']:,.0f}-{cluster['single_redis_events_per_sec']['max']:,.0f}"),
+    ("speed-layer run, 3-master Redis Cluster", f"{cluster['redis_cluster_events_per_sec']['median']:,.0f} ev/s", f"{cluster['redis_cluster_events_per_sec']['min']:,.0f}-{cluster['redis_cluster_events_per_sec']['max']:,.0f}"),
+    ("  ratio cluster / single", f"{cluster['ratio_cluster_to_single']['median']:.2f}x", f"{cluster['ratio_cluster_to_single']['min']:.2f}-{cluster['ratio_cluster_to_single']['max']:.2f}"),
     ("speed-layer replay, engine alone (target >= 300k)", f"{statistics.median(replay):,.0f} ev/s", f"{min(replay):,.0f}-{max(replay):,.0f}"),
 ]
 a = broker.get("archive")

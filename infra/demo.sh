@@ -7,6 +7,9 @@
 #
 # Knobs: DEMO_PORT (8080), DEMO_EVENTS (150000 history events), DEMO_RATE (200 live events/s),
 # DEMO_EXIT=1 to stop after printing instead of waiting for Ctrl-C.
+# SECURE=1 (`make demo SECURE=1`, after `make up-secure`): the same demo through the secured
+# services of infra/secure.sh: Kafka over TLS with SASL SCRAM-SHA-512, Redis over TLS with an
+# ACL user, and the API over HTTPS behind an API key (kept in .stack/secure/demo-api-key).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,20 +20,41 @@ PORT=${DEMO_PORT:-8080}
 EVENTS=${DEMO_EVENTS:-150000}
 RATE=${DEMO_RATE:-200}
 BIN=$PWD/target/release
+SECURE=${SECURE:-0}
 mkdir -p "$DEMO/store"
 
 say() { printf '\n\033[1m[demo] %s\033[0m\n' "$*"; }
 die() { printf '[demo] error: %s\n' "$*" >&2; exit 1; }
+
+if [ "$SECURE" = 1 ]; then
+  if [ -z "${TRIBUTARY_SECURE_BROKERS:-}" ] || [ -z "${TRIBUTARY_SECURE_REDIS_URL:-}" ]; then
+    die "SECURE=1 needs the secured stack: make up-secure (or make demo SECURE=1)"
+  fi
+  BROKERS=$TRIBUTARY_SECURE_BROKERS
+  REDIS_URL=$TRIBUTARY_SECURE_REDIS_URL
+  SCHEME=https
+  KEY_FILE=$STATE/secure/demo-api-key
+  [ -s "$KEY_FILE" ] || (umask 077 && openssl rand -hex 24 >"$KEY_FILE") || die "cannot write $KEY_FILE"
+  API_KEY=$(cat "$KEY_FILE")
+  # Every client of the API (the checks below) trusts the stack's CA and sends the key.
+  CURL_OPTS=(--cacert "$TRIBUTARY_SECURE_CA" -H "Authorization: Bearer $API_KEY")
+else
+  BROKERS=$TRIBUTARY_TEST_BROKERS
+  REDIS_URL=$TRIBUTARY_TEST_REDIS
+  SCHEME=http
+  CURL_OPTS=()
+fi
+BASE=$SCHEME://127.0.0.1:$PORT
 
 say "building the release binaries (reused when nothing changed)"
 cargo build --release --bins -q
 
 # The shipped example config, pointed at the demo's topic, store and ports.
 export TRIBUTARY_CONFIG=$PWD/infra/tributary.toml
-export TRIBUTARY__SOURCE__BROKERS=$TRIBUTARY_TEST_BROKERS
+export TRIBUTARY__SOURCE__BROKERS=$BROKERS
 export TRIBUTARY__SOURCE__TOPIC=demo-events
 export TRIBUTARY__SOURCE__GROUP_PREFIX=tributary-demo
-export TRIBUTARY__REDIS__URL=$TRIBUTARY_TEST_REDIS
+export TRIBUTARY__REDIS__URL=$REDIS_URL
 export TRIBUTARY__REDIS__KEY_PREFIX=tributary-demo
 export TRIBUTARY__STORE__URL=file://$DEMO/store
 export TRIBUTARY__SERVING__LISTEN=127.0.0.1:$PORT
@@ -38,6 +62,20 @@ export TRIBUTARY__BATCH__SCHEDULE="0 */5 * * * *"
 export TRIBUTARY__BATCH__IDLE_TIMEOUT=20s
 export TRIBUTARY__BATCH__ARCHIVE_FLUSH_INTERVAL=5s
 export RUST_LOG=${RUST_LOG:-info}
+if [ "$SECURE" = 1 ]; then
+  # Read by every binary below (tributary-gen too) through the same config keys.
+  export TRIBUTARY__SOURCE__SECURITY_PROTOCOL=sasl_ssl
+  export TRIBUTARY__SOURCE__SASL_MECHANISM=SCRAM-SHA-512
+  export TRIBUTARY__SOURCE__SASL_USERNAME=$TRIBUTARY_SECURE_SASL_USERNAME
+  export TRIBUTARY__SOURCE__SASL_PASSWORD=$TRIBUTARY_SECURE_SASL_PASSWORD
+  export TRIBUTARY__SOURCE__SSL_CA_LOCATION=$TRIBUTARY_SECURE_CA
+  export TRIBUTARY__REDIS__USERNAME=$TRIBUTARY_SECURE_REDIS_USERNAME
+  export TRIBUTARY__REDIS__PASSWORD=$TRIBUTARY_SECURE_REDIS_PASSWORD
+  export TRIBUTARY__REDIS__CA_FILE=$TRIBUTARY_SECURE_CA
+  export TRIBUTARY__SERVING__TLS_CERT=$TRIBUTARY_SECURE_CERT
+  export TRIBUTARY__SERVING__TLS_KEY=$TRIBUTARY_SECURE_KEY
+  export TRIBUTARY__SERVING__API_KEYS="[\"$API_KEY\"]"
+fi
 
 PIDS=()
 cleanup() {
@@ -52,7 +90,7 @@ trap 'exit 0' INT TERM
 say "producing $EVENTS events over the last 3 hours (2% late, 1% malformed, 1% duplicates)"
 # A new seed per run: a second demo adds new events instead of resending the same ids.
 SEED=$(date +%s)
-"$BIN/tributary-gen" --brokers "$TRIBUTARY_TEST_BROKERS" --topic demo-events --create-partitions 4 \
+"$BIN/tributary-gen" --brokers "$BROKERS" --topic demo-events --create-partitions 4 \
   --count "$EVENTS" --seed "$SEED" --span-secs 10800 --late 0.02 --malformed 0.01 --duplicates 0.01
 
 start() {
@@ -65,10 +103,10 @@ say "starting the layers"
 start speed "$BIN/speed-layer" run
 start archive "$BIN/batch-layer" archive
 start serving "$BIN/serving-layer" serve
-start live "$BIN/tributary-gen" --brokers "$TRIBUTARY_TEST_BROKERS" --topic demo-events \
+start live "$BIN/tributary-gen" --brokers "$BROKERS" --topic demo-events \
   --count 100000000 --seed "$((SEED + 1))" --rate "$RATE" --span-secs 0 --late 0.02 --malformed 0.01
 
-api() { curl -fsS "http://127.0.0.1:$PORT$1"; }
+api() { curl -fsS "${CURL_OPTS[@]}" "$BASE$1"; }
 for _ in $(seq 1 60); do api /healthz >/dev/null 2>&1 && break; sleep 0.5; done
 api /healthz >/dev/null || die "the serving layer did not come up (log: $DEMO/serving.log)"
 
@@ -112,7 +150,12 @@ for row in json.load(sys.stdin)["rows"]:
     print("  %-6s %12.2f  %s%s" % (row["value"], row["measure_value"] or 0, row["source"], "" if row["exact"] else " (approx)"))
 PYEOF
 )"
-say "dashboard: http://127.0.0.1:$PORT/   status: http://127.0.0.1:$PORT/v1/status   API: http://127.0.0.1:$PORT/openapi.json"
+say "dashboard: $BASE/   status: $BASE/v1/status   API: $BASE/openapi.json"
+if [ "$SECURE" = 1 ]; then
+  echo "  API key (the dashboard asks for it; curl: -H 'Authorization: Bearer $API_KEY'): $API_KEY"
+  echo "  the certificate is signed by the stack's own CA: $TRIBUTARY_SECURE_CA"
+  echo "  (curl --cacert it; a browser warns unless that CA is imported)"
+fi
 if [ "${DEMO_EXIT:-0}" = 1 ]; then exit 0; fi
 say "live events keep flowing; Ctrl-C stops the layers"
 while true; do sleep 3600; done

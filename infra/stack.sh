@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The local stack: real services on loopback for `make test`, `make demo` and `make bench`.
 #   Tansu (Kafka API, SQLite storage), Redis, moto (S3 API).
-# Usage: infra/stack.sh up|down|status|env|install
+#   With --secure (`make up-secure`, `make test`) also the secured services of infra/secure.sh:
+#   Tansu with SASL behind TLS proxies, Redis with TLS and ACLs, a Redis Cluster.
+# Usage: infra/stack.sh up [--secure]|down|status|env|install [--secure]
 # Idempotent: `up` starts only what is not running, `down` stops only what `up` started
 # (pid files under the state dir). A service already answering on its port (another
 # checkout's stack) is reused, never stopped.
@@ -21,12 +23,19 @@ TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
 TANSU_BIN=$TANSU_ROOT/bin/tansu
 VENV=$STATE/venv
 
+# shellcheck source=SCRIPTDIR/secure.sh
+source "$ROOT/infra/secure.sh"
+
 log() { printf '[stack] %s\n' "$*" >&2; }
 die() { printf '[stack] error: %s\n' "$*" >&2; exit 1; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# running PID: the process exists and has not exited (a daemon's exited process can stay a zombie
+# for a while until init reaps it).
+running() { kill -0 "$1" 2>/dev/null && ! grep -qs '^[0-9]* (.*) Z' "/proc/$1/stat"; }
+
+pid_alive() { [ -f "$1" ] && running "$(cat "$1")"; }
 
 # wait_for NAME SECONDS CMD...: polls CMD until it succeeds or the time is up.
 wait_for() {
@@ -101,7 +110,8 @@ redis_healthy() { [ "$(redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping 2>/dev/null)
 s3_healthy() { curl -fsS -o /dev/null "http://127.0.0.1:$S3_PORT/"; }
 
 # start NAME PIDFILE HEALTHFN PORT CMD...: runs CMD in the background unless the service is
-# already up (ours, or someone else's healthy one on the port).
+# already up (ours, or someone else's healthy one on the port). Its log goes to
+# $START_LOG_DIR/NAME.log ($STATE by default).
 start() {
   local name=$1 pidfile=$2 health=$3 port=$4; shift 4
   if pid_alive "$pidfile"; then
@@ -113,16 +123,19 @@ start() {
     fi
     die "port $port is taken by something that is not $name; set TRIBUTARY_${name^^}_PORT"
   fi
+  local logfile=${START_LOG_DIR:-$STATE}/$name.log
   log "starting $name on 127.0.0.1:$port"
-  nohup "$@" >"$STATE/$name.log" 2>&1 &
+  nohup "$@" >"$logfile" 2>&1 &
   echo $! >"$pidfile"
   if ! wait_for "$name" 60 "$health"; then
-    tail -20 "$STATE/$name.log" >&2 || true
-    die "$name did not become healthy on port $port within 60 s (log: $STATE/$name.log)"
+    tail -20 "$logfile" >&2 || true
+    die "$name did not become healthy on port $port within 60 s (log: $logfile)"
   fi
 }
 
 up() {
+  local secure=0
+  case "${1:-}" in --secure) secure=1 ;; "") ;; *) die "up: unknown option $1 (up [--secure])" ;; esac
   install_all
   mkdir -p "$STATE/tansu"
   # Tansu takes the SQLite path relative to its working directory.
@@ -146,6 +159,7 @@ up() {
   start s3 "$STATE/s3.pid" s3_healthy "$S3_PORT" "$VENV/bin/moto_server" -H 127.0.0.1 -p "$S3_PORT"
   # The demo's bucket; tests make their own.
   curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$S3_BUCKET" || die "cannot create bucket $S3_BUCKET"
+  [ "$secure" = 0 ] || secure_up
   status
 }
 
@@ -154,8 +168,8 @@ stop_pid() {
   if pid_alive "$pidfile"; then
     local pid; pid=$(cat "$pidfile")
     kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
     log "stopped $name (pid $pid)"
   fi
   rm -f "$pidfile"
@@ -165,22 +179,30 @@ down() {
   stop_pid kafka "$STATE/kafka.pid"
   stop_pid redis "$STATE/redis.pid"
   stop_pid s3 "$STATE/s3.pid"
+  secure_down
+}
+
+# svc_line HEALTHFN PIDFILE: "up (pid N)", "up (not started by this stack)" or "down".
+svc_line() {
+  if "$1" >/dev/null 2>&1; then
+    if pid_alive "$2"; then echo "up (pid $(cat "$2"))"; else echo "up (not started by this stack)"; fi
+  else
+    echo down
+  fi
 }
 
 status() {
   local line
   for svc in "kafka:$KAFKA_PORT:kafka_healthy" "redis:$REDIS_PORT:redis_healthy" "s3:$S3_PORT:s3_healthy"; do
     IFS=: read -r name port health <<<"$svc"
-    if "$health" >/dev/null 2>&1; then
-      if pid_alive "$STATE/$name.pid"; then line="up (pid $(cat "$STATE/$name.pid"))"; else line="up (not started by this stack)"; fi
-    else
-      line="down"
-    fi
-    printf '%-6s 127.0.0.1:%-6s %s\n' "$name" "$port" "$line"
+    line=$(svc_line "$health" "$STATE/$name.pid")
+    printf '%-11s 127.0.0.1:%-6s %s\n' "$name" "$port" "$line"
   done
+  secure_status
   printf 'state dir: %s\n' "$STATE"
   printf 'ports: TRIBUTARY_KAFKA_PORT=%s TRIBUTARY_REDIS_PORT=%s TRIBUTARY_S3_PORT=%s (defaults 19092, 16379, 19000)\n' \
     "$KAFKA_PORT" "$REDIS_PORT" "$S3_PORT"
+  secure_status_ports
 }
 
 # Variables the tests and the demo read to find the stack.
@@ -193,13 +215,14 @@ export TRIBUTARY_VENV=$VENV
 export TRIBUTARY_TEST_CHROMIUM=$(command -v chromium || echo /usr/bin/chromium)
 export TRIBUTARY_TANSU_BIN=$TANSU_BIN
 EOF
+  print_secure_env
 }
 
 case "${1:-}" in
-  up) up ;;
+  up) shift; up "$@" ;;
   down) down ;;
   status) status ;;
   env) print_env ;;
-  install) install_all ;;
-  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+  install) install_all; [ "${2:-}" != --secure ] || install_secure ;;
+  *) echo "usage: $0 up [--secure]|down|status|env|install [--secure]" >&2; exit 2 ;;
 esac

@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 const COUNTRIES: [&str; 10] = ["DE", "FR", "US", "GB", "BR", "IN", "JP", "ES", "IT", "NL"];
@@ -115,14 +114,13 @@ impl Generator {
 /// Produces `count` events from `g` to `topic` (keyed, so partitions spread), at `rate`
 /// events/s (0: as fast as the broker takes them), waiting for every delivery.
 pub async fn produce_generated(
-    brokers: &str,
+    source: &tributary_shared::config::SourceConfig,
     topic: &str,
     g: &mut Generator,
     count: u64,
     rate: u64,
 ) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let producer: FutureProducer = tributary_shared::kafka::client_config(source)
         .set("linger.ms", "10")
         .set("batch.num.messages", "10000")
         .set("queue.buffering.max.messages", "1000000")

@@ -8,6 +8,7 @@ pub mod checks;
 pub mod generator;
 pub mod master;
 pub mod scenario;
+pub mod secure;
 pub mod server;
 
 use std::future::Future;
@@ -17,11 +18,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use object_store::ObjectStore;
 use rand::Rng;
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tributary_shared::config::StoreConfig;
+use tributary_shared::config::{SourceConfig, StoreConfig};
 use tributary_shared::secret::Secret;
 
 /// Kafka bootstrap servers of the stack (`TRIBUTARY_TEST_BROKERS`, default the stack's port).
@@ -57,8 +57,26 @@ pub async fn create_topic_on(
     partitions: i32,
     exist_ok: bool,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    create_topic_via(&source_for(brokers), name, partitions, exist_ok).await
+}
+
+/// A plaintext `[source]` for `brokers`.
+pub fn source_for(brokers: &str) -> SourceConfig {
+    SourceConfig {
+        brokers: brokers.to_string(),
+        ..SourceConfig::default()
+    }
+}
+
+/// [`create_topic_on`] through a `[source]` (SASL, TLS: the settings every client uses).
+pub async fn create_topic_via(
+    source: &SourceConfig,
+    name: &str,
+    partitions: i32,
+    exist_ok: bool,
+) -> anyhow::Result<()> {
+    let brokers = source.endpoint();
+    let admin: AdminClient<DefaultClientContext> = tributary_shared::kafka::client_config(source)
         .create()
         .context("admin client")?;
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
@@ -87,8 +105,12 @@ pub fn producer() -> anyhow::Result<FutureProducer> {
 
 /// [`producer`] for another broker than the stack's.
 pub fn producer_on(brokers: &str) -> anyhow::Result<FutureProducer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    producer_via(&source_for(brokers))
+}
+
+/// [`producer`] through a `[source]` (SASL, TLS).
+pub fn producer_via(source: &SourceConfig) -> anyhow::Result<FutureProducer> {
+    tributary_shared::kafka::client_config(source)
         .set("message.timeout.ms", "10000")
         .set("linger.ms", "5")
         .create()
@@ -317,6 +339,19 @@ pub fn write_config(
     if let Some(s) = &config.redis.password {
         env.push((format!("{prefix}REDIS__PASSWORD"), s.expose().to_string()));
     }
+    if let Some(s) = &config.source.sasl_password {
+        env.push((
+            format!("{prefix}SOURCE__SASL_PASSWORD"),
+            s.expose().to_string(),
+        ));
+    }
+    if !config.serving.api_keys.is_empty() {
+        let keys: Vec<&str> = config.serving.api_keys.iter().map(|k| k.expose()).collect();
+        env.push((
+            format!("{prefix}SERVING__API_KEYS"),
+            serde_json::to_string(&keys).context("api keys")?,
+        ));
+    }
     Ok((path, env))
 }
 
@@ -382,13 +417,32 @@ pub async fn wait_speed_applied_on(
     ends: &std::collections::HashMap<i32, i64>,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    let config = tributary_shared::config::RedisConfig {
+        url: redis.to_string(),
+        ..Default::default()
+    };
+    wait_speed_applied_via(&config, key_prefix, view, topic, ends, timeout).await
+}
+
+/// [`wait_speed_applied`] on any Redis `[redis]` describes (TLS, ACL user, Cluster).
+pub async fn wait_speed_applied_via(
+    redis: &tributary_shared::config::RedisConfig,
+    key_prefix: &str,
+    view: &str,
+    topic: &str,
+    ends: &std::collections::HashMap<i32, i64>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let key = tributary_shared::layout::RedisKeys::new(key_prefix).offsets(view, topic);
-    let client = redis::Client::open(redis).context("redis url")?;
+    let client = tributary_shared::redis_client::RedisClient::new(redis)?;
     wait_for("the speed layer to apply every record", timeout, || {
         let (key, client) = (key.clone(), client.clone());
         async move {
-            let mut con = client.get_multiplexed_async_connection().await?;
-            let stored = hgetall(&mut con, &key).await?;
+            let mut con = client.connect().await?;
+            let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(&key)
+                .query_async(&mut con)
+                .await?;
             Ok(ends
                 .iter()
                 .all(|(p, end)| {

@@ -7,15 +7,16 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
-use tower_http::cors::{Any, CorsLayer};
+use tower_http::cors::CorsLayer;
 use tower_http::timeout::TimeoutLayer;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::access::BearerSecurity;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ServingMetrics;
 use crate::query::{Limits, SeriesParams, TopParams, pairs};
@@ -24,6 +25,8 @@ use crate::sources::Sources;
 use crate::status::StatusResponse;
 
 pub struct App {
+    /// `serving.api_keys`, checked by [`crate::access::require_key`].
+    pub keys: crate::access::ApiKeys,
     pub sources: Sources,
     pub metrics: ServingMetrics,
 }
@@ -36,7 +39,8 @@ type AppState = Arc<App>;
         title = "Tributary serving layer",
         description = "Merged batch (exact, up to the horizon) and speed (fresh) views of the event stream."
     ),
-    paths(list_views, get_view, series, top, status, healthz, readyz),
+    paths(list_views, get_view, series, top, status, healthz, readyz, metrics),
+    modifiers(&BearerSecurity),
     components(schemas(
         ErrorBody,
         ViewList,
@@ -51,9 +55,11 @@ type AppState = Arc<App>;
 )]
 pub struct ApiDoc;
 
-pub fn router(app: AppState) -> axum::Router {
+/// The routes with their middleware; `cors` from [`crate::access::cors_layer`] (none: no
+/// `Access-Control-*` headers).
+pub fn router(app: AppState, cors: Option<CorsLayer>) -> axum::Router {
     let timeout = app.sources.config.serving.request_timeout;
-    axum::Router::new()
+    let router = axum::Router::new()
         .route("/", get(dashboard))
         .route("/v1/views", get(list_views))
         .route("/v1/views/{view}", get(get_view))
@@ -65,18 +71,22 @@ pub fn router(app: AppState) -> axum::Router {
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        // Inside `observe`, so 401s are counted and timed like any answer.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::access::require_key,
+        ))
         .layer(axum::middleware::from_fn_with_state(app.clone(), observe))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
             timeout,
-        ))
-        .layer(
-            CorsLayer::new()
-                .allow_origin(Any)
-                .allow_methods([Method::GET, Method::OPTIONS])
-                .allow_headers(Any),
-        )
-        .with_state(app)
+        ));
+    // Outermost, so a browser's preflight (which carries no key) is answered before the key
+    // check.
+    match cors {
+        Some(cors) => router.layer(cors).with_state(app),
+        None => router.with_state(app),
+    }
 }
 
 /// Request counts and latency per route, and one log line per request.
@@ -351,6 +361,10 @@ async fn readyz(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", responses((status = 200,
+    description = "OpenMetrics text", body = String,
+    content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8")))]
 async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(

@@ -14,7 +14,8 @@ pub struct ErrorBody {
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `unknown_view`, `bad_parameter`, `too_many_buckets`.
+    /// Stable machine-readable code, e.g. `unknown_view`, `bad_parameter`, `too_many_buckets`,
+    /// `missing_api_key`, `invalid_api_key`.
     pub code: String,
     /// What is wrong, naming the parameter.
     pub message: String,
@@ -48,6 +49,16 @@ impl ApiError {
             code: "unknown_view",
             message: format!("unknown view {view:?}; views: {}", known.join(", ")),
             parameter: Some("view"),
+        }
+    }
+
+    /// A 401: no API key, or one the server does not know (never echoed back).
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code,
+            message: message.into(),
+            parameter: None,
         }
     }
 

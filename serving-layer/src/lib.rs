@@ -7,8 +7,10 @@
 //! - [`points`]: rendered points and their byte-bounded cache;
 //! - [`status`]: the `/v1/status` page;
 //! - [`api`]: routes, handlers, OpenAPI; [`dashboard`]: the page at `/`;
+//! - [`access`]: API keys and CORS; [`tls`]: HTTPS;
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod access;
 pub mod api;
 pub mod dashboard;
 pub mod error;
@@ -19,6 +21,7 @@ pub mod query;
 pub mod response;
 pub mod sources;
 pub mod status;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -26,31 +29,59 @@ use anyhow::Context;
 use tokio::sync::watch;
 use tributary_shared::Config;
 
-/// Binds `[serving] listen` and serves until `shutdown`; returns the bound address through
-/// `bound` (tests listen on port 0).
+/// Binds `[serving] listen` and serves until `shutdown` (HTTPS when `tls_cert`/`tls_key` are
+/// set); returns the bound address through `bound` (tests listen on port 0).
 pub async fn serve(
     config: Config,
     mut shutdown: watch::Receiver<bool>,
     bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
 ) -> anyhow::Result<()> {
     let listen = config.serving.listen.clone();
+    // Certificates are read before binding: a bad file fails the start, not the first client.
+    let tls = match (&config.serving.tls_cert, &config.serving.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert.as_ref(), key.as_ref())?),
+        _ => None,
+    };
+    let cors = access::cors_layer(&config.serving.cors_origins)?;
+    let keys = access::ApiKeys::new(&config.serving.api_keys);
+    let sources = sources::Sources::new(config)?;
+    sources.check_redis().await?;
     let app = Arc::new(api::App {
-        sources: sources::Sources::new(config)?,
+        keys,
+        sources,
         metrics: metrics::ServingMetrics::new(),
     });
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
         .with_context(|| format!("serving.listen: cannot bind {listen}"))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, dashboard = %format!("http://{addr}/"), "serving");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(
+        %addr,
+        scheme,
+        api_keys = !app.keys.is_open(),
+        dashboard = %format!("{scheme}://{addr}/"),
+        "serving"
+    );
     if let Some(tx) = bound {
         let _ = tx.send(addr);
     }
-    axum::serve(listener, api::router(app))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await?;
+    let router = api::router(app, cors);
+    let stop = async move {
+        let _ = shutdown.changed().await;
+    };
+    match tls {
+        Some(acceptor) => {
+            axum::serve(tls::TlsListener::new(listener, acceptor), router)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop)
+                .await?
+        }
+    }
     tracing::info!("serving stopped");
     Ok(())
 }

@@ -13,6 +13,8 @@ pub struct ServingMetrics {
     latency: Family<Labels, Histogram>,
     /// Answers that listed buckets they could not read (Redis or the store down).
     pub partial_answers: Counter,
+    /// Requests refused for want of a valid API key, by reason (missing, malformed, invalid).
+    auth_rejected: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -30,6 +32,7 @@ impl ServingMetrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         let partial_answers = Counter::default();
+        let auth_rejected = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
             "HTTP requests by route and status",
@@ -45,10 +48,16 @@ impl ServingMetrics {
             "Answers with unreadable buckets",
             partial_answers.clone(),
         );
+        registry.register(
+            "auth_rejected",
+            "Requests refused with 401 by reason (missing, malformed or invalid API key)",
+            auth_rejected.clone(),
+        );
         ServingMetrics {
             requests,
             latency,
             partial_answers,
+            auth_rejected,
             registry,
         }
     }
@@ -63,6 +72,12 @@ impl ServingMetrics {
         self.latency
             .get_or_create(&vec![("route".into(), route.to_string())])
             .observe(seconds);
+    }
+
+    pub fn auth_rejected(&self, reason: &str) {
+        self.auth_rejected
+            .get_or_create(&vec![("reason".into(), reason.to_string())])
+            .inc();
     }
 
     pub fn render(&self) -> String {

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use object_store::ObjectStore;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::Mutex;
 use tributary_batch_layer::read::BatchReader;
 use tributary_shared::layout::RedisKeys;
+use tributary_shared::redis_client::{RedisClient, RedisConnectError, RedisConnection};
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::{Config, EventSchema, ViewPlan};
 use tributary_speed_layer::read::{ReadError, SpeedQuery, ViewState, read, read_totals};
@@ -39,7 +39,7 @@ pub struct Sources {
     pub keys: RedisKeys,
     pub store: Arc<dyn ObjectStore>,
     pub batch: BatchReader,
-    redis_url: String,
+    redis_client: RedisClient,
     redis: Mutex<RedisSlot>,
     states: std::sync::Mutex<HashMap<String, StateSlot>>,
     inflight: Arc<std::sync::Mutex<HashMap<String, SharedRead>>>,
@@ -50,7 +50,7 @@ type SharedRead = Shared<BoxFuture<'static, Result<Arc<Series>, SourceError>>>;
 
 #[derive(Default)]
 struct RedisSlot {
-    con: Option<ConnectionManager>,
+    con: Option<RedisConnection>,
     last_failure: Option<Instant>,
 }
 
@@ -81,14 +81,14 @@ impl Sources {
         let views = ViewPlan::compile_all(&config, &schema)?;
         let store = tributary_shared::store::open_store(&config.store)
             .map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
-        let redis_url = config.redis.connection_url()?;
+        let redis_client = RedisClient::with_timeout(&config.redis, REDIS_TIMEOUT)?;
         Ok(Sources {
             points: PointCache::new(Duration::from_secs(300), config.serving.cache_size),
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
             batch: BatchReader::new(store.clone(), Duration::from_secs(1)),
             store,
             views,
-            redis_url,
+            redis_client,
             redis: Mutex::new(RedisSlot::default()),
             states: Default::default(),
             inflight: Default::default(),
@@ -105,7 +105,7 @@ impl Sources {
     }
 
     /// A Redis connection (a cheap clone of the shared, auto-reconnecting manager).
-    pub async fn redis(&self) -> Result<ConnectionManager, SourceError> {
+    pub async fn redis(&self) -> Result<RedisConnection, SourceError> {
         let mut slot = self.redis.lock().await;
         if let Some(c) = &slot.con {
             return Ok(c.clone());
@@ -115,27 +115,33 @@ impl Sources {
                 "not connected (retrying every second)".into(),
             ));
         }
-        let attempt = async {
-            let client = redis::Client::open(self.redis_url.as_str())?;
-            let cfg = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(REDIS_TIMEOUT))
-                .set_response_timeout(Some(REDIS_TIMEOUT))
-                .set_number_of_retries(1);
-            client.get_connection_manager_with_config(cfg).await
-        };
-        match tokio::time::timeout(REDIS_TIMEOUT * 2, attempt).await {
-            Ok(Ok(c)) => {
+        match self.redis_client.connect().await {
+            Ok(c) => {
                 slot.con = Some(c.clone());
                 slot.last_failure = None;
                 Ok(c)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 slot.last_failure = Some(Instant::now());
                 Err(SourceError::Redis(e.to_string()))
             }
-            Err(_) => {
-                slot.last_failure = Some(Instant::now());
-                Err(SourceError::Redis("connect timed out".into()))
+        }
+    }
+
+    /// The start-up check: a wrong credential or an untrusted certificate stops the server
+    /// (an operator must fix the config); an unreachable Redis does not (the batch part is
+    /// still served, and `/readyz` says what is missing).
+    pub async fn check_redis(&self) -> Result<(), RedisConnectError> {
+        match self.redis_client.connect().await {
+            Ok(_) => Ok(()),
+            Err(
+                e @ RedisConnectError::Connect {
+                    permanent: true, ..
+                },
+            ) => Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis is not reachable yet; serving the batch part until it is");
+                Ok(())
             }
         }
     }
@@ -255,7 +261,7 @@ impl Sources {
     /// Runs a Redis read with the timeout; any failure reads as "unavailable".
     pub async fn with_redis<T, F, Fut>(&self, f: F) -> Result<T, SourceError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(RedisConnection) -> Fut,
         Fut: std::future::Future<Output = Result<T, String>>,
     {
         let con = self.redis().await?;

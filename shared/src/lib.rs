@@ -10,7 +10,8 @@
 //! - [`hll`]: HyperLogLog in Redis's own encodings;
 //! - [`series`]: the per-bucket answer both layers give;
 //! - [`store`]: object stores from URLs (local directory with fsync and compare-and-swap, S3);
-//! - [`kafka`]: client settings, topics, end offsets and the consumer-group watchdog;
+//! - [`kafka`]: client settings (SASL, TLS), topics, end offsets and the consumer-group watchdog;
+//! - [`redis_client`]: Redis as `[redis]` says (TLS, ACL user, Cluster), one connection type;
 //! - [`cli`], [`telemetry`], [`metrics_http`]: what every binary starts with;
 //! - [`secret`]: credentials that never print.
 
@@ -22,6 +23,7 @@ pub mod hll;
 pub mod kafka;
 pub mod layout;
 pub mod metrics_http;
+pub mod redis_client;
 pub mod secret;
 pub mod selection;
 pub mod series;

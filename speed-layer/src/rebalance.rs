@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::types::RDKafkaRespErr;
@@ -25,7 +24,7 @@ pub struct Assignment {
 
 /// Consumer context: seeks newly assigned partitions to the offsets stored in Redis.
 pub struct SpeedContext {
-    pub redis: redis::Client,
+    pub redis: tributary_shared::redis_client::RedisClient,
     pub keys: RedisKeys,
     pub topic: String,
     pub views: Vec<String>,
@@ -40,16 +39,14 @@ impl SpeedContext {
         if partitions.is_empty() {
             return Ok(HashMap::new());
         }
-        let mut con = self
-            .redis
-            .get_connection_with_timeout(Duration::from_secs(5))?;
+        let mut con = self.redis.blocking()?;
         let mut per_view = Vec::with_capacity(self.views.len());
         let fields: Vec<String> = partitions.iter().map(|p| p.to_string()).collect();
         for v in &self.views {
             let values: Vec<Option<String>> = redis::cmd("HMGET")
                 .arg(self.keys.offsets(v, &self.topic))
                 .arg(&fields)
-                .query(&mut con)?;
+                .query(&mut *con)?;
             per_view.push(values);
         }
         Ok(progress_from(partitions, &per_view))

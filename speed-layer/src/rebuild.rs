@@ -29,6 +29,7 @@ use serde::Deserialize;
 use tributary_shared::Config;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::layout::{RedisKeys, paths};
+use tributary_shared::redis_client::{RedisClient, RedisConnectError};
 use tributary_shared::view::ViewPlan;
 
 /// How long one process may hold a view's rebuild lock (it is released at the end).
@@ -86,6 +87,8 @@ impl Reason {
 pub enum RebuildError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Connect(#[from] RedisConnectError),
     #[error("kafka at {brokers}: {message}")]
     Kafka { brokers: String, message: String },
     #[error(
@@ -116,10 +119,12 @@ pub struct Rebuilder {
     config: Config,
     keys: RedisKeys,
     store: Option<Arc<dyn ObjectStore>>,
+    /// For `SCAN`, which walks one node: every master of a Cluster is scanned.
+    redis: RedisClient,
 }
 
 impl Rebuilder {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(config: &Config) -> Result<Self, RedisConnectError> {
         let store = match tributary_shared::store::open_store(&config.store) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -127,11 +132,12 @@ impl Rebuilder {
                 None
             }
         };
-        Rebuilder {
+        Ok(Rebuilder {
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
             config: config.clone(),
             store,
-        }
+            redis: RedisClient::new(&config.redis)?,
+        })
     }
 
     /// The view's epoch; when it has none, rebuilds the view first (or waits for the process
@@ -215,7 +221,7 @@ impl Rebuilder {
             .arg(self.keys.epoch(name))
             .query_async::<()>(con)
             .await?;
-        let keys_deleted = self.delete_view_keys(con, name).await?;
+        let keys_deleted = self.delete_view_keys(name).await?;
         let lateness = self.config.speed.allowed_lateness.as_millis() as i64;
         let skew = self.config.speed.max_future_skew.as_millis() as i64;
         let offsets = self.offsets_from(from - lateness - skew).await?;
@@ -280,8 +286,18 @@ impl Rebuilder {
         horizon.map_or(retention_start, |h| h.max(retention_start))
     }
 
-    /// Deletes every key of the view but its rebuild lock (SCAN, so Redis never blocks).
-    async fn delete_view_keys<C: ConnectionLike>(
+    /// Deletes every key of the view but its rebuild lock (SCAN, so Redis never blocks), on
+    /// every master: on a Cluster the view's keys share one slot, so one master holds them,
+    /// but which one can change.
+    async fn delete_view_keys(&self, view: &str) -> Result<u64, RebuildError> {
+        let mut deleted = 0;
+        for (_, mut con) in self.redis.masters().await? {
+            deleted += self.delete_view_keys_on(&mut con, view).await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn delete_view_keys_on<C: ConnectionLike>(
         &self,
         con: &mut C,
         view: &str,

@@ -38,15 +38,14 @@ pub async fn replay(
     dlq_file: Option<PathBuf>,
 ) -> anyhow::Result<ReplaySummary> {
     let mut pipeline = crate::build_pipeline(config)?;
-    let redis = redis::Client::open(config.redis.connection_url()?).context("redis url")?;
+    let redis = tributary_shared::redis_client::RedisClient::new(&config.redis)?;
     let mut sink = RedisSink::connect(
         &redis,
         RedisKeys::new(config.redis.key_prefix.clone()),
         config.source.topic.clone(),
         config.speed.retention,
     )
-    .await
-    .with_context(|| format!("connect to redis at {}", config.redis.url))?;
+    .await?;
     let views = pipeline.views().to_vec();
     let inputs = pipeline.inputs().to_vec();
     let mut epochs = Vec::new();

@@ -21,12 +21,12 @@ pub struct ResetSummary {
 pub async fn reset(config: &Config, to_ms: i64) -> anyhow::Result<ResetSummary> {
     let schema = EventSchema::from_config(config);
     let views = ViewPlan::compile_all(config, &schema)?;
-    let client = redis::Client::open(config.redis.connection_url()?).context("redis.url")?;
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .with_context(|| format!("connect to redis at {}", config.redis.url))?;
-    let rebuilder = Rebuilder::new(config);
+    // Kafka first: the rebuild deletes the view's keys before it reads Kafka, and a broker
+    // it cannot reach would leave the view empty until the next start.
+    tributary_shared::kafka::topic_partitions(&config.source, &config.source.topic).await?;
+    let client = tributary_shared::redis_client::RedisClient::new(&config.redis)?;
+    let mut con = client.connect().await?;
+    let rebuilder = Rebuilder::new(config)?;
     let mut out = Vec::new();
     for view in &views {
         let rebuilt = rebuilder

@@ -91,7 +91,7 @@ impl Archiver {
         .set("fetch.max.bytes", "16777216")
         .create_with_context(context)
         .context("create kafka consumer")?;
-        tributary_shared::kafka::topic_partitions(&config.source.brokers, &topic).await?;
+        tributary_shared::kafka::topic_partitions(&config.source, &topic).await?;
         consumer
             .subscribe(&[&topic])
             .with_context(|| format!("subscribe to {topic}"))?;
@@ -245,11 +245,9 @@ impl Archiver {
             .is_none_or(|t| t.elapsed() >= TOPIC_CHECK)
         {
             self.last_topic_check = Some(Instant::now());
-            let (brokers, topic) = (
-                self.config.source.brokers.clone(),
-                self.config.source.topic.clone(),
-            );
-            if let Ok(n) = tributary_shared::kafka::topic_partitions(&brokers, &topic).await
+            let topic = self.config.source.topic.clone();
+            if let Ok(n) =
+                tributary_shared::kafka::topic_partitions(&self.config.source, &topic).await
                 && self.topic_partitions != Some(n)
             {
                 match self.states.save_topic(n).await {

@@ -1,17 +1,24 @@
 //! `bench-speed`: the speed layer and the archive through the broker, each against a bare
 //! rdkafka consumer reading the same topic in the same run, pair by pair (machines here are
 //! noisy: only ratios measured side by side mean anything). Prints JSON.
+//!
+//! `--mode secure`: the speed layer and the bare consumer both over SASL_SSL (SCRAM-SHA-512
+//! through the secured stack's TLS proxy), the speed layer writing to TLS Redis with an ACL
+//! user. `--mode cluster`: the same events through the speed layer into the single Redis and
+//! into the Redis Cluster, run by run.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::sync::watch;
 use tributary_it::generator::{Generator, GeneratorOptions, produce_generated};
-use tributary_it::{brokers, create_topic, example_config, redis, unique};
+use tributary_it::secure::SecureStack;
+use tributary_it::{brokers, create_topic_via, example_config, source_for, unique};
+use tributary_shared::config::{RedisConfig, SourceConfig};
 use tributary_shared::layout::RedisKeys;
+use tributary_shared::redis_client::RedisClient;
 
 #[derive(Parser)]
 struct Args {
@@ -21,9 +28,27 @@ struct Args {
     partitions: i32,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// plain (the local stack), secure (SASL_SSL + TLS Redis), cluster (Redis Cluster vs
+    /// single Redis).
+    #[arg(long, default_value = "plain")]
+    mode: String,
 }
 
-async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
+/// Where one run reads and writes: Kafka as `[source]` says, and a Redis per key prefix.
+struct Target {
+    source: SourceConfig,
+    redis: Box<dyn Fn(&str) -> RedisConfig>,
+}
+
+fn plain_redis(prefix: &str) -> RedisConfig {
+    RedisConfig {
+        url: tributary_it::redis_url(),
+        key_prefix: prefix.to_string(),
+        ..RedisConfig::default()
+    }
+}
+
+async fn produce(source: &SourceConfig, n: u64) -> anyhow::Result<()> {
     let now = chrono::Utc::now().timestamp_millis();
     let mut g = Generator::new(GeneratorOptions {
         seed: 42,
@@ -34,13 +59,13 @@ async fn produce(topic: &str, n: u64) -> anyhow::Result<()> {
         span_ms: 2 * 3_600_000,
         count: n,
     });
-    produce_generated(&brokers(), topic, &mut g, n, 0).await
+    produce_generated(source, &source.topic, &mut g, n, 0).await
 }
 
 /// Reads every record and discards it; seconds from subscribe to the last record.
-async fn bare_consumer(topic: &str, n: u64) -> anyhow::Result<f64> {
-    let c: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+async fn bare_consumer(source: &SourceConfig, n: u64) -> anyhow::Result<f64> {
+    let topic = source.topic.as_str();
+    let c: StreamConsumer = tributary_shared::kafka::client_config(source)
         .set("group.id", unique("bare"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -63,22 +88,20 @@ async fn bare_consumer(topic: &str, n: u64) -> anyhow::Result<f64> {
 }
 
 /// Runs the speed layer in-process until it has applied every record; seconds from start.
-async fn speed_layer(topic: &str, n: u64) -> anyhow::Result<f64> {
-    let prefix = unique("bench");
-    let config = example_config(&[
-        ("SOURCE__BROKERS", brokers()),
-        ("SOURCE__TOPIC", topic.to_string()),
-        ("SOURCE__GROUP_PREFIX", unique("bench")),
-        ("REDIS__URL", tributary_it::redis_url()),
-        ("REDIS__KEY_PREFIX", prefix.clone()),
+async fn speed_layer(source: &SourceConfig, redis: RedisConfig, n: u64) -> anyhow::Result<f64> {
+    let topic = source.topic.as_str();
+    let mut config = example_config(&[
         ("SPEED__ALLOWED_LATENESS", "48h".into()),
         ("SPEED__METRICS_LISTEN", "127.0.0.1:0".into()),
     ])?;
-    let keys = RedisKeys::new(prefix);
+    config.source = source.clone();
+    config.source.group_prefix = unique("bench");
+    config.redis = redis;
+    let keys = RedisKeys::new(config.redis.key_prefix.clone());
+    let mut con = RedisClient::new(&config.redis)?.connect().await?;
     let (tx, rx) = watch::channel(false);
     let started = Instant::now();
     let handle = tokio::spawn(tributary_speed_layer::run(config, rx));
-    let mut con = redis().await?;
     let key = keys.offsets("checkouts", topic);
     loop {
         let stored: std::collections::HashMap<String, String> = ::redis::cmd("HGETALL")
@@ -105,10 +128,11 @@ async fn speed_layer(topic: &str, n: u64) -> anyhow::Result<f64> {
 
 /// Runs the archiver in-process (to a temporary directory) until every record is committed;
 /// seconds from start.
-async fn archive(topic: &str, n: u64) -> anyhow::Result<f64> {
+async fn archive(source: &SourceConfig, n: u64) -> anyhow::Result<f64> {
+    let topic = source.topic.as_str();
     let dir = tempfile::tempdir()?;
     let config = example_config(&[
-        ("SOURCE__BROKERS", brokers()),
+        ("SOURCE__BROKERS", source.brokers.clone()),
         ("SOURCE__TOPIC", topic.to_string()),
         ("SOURCE__GROUP_PREFIX", unique("bench")),
         ("STORE__URL", format!("file://{}", dir.path().display())),
@@ -156,19 +180,52 @@ fn stats(v: &[f64]) -> serde_json::Value {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let topic = unique("bench-speed");
-    create_topic(&topic, args.partitions).await?;
+    let target = match args.mode.as_str() {
+        "plain" | "cluster" => Target {
+            source: source_for(&brokers()),
+            redis: Box::new(plain_redis),
+        },
+        "secure" => {
+            let stack = SecureStack::from_env()?;
+            Target {
+                source: stack.source(&topic),
+                redis: Box::new(move |prefix: &str| stack.redis(prefix)),
+            }
+        }
+        other => anyhow::bail!("--mode {other:?}: plain, secure or cluster"),
+    };
+    let mut source = target.source.clone();
+    source.topic = topic.clone();
+    create_topic_via(&source, &topic, args.partitions, false).await?;
     let t = Instant::now();
-    produce(&topic, args.events).await?;
+    produce(&source, args.events).await?;
     eprintln!(
-        "produced {} events in {:.1}s",
+        "produced {} events in {:.1}s ({} mode)",
         args.events,
-        t.elapsed().as_secs_f64()
+        t.elapsed().as_secs_f64(),
+        args.mode
     );
+    let out = if args.mode == "cluster" {
+        cluster_runs(&args, &source).await?
+    } else {
+        broker_runs(&args, &source, &target).await?
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// Speed layer and archive, each next to the bare consumer, run by run.
+async fn broker_runs(
+    args: &Args,
+    source: &SourceConfig,
+    target: &Target,
+) -> anyhow::Result<serde_json::Value> {
+    let n = args.events;
     let (mut bare, mut speed, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bare2, mut arch, mut aratio) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
-        let b = args.events as f64 / bare_consumer(&topic, args.events).await?;
-        let s = args.events as f64 / speed_layer(&topic, args.events).await?;
+        let b = n as f64 / bare_consumer(source, n).await?;
+        let s = n as f64 / speed_layer(source, (target.redis)(&unique("bench")), n).await?;
         eprintln!(
             "run {run}: bare {b:.0}/s, speed-layer {s:.0}/s, ratio {:.2}",
             s / b
@@ -176,8 +233,11 @@ async fn main() -> anyhow::Result<()> {
         bare.push(b);
         speed.push(s);
         ratio.push(s / b);
-        let b = args.events as f64 / bare_consumer(&topic, args.events).await?;
-        let a = args.events as f64 / archive(&topic, args.events).await?;
+        if args.mode != "plain" {
+            continue;
+        }
+        let b = n as f64 / bare_consumer(source, n).await?;
+        let a = n as f64 / archive(source, n).await?;
         eprintln!(
             "run {run}: bare {b:.0}/s, archive {a:.0}/s, ratio {:.2}",
             a / b
@@ -186,18 +246,46 @@ async fn main() -> anyhow::Result<()> {
         arch.push(a);
         aratio.push(a / b);
     }
-    let out = serde_json::json!({
-        "events": args.events,
+    let mut out = serde_json::json!({
+        "mode": args.mode,
+        "events": n,
         "partitions": args.partitions,
         "bare_consumer_events_per_sec": stats(&bare),
         "speed_layer_events_per_sec": stats(&speed),
         "ratio_speed_to_bare": stats(&ratio),
-        "archive": {
+    });
+    if !arch.is_empty() {
+        out["archive"] = serde_json::json!({
             "bare_consumer_events_per_sec": stats(&bare2),
             "archive_events_per_sec": stats(&arch),
             "ratio_archive_to_bare": stats(&aratio),
-        },
-    });
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+        });
+    }
+    Ok(out)
+}
+
+/// The speed layer into the single Redis, then into the Redis Cluster, run by run.
+async fn cluster_runs(args: &Args, source: &SourceConfig) -> anyhow::Result<serde_json::Value> {
+    let stack = SecureStack::from_env()?;
+    let n = args.events;
+    let (mut single, mut cluster, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let s = n as f64 / speed_layer(source, plain_redis(&unique("bench")), n).await?;
+        let c = n as f64 / speed_layer(source, stack.cluster(&unique("bench")), n).await?;
+        eprintln!(
+            "run {run}: single redis {s:.0}/s, redis cluster {c:.0}/s, ratio {:.2}",
+            c / s
+        );
+        single.push(s);
+        cluster.push(c);
+        ratio.push(c / s);
+    }
+    Ok(serde_json::json!({
+        "mode": "cluster",
+        "events": n,
+        "partitions": args.partitions,
+        "single_redis_events_per_sec": stats(&single),
+        "redis_cluster_events_per_sec": stats(&cluster),
+        "ratio_cluster_to_single": stats(&ratio),
+    }))
 }

@@ -21,9 +21,13 @@ struct Args {
     /// Write JSON lines here (`-` for stdout) instead of producing to Kafka.
     #[arg(long)]
     out: Option<String>,
-    /// Kafka brokers (with --topic).
-    #[arg(long, default_value = "127.0.0.1:19092")]
-    brokers: String,
+    /// Kafka brokers (with --topic); default `source.brokers` of the config.
+    #[arg(long)]
+    brokers: Option<String>,
+    /// The config whose `[source]` says how to reach Kafka (SASL, TLS); `TRIBUTARY__SOURCE__*`
+    /// variables apply as for every Tributary binary.
+    #[arg(long, env = "TRIBUTARY_CONFIG")]
+    config: Option<std::path::PathBuf>,
     /// Produce to this topic.
     #[arg(long)]
     topic: Option<String>,
@@ -78,10 +82,16 @@ async fn main() -> anyhow::Result<()> {
             .topic
             .as_deref()
             .context("give --out FILE or --topic T")?;
-        if let Some(p) = args.create_partitions {
-            tributary_it::create_topic_on(&args.brokers, topic, p, true).await?;
+        let mut source = tributary_shared::Config::load(args.config.as_deref())
+            .context("config")?
+            .source;
+        if let Some(b) = &args.brokers {
+            source.brokers = b.clone();
         }
-        produce_generated(&args.brokers, topic, &mut g, args.count, args.rate).await?;
+        if let Some(p) = args.create_partitions {
+            tributary_it::create_topic_via(&source, topic, p, true).await?;
+        }
+        produce_generated(&source, topic, &mut g, args.count, args.rate).await?;
     }
     eprintln!(
         "generated {} events in {:.2}s",

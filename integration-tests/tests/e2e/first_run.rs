@@ -364,7 +364,9 @@ fn health_readiness_metrics_openapi_and_cors() -> anyhow::Result<()> {
         assert!(api["paths"][path].is_object(), "openapi lacks {path}");
     }
     assert!(api["components"]["schemas"]["SeriesResponse"].is_object());
-    assert_eq!(ops.cors.as_deref(), Some("*"));
+    // No `serving.cors_origins` in this config: no CORS header at all (tests/api_access
+    // covers configured origins).
+    assert_eq!(ops.cors, None);
     Ok(())
 }
 

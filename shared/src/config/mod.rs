@@ -4,10 +4,14 @@
 //! environment variables ([`load`]); then [`Config::validate`] ([`validate`]). Every error
 //! names the key it is about, so an operator can fix the file without reading code.
 
+mod connections;
 mod load;
 pub mod units;
 mod validate;
 
+pub use connections::{
+    OWNED_LIBRDKAFKA_KEYS, RedisConfig, SaslMechanism, SecurityProtocol, SourceConfig,
+};
 pub use units::{byte_size, duration_str};
 
 use std::collections::BTreeMap;
@@ -65,72 +69,6 @@ pub struct Config {
     pub serving: ServingConfig,
     pub fields: BTreeMap<String, FieldType>,
     pub views: Vec<ViewConfig>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SourceConfig {
-    pub brokers: String,
-    pub topic: String,
-    /// Consumer groups are `<group_prefix>-speed` and `<group_prefix>-archive`.
-    pub group_prefix: String,
-}
-
-impl Default for SourceConfig {
-    fn default() -> Self {
-        Self {
-            brokers: "127.0.0.1:19092".into(),
-            topic: "events".into(),
-            group_prefix: "tributary".into(),
-        }
-    }
-}
-
-impl SourceConfig {
-    pub fn dlq_topic(&self) -> String {
-        format!("{}.dlq", self.topic)
-    }
-    pub fn speed_group(&self) -> String {
-        format!("{}-speed", self.group_prefix)
-    }
-    pub fn archive_group(&self) -> String {
-        format!("{}-archive", self.group_prefix)
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RedisConfig {
-    pub url: String,
-    /// Kept out of the URL so logs and `Debug` never show it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<Secret>,
-    /// Prefix of every key; `tributary` in production, a random one per test.
-    pub key_prefix: String,
-}
-
-impl Default for RedisConfig {
-    fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:16379/0".into(),
-            password: None,
-            key_prefix: "tributary".into(),
-        }
-    }
-}
-
-impl RedisConfig {
-    /// The URL to connect with: `url` with `password` filled in. It holds the secret: open a
-    /// client with it, never print it.
-    pub fn connection_url(&self) -> Result<String, ConfigError> {
-        let mut url = url::Url::parse(&self.url)
-            .map_err(|e| ConfigError::invalid("redis.url", format!("not a URL: {e}")))?;
-        if let Some(pw) = &self.password {
-            url.set_password(Some(pw.expose()))
-                .map_err(|_| ConfigError::invalid("redis.url", "cannot carry a password"))?;
-        }
-        Ok(url.to_string())
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +183,16 @@ pub struct ServingConfig {
     pub cache_size: u64,
     #[serde(with = "duration_str")]
     pub request_timeout: Duration,
+    /// Bearer keys (secrets). When any is set, every `/v1` route and `/metrics` need
+    /// `Authorization: Bearer <key>`; `/`, `/healthz`, `/readyz` and `/openapi.json` stay open.
+    pub api_keys: Vec<Secret>,
+    /// Browser origins allowed by CORS (`https://dash.example.com`); none by default.
+    pub cors_origins: Vec<String>,
+    /// With `tls_key`: serve HTTPS with this certificate chain (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
 }
 
 impl Default for ServingConfig {
@@ -256,6 +204,10 @@ impl Default for ServingConfig {
             max_filter_values: 1_000,
             cache_size: 256 << 20,
             request_timeout: Duration::from_secs(10),
+            api_keys: Vec::new(),
+            cors_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -357,5 +309,7 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod connections_tests;
 #[cfg(test)]
 mod tests;

@@ -33,14 +33,12 @@ impl Config {
             "source.group_prefix".into(),
             "must not be empty".into(),
         );
-        if let Err(e) = url::Url::parse(&self.redis.url) {
-            check(false, "redis.url".into(), format!("not a URL: {e}"));
-        }
         check(
             !self.redis.key_prefix.is_empty() && !self.redis.key_prefix.contains(['{', '}']),
             "redis.key_prefix".into(),
             "must be non-empty and free of braces (they are Redis Cluster hash tags)".into(),
         );
+        self.serving_access(&mut check);
         if let Err(e) = crate::store::StoreLocation::parse(&self.store.url) {
             check(false, "store.url".into(), e.to_string());
         }
@@ -129,6 +127,8 @@ impl Config {
                 "must be an identifier ([a-zA-Z_][a-zA-Z0-9_]*) other than event_id, event_time, type, partition, offset, payload".into(),
             );
         }
+        self.source.validate(&mut errors);
+        self.redis.validate(&mut errors);
         let mut view_names = std::collections::HashSet::new();
         for (i, view) in self.views.iter().enumerate() {
             self.validate_view(i, view, &mut view_names, &mut errors);
@@ -137,6 +137,50 @@ impl Config {
             0 => Ok(()),
             1 => Err(errors.remove(0)),
             _ => Err(ConfigError::Many(errors)),
+        }
+    }
+
+    /// `serving.api_keys`, `cors_origins`, `tls_cert`/`tls_key`.
+    fn serving_access(&self, check: &mut impl FnMut(bool, String, String)) {
+        let s = &self.serving;
+        for (i, key) in s.api_keys.iter().enumerate() {
+            // Short keys are guessable; the value itself is never shown.
+            check(
+                key.expose().len() >= 16 && !key.expose().chars().any(char::is_whitespace),
+                format!("serving.api_keys[{i}]"),
+                "must be at least 16 characters without spaces (the key is a secret and is not shown)".into(),
+            );
+        }
+        for (i, origin) in s.cors_origins.iter().enumerate() {
+            let ok = origin == "*"
+                || url::Url::parse(origin).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https")
+                        && u.host().is_some()
+                        && u.path() == "/"
+                        && !origin.ends_with('/')
+                });
+            check(
+                ok,
+                format!("serving.cors_origins[{i}]"),
+                format!(
+                    "{origin:?} is not an origin (scheme://host[:port], e.g. \"https://dash.example.com\") or \"*\""
+                ),
+            );
+        }
+        check(
+            s.tls_cert.is_some() == s.tls_key.is_some(),
+            "serving.tls_key".into(),
+            "HTTPS needs both serving.tls_cert and serving.tls_key".into(),
+        );
+        for (key, path) in [
+            ("serving.tls_cert", &s.tls_cert),
+            ("serving.tls_key", &s.tls_key),
+        ] {
+            if let Some(path) = path
+                && let Err(e) = std::fs::File::open(path)
+            {
+                check(false, key.into(), format!("cannot read {path}: {e}"));
+            }
         }
     }
 

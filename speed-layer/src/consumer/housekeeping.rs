@@ -118,8 +118,8 @@ impl SpeedConsumer {
     /// the dead-letter topic with it.
     pub(super) async fn check_topic(&mut self) {
         let topic = self.config.source.topic.clone();
-        let brokers = self.config.source.brokers.clone();
-        let Ok(n) = tributary_shared::kafka::topic_partitions(&brokers, &topic).await else {
+        let Ok(n) = tributary_shared::kafka::topic_partitions(&self.config.source, &topic).await
+        else {
             return;
         };
         if let Err(e) = self.sink.set_topic_partitions(n).await {

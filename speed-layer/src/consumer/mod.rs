@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tributary_shared::Config;
 use tributary_shared::kafka::{HighWatermarks, Membership};
 use tributary_shared::layout::RedisKeys;
+use tributary_shared::redis_client::RedisClient;
 
 mod flush;
 mod housekeeping;
@@ -72,9 +73,8 @@ pub struct SpeedConsumer {
 /// Checks the events topic exists and creates `<topic>.dlq` when missing; returns the events
 /// topic's partition count and the DLQ's.
 pub async fn ensure_topics(config: &Config) -> anyhow::Result<(i32, i32)> {
-    let brokers = &config.source.brokers;
     let partitions =
-        tributary_shared::kafka::topic_partitions(brokers, &config.source.topic).await?;
+        tributary_shared::kafka::topic_partitions(&config.source, &config.source.topic).await?;
     let dlq = config.source.dlq_topic();
     let dlq_partitions = tributary_shared::kafka::ensure_dlq(config, partitions).await?;
     tracing::info!(topic = %config.source.topic, partitions, %dlq, dlq_partitions, "topics ready");
@@ -89,7 +89,7 @@ impl SpeedConsumer {
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Self> {
         let (partitions, dlq_partitions) = ensure_topics(&config).await?;
-        let redis = redis::Client::open(config.redis.connection_url()?).context("redis url")?;
+        let redis = RedisClient::new(&config.redis)?;
         let keys = RedisKeys::new(config.redis.key_prefix.clone());
         let mut sink = RedisSink::connect(
             &redis,
@@ -97,12 +97,11 @@ impl SpeedConsumer {
             config.source.topic.clone(),
             config.speed.retention,
         )
-        .await
-        .with_context(|| format!("connect to redis at {}", config.redis.url))?;
-        crate::redis_sink::check_no_eviction(&mut sink.connection())
+        .await?;
+        crate::redis_sink::check_no_eviction(&redis)
             .await
-            .with_context(|| format!("redis at {}", config.redis.url))?;
-        let rebuilder = Rebuilder::new(&config);
+            .with_context(|| format!("redis at {}", redis.endpoint()))?;
+        let rebuilder = Rebuilder::new(&config)?;
         let mut epochs = Vec::new();
         for view in pipeline.views() {
             let epoch = rebuilder

@@ -8,7 +8,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -30,9 +29,8 @@ pub struct DeadLetter {
 /// count. The consumer group `<group_prefix>-dlq-drain` remembers what was drained.
 pub async fn drain(config: &Config, out: &Path, idle: Duration) -> anyhow::Result<u64> {
     let topic = config.source.dlq_topic();
-    tributary_shared::kafka::topic_partitions(&config.source.brokers, &topic).await?;
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.source.brokers)
+    tributary_shared::kafka::topic_partitions(&config.source, &topic).await?;
+    let consumer: StreamConsumer = tributary_shared::kafka::client_config(&config.source)
         .set(
             "group.id",
             format!("{}-dlq-drain", config.source.group_prefix),
@@ -88,9 +86,8 @@ pub async fn drain(config: &Config, out: &Path, idle: Duration) -> anyhow::Resul
 /// Produces every line of `file` back to the events topic: a drain record's `payload`, or the
 /// line itself when it is not one (a plain JSON-lines file of events). Returns the count.
 pub async fn replay(config: &Config, file: &Path) -> anyhow::Result<u64> {
-    tributary_shared::kafka::topic_partitions(&config.source.brokers, &config.source.topic).await?;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.source.brokers)
+    tributary_shared::kafka::topic_partitions(&config.source, &config.source.topic).await?;
+    let producer: FutureProducer = tributary_shared::kafka::client_config(&config.source)
         .set("message.timeout.ms", "30000")
         .create()
         .context("create producer")?;

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tributary_shared::layout::RedisKeys;
+use tributary_shared::redis_client::{RedisClient, RedisConnectError, RedisConnection};
 use tributary_shared::view::ViewPlan;
 
 use crate::aggregate::{Flush, ViewInputs};
@@ -92,7 +92,7 @@ impl SinkError {
 /// The Redis side of the speed layer (cheap to clone: one shared, reconnecting connection).
 #[derive(Clone)]
 pub struct RedisSink {
-    con: ConnectionManager,
+    con: RedisConnection,
     script: redis::Script,
     keys: RedisKeys,
     topic: String,
@@ -101,12 +101,12 @@ pub struct RedisSink {
 
 impl RedisSink {
     pub async fn connect(
-        client: &redis::Client,
+        client: &RedisClient,
         keys: RedisKeys,
         topic: String,
         retention: Duration,
-    ) -> redis::RedisResult<Self> {
-        let con = ConnectionManager::new(client.clone()).await?;
+    ) -> Result<Self, RedisConnectError> {
+        let con = client.connect().await?;
         Ok(RedisSink {
             con,
             script: redis::Script::new(APPLY_LUA),
@@ -210,7 +210,7 @@ impl RedisSink {
     }
 
     /// A handle on the sink's connection (shared, reconnecting).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConnection {
         self.con.clone()
     }
 
@@ -263,30 +263,35 @@ pub async fn epoch_or_create<C: redis::aio::ConnectionLike>(
 
 /// Refuses a Redis that may evict keys: every data key has a TTL, so even the `volatile-*`
 /// policies would drop aggregates (and offsets with them) under memory pressure, silently.
-pub async fn check_no_eviction<C: redis::aio::ConnectionLike>(
-    con: &mut C,
-) -> Result<(), EvictionError> {
-    let info: String = redis::cmd("INFO").arg("memory").query_async(con).await?;
-    let policy = info
-        .lines()
-        .find_map(|l| l.strip_prefix("maxmemory_policy:"))
-        .map(|p| p.trim().to_string())
-        .unwrap_or_default();
-    if policy == "noeviction" {
-        Ok(())
-    } else {
-        Err(EvictionError::Policy(policy))
+/// On a Cluster, every master is asked (each has its own settings).
+pub async fn check_no_eviction(client: &RedisClient) -> Result<(), EvictionError> {
+    for (node, mut con) in client.masters().await? {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(&mut con)
+            .await?;
+        let policy = info
+            .lines()
+            .find_map(|l| l.strip_prefix("maxmemory_policy:"))
+            .map(|p| p.trim().to_string())
+            .unwrap_or_default();
+        if policy != "noeviction" {
+            return Err(EvictionError::Policy { node, policy });
+        }
     }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvictionError {
     #[error(
-        "maxmemory-policy is {0:?}: Redis could evict the speed layer's keys and silently lose counts. \
+        "maxmemory-policy is {policy:?} on {node}: Redis could evict the speed layer's keys and silently lose counts. \
          Set it to noeviction (`CONFIG SET maxmemory-policy noeviction`, and `maxmemory-policy noeviction` \
          in redis.conf; on a managed Redis, in its parameter group) and size maxmemory for the retention"
     )]
-    Policy(String),
+    Policy { node: String, policy: String },
     #[error("cannot read its memory settings (INFO memory): {0}")]
     Redis(#[from] redis::RedisError),
+    #[error(transparent)]
+    Connect(#[from] RedisConnectError),
 }
