@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tributary_it::chaos::procs::{Daemon, signal};
 use tributary_it::chaos::{Platform, chaos_config};
-use tributary_it::scenario::{Ev, close, exact_events, truth};
+use tributary_it::scenario::{Ev, FIELDS, close, exact_events, truth};
 use tributary_it::secure::SecureStack;
 use tributary_it::server::Server;
 use tributary_it::{
@@ -24,6 +24,23 @@ use crate::produce_via;
 
 const PARTITIONS: i32 = 4;
 
+/// Two more views, chosen so that with `checkouts` (slot 7368) each master's slot range holds
+/// one view: `revenue` hashes to 1738, `devices` to 11379. `reset` then has keys to delete on
+/// every master.
+const SPREAD_VIEWS: &str = r#"
+[[views]]
+name = "revenue"
+granularities = ["hour"]
+measures = [{ name = "revenue", agg = "sum", field = "amount" }]
+
+[[views]]
+name = "devices"
+dimensions = ["device"]
+granularities = ["hour"]
+measures = [{ name = "events", agg = "count" }]
+"#;
+const VIEW_NAMES: [&str; 4] = ["checkouts", "all_types", "revenue", "devices"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speed_layer_on_redis_cluster_stays_exact() -> anyhow::Result<()> {
     let stack = SecureStack::from_env()?;
@@ -32,6 +49,12 @@ async fn speed_layer_on_redis_cluster_stays_exact() -> anyhow::Result<()> {
     let prefix = unique("cluster");
     let mut config = chaos_config(&brokers(), &redis_url(), &topic, &prefix, "")?;
     config.redis = stack.cluster(&prefix);
+    let spread = tributary_shared::Config::from_toml_str_with_env(
+        &format!("{FIELDS}{SPREAD_VIEWS}"),
+        "spread views",
+        Vec::new(),
+    )?;
+    config.views.extend(spread.views);
     create_topic(&topic, PARTITIONS).await?;
     let mut platform = Platform::new(config)?;
     let config = platform.config.clone();
@@ -88,8 +111,8 @@ async fn speed_layer_on_redis_cluster_stays_exact() -> anyhow::Result<()> {
         // `reset` rebuilds every view from Kafka: each view's keys go, on whichever master.
         let holders = masters_with_keys(&config.redis, &prefix).await?;
         anyhow::ensure!(
-            holders.len() >= 2,
-            "the views' keys should spread over masters: {holders:?}"
+            holders.len() == 3,
+            "the views' keys should be on all three masters: {holders:?}"
         );
         let mut reset = Daemon::new(
             "reset",
@@ -137,7 +160,7 @@ async fn applied(
     topic: &str,
     ends: &HashMap<i32, i64>,
 ) -> anyhow::Result<()> {
-    for view in ["checkouts", "all_types"] {
+    for view in VIEW_NAMES {
         wait_speed_applied_via(redis, prefix, view, topic, ends, Duration::from_secs(120)).await?;
     }
     Ok(())
@@ -246,14 +269,14 @@ async fn master_of(stack: &SecureStack, view: &str) -> anyhow::Result<(String, u
     anyhow::bail!("no live master owns slot {slot} of {view}")
 }
 
-/// The masters that hold keys of `prefix`.
+/// The masters that hold view keys (`<prefix>:{<view>}:...`) of `prefix`.
 async fn masters_with_keys(redis: &RedisConfig, prefix: &str) -> anyhow::Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for (node, mut con) in RedisClient::new(redis)?.masters().await? {
         let (_, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(0)
             .arg("MATCH")
-            .arg(format!("{prefix}:*"))
+            .arg(format!("{prefix}:{{*"))
             .arg("COUNT")
             .arg(100_000)
             .query_async(&mut con)
