@@ -176,10 +176,10 @@ impl Config {
             ("serving.tls_cert", &s.tls_cert),
             ("serving.tls_key", &s.tls_key),
         ] {
-            if let Some(path) = path
-                && let Err(e) = std::fs::File::open(path)
-            {
-                check(false, key.into(), format!("cannot read {path}: {e}"));
+            if let Some(path) = path {
+                super::connections::check_readable(key, path, &mut |k, msg| {
+                    check(false, k.into(), msg)
+                });
             }
         }
     }

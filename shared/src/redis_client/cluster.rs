@@ -153,10 +153,6 @@ async fn all_nodes(con: &mut ClusterConnection) -> RedisResult<Vec<String>> {
     let text: String = redis::cmd("CLUSTER").arg("NODES").query_async(con).await?;
     Ok(text
         .lines()
-        .filter_map(|l| {
-            let addr = l.split_whitespace().nth(1)?;
-            let hostport = addr.split(['@', ',']).next()?;
-            (!hostport.starts_with(':')).then(|| hostport.to_string())
-        })
+        .filter_map(|l| super::node_address(l.split_whitespace().nth(1)?))
         .collect())
 }

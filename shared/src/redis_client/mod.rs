@@ -238,11 +238,16 @@ fn cluster_masters(nodes: &str) -> Vec<String> {
                 && !flags
                     .iter()
                     .any(|f| matches!(*f, "fail" | "fail?" | "noaddr"));
-            // `ip:port@cport[,hostname]`
-            let hostport = addr.split(['@', ',']).next()?;
-            (healthy && !hostport.starts_with(':')).then(|| hostport.to_string())
+            healthy.then(|| node_address(addr)).flatten()
         })
         .collect()
+}
+
+/// `host:port` of a `CLUSTER NODES` address (`ip:port@cport[,hostname]`); `None` for a node
+/// without one (`:0@0`).
+fn node_address(addr: &str) -> Option<String> {
+    let hostport = addr.split(['@', ',']).next()?;
+    (!hostport.starts_with(':')).then(|| hostport.to_string())
 }
 
 /// The TLS trust `ca_file` names (`None`: system roots, or no TLS at all).
