@@ -1,31 +1,39 @@
-//! Recomputing a view for one event date with DataFusion SQL over the master dataset.
-//!
-//! Two steps. First the date's committed files are read (only the columns the view needs,
-//! decoded in parallel), then SQL filters them by the view's `where` and deduplicates them by
-//! `event_id` (producer duplicates); the result stays in memory. Then one aggregate query per
-//! granularity and grouping set of the view's dimensions (the cube) computes the exact values
-//! and the mergeable sketches. Each granularity's rows for the date become one Parquet file
-//! ([`view_schema`]). The queries' text is in [`crate::sql`], the aggregate functions they call
-//! in [`crate::udaf`].
+//! Recomputing a view for one event date: one DataFusion query ([`crate::sql::view_sql`]) over
+//! the date's committed master files, read as a Parquet listing table straight from the
+//! object store (only the columns the view needs; row groups and rows an equality filter rules
+//! out are skipped). The query's memory is bounded by `batch.memory_limit`: past it the
+//! aggregations spill to `batch.spill_dir`, and a date that does not fit even so fails with an
+//! error naming the key. The same plan runs in this process or on a Ballista cluster
+//! ([`crate::ballista`]); each granularity's rows become one Parquet file ([`view_schema`]).
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, RecordBatch};
-use arrow::compute::{cast, concat_batches};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
-use datafusion::datasource::MemTable;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::datatypes::{Int32Type, SchemaRef};
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::ObjectStore;
 use tributary_shared::Granularity;
-use tributary_shared::config::AggKind;
-use tributary_shared::view::{FilterValue, ViewPlan};
+use tributary_shared::view::ViewPlan;
 
 use crate::snapshot::DateInput;
-use crate::sql::{aggregate_sql, dedup_sql, fields_of, filter_column, input_columns};
-use crate::view_file::view_schema;
-use crate::{encode, udaf};
+use crate::sql::{GRANULARITY, view_sql};
+use crate::udaf;
+use crate::view_file::{columns, view_schema};
 
-/// Names of the per-date temporary tables.
+/// The URL the store is registered under in every session (local, Ballista scheduler and
+/// executors): master files are `tributary://store/<path in the store>`, whatever the store.
+pub const STORE_URL: &str = "tributary://store/";
+
+/// Names of the per-date tables.
 static NEXT_TABLE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// A computed date: rows per granularity, in [`view_schema`].
@@ -36,6 +44,8 @@ pub struct DateOutput {
     /// Master rows read (before the filter and deduplication).
     pub input_rows: u64,
     pub tables: Vec<(Granularity, RecordBatch)>,
+    /// The Ballista job that computed it (none on the local engine).
+    pub job: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,49 +54,176 @@ pub enum ComputeError {
     Store(#[from] object_store::Error),
     #[error("decoding a master file: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
-    #[error("decoding a master file: {0}")]
-    Decode(String),
+    #[error(
+        "the date does not fit in batch.memory_limit ({limit}) even spilling to {spill}: {detail}; \
+         raise batch.memory_limit"
+    )]
+    MemoryLimit {
+        limit: String,
+        spill: String,
+        detail: String,
+    },
     #[error("DataFusion: {0}")]
-    DataFusion(#[from] datafusion::error::DataFusionError),
-    #[error("aggregate task: {0}")]
-    Task(String),
+    DataFusion(DataFusionError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("{0}")]
+    Setup(String),
 }
 
-/// The SQL engine (the sketch and exact-quantile functions registered) and the store the
-/// master dataset is read from.
+/// Where and within what a query runs.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    /// Bytes the queries may hold.
+    pub memory_limit: u64,
+    /// Where they spill (`None`: the OS temporary directory).
+    pub spill_dir: Option<String>,
+}
+
+impl Budget {
+    /// `[batch] memory_limit` and `spill_dir`; an unset limit is half of the machine's memory.
+    pub fn from_config(batch: &tributary_shared::config::BatchConfig) -> Budget {
+        Budget {
+            memory_limit: batch.memory_limit.unwrap_or_else(|| machine_memory() / 2),
+            spill_dir: batch.spill_dir.clone(),
+        }
+    }
+
+    /// The runtime of a session within this budget.
+    pub fn runtime(&self) -> Result<Arc<RuntimeEnv>, DataFusionError> {
+        let mode = match &self.spill_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    DataFusionError::Execution(format!("batch.spill_dir {dir}: {e}"))
+                })?;
+                DiskManagerMode::Directories(vec![dir.into()])
+            }
+            None => DiskManagerMode::OsTmpDirectory,
+        };
+        RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(FairSpillPool::new(self.memory_limit as usize)))
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode))
+            .build_arc()
+    }
+
+    fn describe(&self) -> (String, String) {
+        (
+            bytesize::ByteSize::b(self.memory_limit)
+                .display()
+                .iec()
+                .to_string(),
+            self.spill_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().display().to_string()),
+        )
+    }
+}
+
+/// Total memory of this machine (from `/proc/meminfo`; 4 GiB where that cannot be read).
+fn machine_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4 << 30)
+}
+
+/// The session options every engine shares: batches sized for aggregation, and the listing
+/// table's statistics left unread (each file's footer is read once, by the scan).
+pub fn tune_session(config: SessionConfig, partitions: usize) -> SessionConfig {
+    let mut config = config
+        .with_target_partitions(partitions)
+        .with_batch_size(8 * 1024);
+    let options = config.options_mut();
+    options.execution.collect_statistics = false;
+    options.execution.parquet.pushdown_filters = true;
+    config
+}
+
+/// What DataFusion scans: the configured store without its key prefix (registered as
+/// [`STORE_URL`]) and the prefix its files are under
+/// ([`tributary_shared::store::open_store_root`] says why).
+#[derive(Clone)]
+pub struct ScanStore {
+    pub root: Arc<dyn ObjectStore>,
+    pub prefix: String,
+}
+
+impl ScanStore {
+    pub fn open(config: &tributary_shared::config::StoreConfig) -> Result<ScanStore, ComputeError> {
+        let (root, prefix) = tributary_shared::store::open_store_root(config)
+            .map_err(|e| ComputeError::Setup(e.to_string()))?;
+        Ok(ScanStore { root, prefix })
+    }
+}
+
+/// Registers the store as [`STORE_URL`] in a runtime.
+pub fn register_store(runtime: &RuntimeEnv, store: Arc<dyn ObjectStore>) {
+    if let Ok(url) = url::Url::parse(STORE_URL) {
+        runtime.register_object_store(&url, store);
+    }
+}
+
+/// The SQL engine: a session with the view functions and the store registered, local or on a
+/// Ballista cluster.
 pub struct Engine {
-    /// Filter and deduplication: one query over every core.
     ctx: SessionContext,
-    /// The cube's aggregate queries: each on one partition (single-phase aggregation, no
-    /// partial states to encode and merge), several queries at once.
-    serial: SessionContext,
-    store: Arc<dyn ObjectStore>,
     master_schema: SchemaRef,
-    partitions: usize,
+    budget: Budget,
+    /// The store (prefixed), for the footers this engine reads itself.
+    store: Arc<dyn ObjectStore>,
+    /// The key prefix of master files under [`STORE_URL`] (see [`ScanStore`]).
+    prefix: String,
+    /// `local` or the Ballista scheduler's URL (shown in `/v1/status` and the run's log).
+    pub name: String,
 }
 
 impl Engine {
-    pub fn new(
+    /// An engine in this process, within `budget`.
+    pub fn local(
         store: Arc<dyn ObjectStore>,
+        scan: &ScanStore,
         master_schema: SchemaRef,
+        budget: Budget,
     ) -> Result<Engine, ComputeError> {
         let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let config = SessionConfig::new()
-            .with_target_partitions(partitions)
-            .with_batch_size(16 * 1024);
-        let ctx = SessionContext::new_with_config(config.clone());
+        let runtime = budget.runtime().map_err(ComputeError::DataFusion)?;
+        register_store(&runtime, scan.root.clone());
+        let ctx = SessionContext::new_with_config_rt(
+            tune_session(SessionConfig::new(), partitions),
+            runtime,
+        );
         udaf::register(&ctx);
-        let serial = SessionContext::new_with_config(config.with_target_partitions(1));
-        udaf::register(&serial);
         Ok(Engine {
             ctx,
-            serial,
-            store,
             master_schema,
-            partitions,
+            budget,
+            store,
+            prefix: scan.prefix.clone(),
+            name: "local".into(),
         })
+    }
+
+    /// An engine over a session built elsewhere (Ballista's remote session).
+    pub fn with_session(
+        ctx: SessionContext,
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        master_schema: SchemaRef,
+        budget: Budget,
+        name: String,
+    ) -> Engine {
+        Engine {
+            ctx,
+            master_schema,
+            budget,
+            store,
+            prefix,
+            name,
+        }
     }
 
     /// Computes every granularity of `view` over one date's committed files.
@@ -96,249 +233,214 @@ impl Engine {
         input: &DateInput,
     ) -> Result<DateOutput, ComputeError> {
         let schema = view_schema(view);
+        let empty = || {
+            view.granularities
+                .iter()
+                .map(|g| (*g, RecordBatch::new_empty(schema.clone())))
+                .collect()
+        };
         if input.files.is_empty() {
             return Ok(DateOutput {
                 events: 0,
                 input_rows: 0,
-                tables: view
-                    .granularities
-                    .iter()
-                    .map(|g| (*g, RecordBatch::new_empty(schema.clone())))
-                    .collect(),
+                tables: empty(),
+                job: None,
             });
         }
         let t0 = std::time::Instant::now();
-        let (batches, input_rows) = self.load(view, input).await?;
-        tracing::debug!(
-            rows = input_rows,
-            kept = batches.iter().map(|b| b.num_rows()).sum::<usize>(),
-            ms = t0.elapsed().as_millis() as u64,
-            "master files read"
-        );
-        let ctx = &self.ctx;
+        let input_rows = self.count_rows(input);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = format!("master_{id}");
-        let master_schema = batches
-            .first()
-            .map(|b| b.schema())
-            .unwrap_or_else(|| self.master_schema.clone());
-        ctx.register_table(
-            &table,
-            Arc::new(MemTable::try_new(master_schema, self.spread(batches))?),
-        )?;
-        let deduped = ctx.sql(&dedup_sql(view, &table)).await?;
-        let df_schema = deduped.schema().inner().clone();
-        let batches = deduped.collect().await;
-        ctx.deregister_table(&table)?;
-        let batches = batches?;
-        let events: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+        self.ctx
+            .register_table(&table, self.listing_table(input)?)
+            .map_err(|e| self.error(e))?;
+        let result = self.run_sql(&view_sql(view, &table)).await;
+        let _ = self.ctx.deregister_table(&table);
+        let (batches, job) = result?;
+        let input_rows = input_rows.await?;
         tracing::debug!(
-            events,
+            rows = input_rows,
             ms = t0.elapsed().as_millis() as u64,
-            "filtered and deduplicated"
+            "view query done"
         );
-
-        // No row passed the view's filter (a date of other event types only): one empty
-        // batch still carries the encoded columns' schema the cube's SQL names.
-        let batches = if batches.is_empty() {
-            vec![RecordBatch::new_empty(df_schema.clone())]
-        } else {
-            batches
-        };
-        let batches = encode::add_encoded_columns(
-            batches,
-            &fields_of(view, AggKind::CountDistinct),
-            &fields_of(view, AggKind::Quantile),
-        )?;
-        let events_schema = batches.first().map(|b| b.schema()).unwrap_or(df_schema);
-        tracing::debug!(ms = t0.elapsed().as_millis() as u64, "encoded");
-
-        let events_table = format!("events_{id}");
-        self.serial.register_table(
-            &events_table,
-            Arc::new(MemTable::try_new(events_schema, vec![batches])?),
-        )?;
-        let result = self.cube(view, &events_table, &schema).await;
-        self.serial.deregister_table(&events_table)?;
-        let tables = result?;
+        let mut tables = Vec::with_capacity(view.granularities.len());
+        let mut events = 0;
+        for (i, g) in view.granularities.iter().enumerate() {
+            let mut parts = Vec::new();
+            for b in &batches {
+                let rows = of_granularity(b, i as i32)?;
+                if rows.num_rows() > 0 {
+                    parts.push(conform(&rows, &schema)?);
+                }
+            }
+            let table = concat_batches(&schema, &parts)?;
+            if i == 0 {
+                events = total_rows(&table);
+            }
+            tables.push((*g, table));
+        }
+        if tables.is_empty() {
+            tables = empty();
+        }
         Ok(DateOutput {
             events,
             input_rows,
             tables,
+            job,
         })
     }
-}
 
-impl Engine {
-    /// Runs the cube's queries (every granularity × grouping set), as many at once as there
-    /// are cores, each on its own task; the rows come out in a fixed order (granularity, then
-    /// grouping set), whatever order the queries finish in.
-    async fn cube(
-        &self,
-        view: &ViewPlan,
-        table: &str,
-        schema: &SchemaRef,
-    ) -> Result<Vec<(Granularity, RecordBatch)>, ComputeError> {
-        use futures::StreamExt;
-        let queries: Vec<(Granularity, u32)> = view
-            .granularities
+    /// Runs a query; also returns its Ballista job id when it ran there.
+    async fn run_sql(&self, sql: &str) -> Result<(Vec<RecordBatch>, Option<String>), ComputeError> {
+        let df = self.ctx.sql(sql).await.map_err(|e| self.error(e))?;
+        let task = Arc::new(df.task_ctx());
+        let plan = df.create_physical_plan().await.map_err(|e| self.error(e))?;
+        let out = datafusion::physical_plan::collect(plan.clone(), task).await;
+        let job = crate::ballista::job_id(&plan);
+        match out {
+            Ok(batches) => Ok((batches, job)),
+            Err(e) => {
+                if let Some(job) = job {
+                    tracing::warn!(job, "Ballista job failed");
+                }
+                Err(self.error(e))
+            }
+        }
+    }
+
+    /// A date's files as one Parquet table with the configured master schema: a file archived
+    /// before a field was declared has no such column, and reads it as null.
+    fn listing_table(&self, input: &DateInput) -> Result<Arc<ListingTable>, ComputeError> {
+        let urls = input
+            .files
             .iter()
-            .flat_map(|g| (0..(1u32 << view.dimensions.len())).map(move |mask| (*g, mask)))
-            .collect();
-        let results: Vec<Result<Vec<RecordBatch>, ComputeError>> =
-            futures::stream::iter(queries.iter().copied())
-                .map(|(g, mask)| {
-                    let ctx = self.serial.clone();
-                    let sql = aggregate_sql(view, table, g, mask);
-                    let schema = schema.clone();
-                    let task = tokio::spawn(async move {
-                        let t = std::time::Instant::now();
-                        let out = ctx.sql(&sql).await?.collect().await?;
-                        tracing::debug!(granularity = %g, gset = mask, ms = t.elapsed().as_millis() as u64, "aggregated");
-                        out.iter()
-                            .map(|b| conform(b, &schema))
-                            .collect::<Result<Vec<_>, _>>()
-                    });
-                    async move {
-                        task.await
-                            .map_err(|e| ComputeError::Task(e.to_string()))?
-                    }
+            .map(|f| {
+                ListingTableUrl::parse(if self.prefix.is_empty() {
+                    format!("{STORE_URL}{}", f.path)
+                } else {
+                    format!("{STORE_URL}{}/{}", self.prefix, f.path)
                 })
-                .buffered(self.partitions)
-                .collect()
-                .await;
-        let mut tables: Vec<(Granularity, Vec<RecordBatch>)> = Vec::new();
-        for ((g, _), r) in queries.iter().zip(results) {
-            let batches = r?;
-            match tables.last_mut() {
-                Some((last, out)) if last == g => out.extend(batches),
-                _ => tables.push((*g, batches)),
-            }
-        }
-        tables
-            .into_iter()
-            .map(|(g, out)| Ok((g, concat_batches(schema, &out)?)))
-            .collect()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(e))?;
+        let options =
+            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
+        let config = ListingTableConfig::new_with_multi_paths(urls)
+            .with_listing_options(options)
+            .with_schema(self.master_schema.clone());
+        Ok(Arc::new(
+            ListingTable::try_new(config).map_err(|e| self.error(e))?,
+        ))
     }
 
-    /// Reads the columns a view needs from a date's master files (never `payload`), several
-    /// files at a time, decoding off the async threads.
-    async fn load(
+    /// Master rows of the date's files, from their footers (read concurrently with the query).
+    fn count_rows(
         &self,
-        view: &ViewPlan,
         input: &DateInput,
-    ) -> Result<(Vec<RecordBatch>, u64), ComputeError> {
+    ) -> impl std::future::Future<Output = Result<u64, ComputeError>> + use<> {
         use futures::StreamExt;
-        let mut wanted: Vec<String> = vec!["event_id".into(), "event_time".into()];
-        for (name, field, _) in &view.filters {
-            wanted.push(filter_column(*field, name));
-        }
-        for c in input_columns(view) {
-            wanted.push(c);
-        }
-        wanted.sort();
-        wanted.dedup();
-        let wanted = Arc::new(wanted);
-        let pushed = Arc::new(pushable_filters(view, &self.master_schema));
-        let results: Vec<Result<(Vec<RecordBatch>, u64), ComputeError>> =
-            futures::stream::iter(input.files.iter().cloned())
+        let store = self.store.clone();
+        let files = input.files.clone();
+        async move {
+            let counts: Vec<Result<u64, ComputeError>> = futures::stream::iter(files)
                 .map(|f| {
-                    let store = self.store.clone();
-                    let (wanted, pushed) = (wanted.clone(), pushed.clone());
-                    async move {
-                        let bytes = store.get(&f.path).await?.bytes().await?;
-                        tokio::task::spawn_blocking(move || decode(bytes, &wanted, &pushed))
-                            .await
-                            .map_err(|e| ComputeError::Decode(format!("{}: {e}", f.path)))?
-                    }
+                    let store = store.clone();
+                    async move { footer_rows(store.as_ref(), &f.path, f.size).await }
                 })
-                .buffer_unordered(self.partitions * 2)
+                .buffer_unordered(16)
                 .collect()
                 .await;
-        let mut out = Vec::new();
-        let mut rows = 0;
-        for r in results {
-            let (batches, file_rows) = r?;
-            out.extend(batches);
-            rows += file_rows;
+            counts.into_iter().sum()
         }
-        Ok((out, rows))
     }
 
-    /// Spreads batches over partitions so the SQL uses every core.
-    fn spread(&self, batches: Vec<RecordBatch>) -> Vec<Vec<RecordBatch>> {
-        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); self.partitions];
-        for (i, b) in batches.into_iter().enumerate() {
-            parts[i % self.partitions].push(b);
-        }
-        parts
-    }
-}
-
-/// Decodes the `wanted` columns of one Parquet file, skipping the rows an equality filter
-/// rules out (`pushed`) before the other columns are decoded; also returns the file's rows.
-fn decode(
-    bytes: bytes::Bytes,
-    wanted: &[String],
-    pushed: &[(String, FilterValue)],
-) -> Result<(Vec<RecordBatch>, u64), ComputeError> {
-    use parquet::arrow::ProjectionMask;
-    use parquet::arrow::arrow_reader::{
-        ArrowPredicateFn, ParquetRecordBatchReaderBuilder, RowFilter,
-    };
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
-    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-    let mask = ProjectionMask::columns(builder.parquet_schema(), wanted.iter().map(String::as_str));
-    let mut predicates: Vec<Box<dyn parquet::arrow::arrow_reader::ArrowPredicate>> = Vec::new();
-    for (column, value) in pushed {
-        let only = ProjectionMask::columns(builder.parquet_schema(), [column.as_str()]);
-        let value = value.clone();
-        predicates.push(Box::new(ArrowPredicateFn::new(only, move |batch| {
-            pushed_filter(batch.column(0), &value)
-        })));
-    }
-    let mut builder = builder.with_projection(mask).with_batch_size(64 * 1024);
-    if !predicates.is_empty() {
-        builder = builder.with_row_filter(RowFilter::new(predicates));
-    }
-    Ok((builder.build()?.collect::<Result<Vec<_>, _>>()?, rows))
-}
-
-/// The `where` filters that can be applied while decoding: equality of a text or boolean
-/// column with a value of its own type, where the Parquet reader's comparison is exactly the
-/// SQL one (numeric filters, with their type coercions, are left to the SQL). The SQL still
-/// applies every filter; this only saves decoding rows it would drop.
-fn pushable_filters(view: &ViewPlan, schema: &Schema) -> Vec<(String, FilterValue)> {
-    view.filters
-        .iter()
-        .filter_map(|(name, field, value)| {
-            let column = filter_column(*field, name);
-            let ty = schema.field_with_name(&column).ok()?.data_type().clone();
-            match (&ty, value) {
-                (DataType::Utf8, FilterValue::Str(_))
-                | (DataType::Boolean, FilterValue::Bool(_)) => Some((column, value.clone())),
-                _ => None,
+    /// A DataFusion error as ours: running out of the memory budget names its key.
+    fn error(&self, e: DataFusionError) -> ComputeError {
+        let exhausted = match e.find_root() {
+            DataFusionError::ResourcesExhausted(detail) => Some(detail.clone()),
+            other => {
+                let text = other.to_string();
+                text.contains("Resources exhausted").then_some(text)
             }
-        })
-        .collect()
+        };
+        match exhausted {
+            Some(detail) => {
+                let (limit, spill) = self.budget.describe();
+                ComputeError::MemoryLimit {
+                    limit,
+                    spill,
+                    detail,
+                }
+            }
+            None => ComputeError::DataFusion(e),
+        }
+    }
 }
 
-fn pushed_filter(
-    column: &ArrayRef,
-    value: &FilterValue,
-) -> Result<arrow::array::BooleanArray, arrow::error::ArrowError> {
-    use arrow::array::{BooleanArray, Scalar, StringArray};
-    use arrow::compute::kernels::cmp::eq;
-    match value {
-        FilterValue::Str(s) => eq(column, &Scalar::new(StringArray::from(vec![s.as_str()]))),
-        FilterValue::Bool(b) => eq(column, &Scalar::new(BooleanArray::from(vec![*b]))),
-        // Never pushed (see `pushable_filters`); keeping every row is always correct.
-        FilterValue::Num(_) => Ok(BooleanArray::from(vec![true; column.len()])),
+/// Rows of one Parquet file, from its footer (two small range reads).
+async fn footer_rows(
+    store: &dyn ObjectStore,
+    path: &object_store::path::Path,
+    size: u64,
+) -> Result<u64, ComputeError> {
+    use object_store::ObjectStoreExt;
+    use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+    let bad = || ComputeError::Setup(format!("{path}: not a Parquet file"));
+    let tail_at = size.checked_sub(8).ok_or_else(bad)?;
+    let tail = store.get_range(path, tail_at..size).await?;
+    let tail: &[u8; 8] = tail.as_ref().try_into().map_err(|_| bad())?;
+    let length = FooterTail::try_new(tail)?.metadata_length() as u64;
+    let start = tail_at.checked_sub(length).ok_or_else(bad)?;
+    let metadata = store.get_range(path, start..tail_at).await?;
+    let metadata = ParquetMetaDataReader::decode_metadata(&metadata)?;
+    Ok(metadata.file_metadata().num_rows().max(0) as u64)
+}
+
+/// The rows of granularity `index` of a query result.
+fn of_granularity(batch: &RecordBatch, index: i32) -> Result<RecordBatch, ComputeError> {
+    let Some(column) = batch.column_by_name(GRANULARITY) else {
+        return Err(ComputeError::Setup(format!(
+            "the view query lost {GRANULARITY}"
+        )));
+    };
+    let keep = arrow::compute::kernels::cmp::eq(
+        column,
+        &arrow::array::Scalar::new(arrow::array::Int32Array::from(vec![index])),
+    )?;
+    let rows = filter_record_batch(batch, &keep)?;
+    // The granularity column is the query's, not the file's.
+    let mut rows = rows;
+    if let Ok(i) = rows.schema().index_of(GRANULARITY) {
+        rows.remove_column(i);
     }
+    Ok(rows)
+}
+
+/// Events of a granularity's table: the rows of its no-dimension grouping set.
+fn total_rows(table: &RecordBatch) -> u64 {
+    let (Some(gset), Some(rows)) = (
+        table.column_by_name(columns::GSET),
+        table.column_by_name(columns::ROWS),
+    ) else {
+        return 0;
+    };
+    let gset = gset.as_primitive::<Int32Type>();
+    let rows = rows.as_primitive::<arrow::datatypes::Int64Type>();
+    (0..table.num_rows())
+        .filter(|&i| gset.value(i) == 0)
+        .map(|i| rows.value(i).max(0) as u64)
+        .sum()
 }
 
 /// Casts a query result's columns to the file schema (the SQL layer may pick view types).
 fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, ComputeError> {
+    if batch.num_columns() != schema.fields().len() {
+        return Err(ComputeError::Setup(format!(
+            "the view query returned {} columns for a file of {}",
+            batch.num_columns(),
+            schema.fields().len()
+        )));
+    }
     let columns: Vec<ArrayRef> = schema
         .fields()
         .iter()
@@ -388,7 +490,19 @@ mod tests {
             object_store::path::Path::from("master/e/date=1970-01-01/hour=00/p0-0-0.parquet");
         let size = bytes.len() as u64;
         store.put(&path, PutPayload::from(bytes)).await?;
-        let engine = Engine::new(store, master_schema(&es))?;
+        let scan = ScanStore {
+            root: store.clone(),
+            prefix: String::new(),
+        };
+        let engine = Engine::local(
+            store,
+            &scan,
+            master_schema(&es),
+            Budget {
+                memory_limit: 256 << 20,
+                spill_dir: None,
+            },
+        )?;
         let out = engine
             .compute_date(
                 &view,

@@ -9,12 +9,17 @@
 //!   distinct count and quantile); the result is written in the [`view_file`] format;
 //! - [`run`](mod@run), [`schedule`](mod@schedule): runs, their [`lock`], each view's
 //!   [`manifest`] and the run's [`report`];
+//! - [`evolution`]: what a change of `[fields]` may do to views already computed;
 //! - [`read`]: the read API the serving layer uses;
+//! - [`ballista`](mod@ballista): the same queries on an Apache DataFusion Ballista cluster
+//!   (`batch-layer scheduler`, `batch-layer executor`, `engine = "ballista://…"`);
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod archive;
+pub mod ballista;
 pub mod compute;
 pub mod encode;
+pub mod evolution;
 pub mod horizon;
 pub mod lock;
 pub mod manifest;
@@ -48,6 +53,7 @@ pub async fn archive(config: Config, shutdown: watch::Receiver<bool>) -> anyhow:
 pub async fn run(config: Config, request: run::RunRequest) -> anyhow::Result<()> {
     let metrics = metrics::BatchMetrics::new();
     let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
+    refuse_type_changes(&config, &store).await?;
     let report = run::run_once(&config, &store, &metrics, &request).await?;
     for (view, r) in &report.views {
         println!(
@@ -71,7 +77,32 @@ pub async fn run(config: Config, request: run::RunRequest) -> anyhow::Result<()>
 pub async fn schedule(config: Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let metrics = serve_metrics(&config).await?;
     let store = tributary_shared::store::open_store(&config.store).context("store.url")?;
+    refuse_type_changes(&config, &store).await?;
     schedule::schedule(&config, &store, &metrics, shutdown).await
+}
+
+/// `batch-layer scheduler`: Ballista's scheduler with Tributary's functions and store.
+pub async fn scheduler(config: Config) -> anyhow::Result<()> {
+    ballista::scheduler(config).await
+}
+
+/// `batch-layer executor`: a Ballista executor with Tributary's functions and store.
+pub async fn executor(config: Config, bind: Option<String>) -> anyhow::Result<()> {
+    ballista::executor(config, bind).await
+}
+
+/// [`evolution::check_field_types`], a refusal exiting like a bad config key.
+async fn refuse_type_changes(
+    config: &Config,
+    store: &Arc<dyn object_store::ObjectStore>,
+) -> anyhow::Result<()> {
+    match evolution::check_field_types(config, store).await {
+        Ok(()) => Ok(()),
+        Err(evolution::EvolutionError::Refused(msg)) => {
+            Err(tributary_shared::cli::ConfigRefused(msg).into())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("reading the views' manifests")),
+    }
 }
 
 async fn serve_metrics(config: &Config) -> anyhow::Result<Arc<metrics::BatchMetrics>> {

@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         view: Option<String>,
     },
+    /// Ballista scheduler for `batch.engine = "ballista://…"` (daemon, `[ballista]` section).
+    Scheduler,
+    /// Ballista executor registered with `ballista.scheduler_url` (daemon).
+    Executor {
+        /// Flight address HOST:PORT (gRPC on the next port); default `ballista.executor_bind`.
+        #[arg(long)]
+        bind: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +81,8 @@ fn main() -> ExitCode {
             Command::Backfill { .. } => {
                 tributary_batch_layer::run(config, request.unwrap_or_default()).await
             }
+            Command::Scheduler => tributary_batch_layer::scheduler(config).await,
+            Command::Executor { bind } => tributary_batch_layer::executor(config, bind).await,
         }
     })
 }

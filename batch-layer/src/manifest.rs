@@ -8,6 +8,7 @@ use std::sync::Arc;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 use serde::{Deserialize, Serialize};
 use tributary_shared::Granularity;
+use tributary_shared::config::FieldType;
 use tributary_shared::layout::paths;
 
 /// One view file.
@@ -51,6 +52,9 @@ pub struct Manifest {
     pub horizon: Option<String>,
     /// Fingerprint of the view's definition; a change recomputes every date.
     pub definition: String,
+    /// The declared types of the fields the view reads, as computed ([`crate::evolution`]).
+    #[serde(default)]
+    pub fields: BTreeMap<String, FieldType>,
     pub dates: BTreeMap<String, DateEntry>,
     #[serde(default)]
     pub retired: Vec<Retired>,

@@ -26,6 +26,11 @@ pub struct BatchMetrics {
     pub dates_computed: Family<Vec<(String, String)>, Counter>,
     pub events_computed: Family<Vec<(String, String)>, Counter>,
     pub last_success_seconds: Gauge,
+    /// Queries sent to each engine (`local`, or the Ballista scheduler's URL).
+    pub engine_jobs: Family<Vec<(String, String)>, Counter>,
+    /// The last Ballista job of each view (`{view, job}` = 1; the previous one is removed).
+    pub last_job: Family<Vec<(String, String)>, Gauge>,
+    last_job_of: std::sync::Mutex<std::collections::HashMap<String, String>>,
     registry: Registry,
 }
 
@@ -100,7 +105,22 @@ impl BatchMetrics {
             "End of the last successful batch run (Unix time)",
             last_success_seconds.clone(),
         );
+        let engine_jobs = Family::<Vec<(String, String)>, Counter>::default();
+        let last_job = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register(
+            "engine_jobs",
+            "Date queries sent to each engine",
+            engine_jobs.clone(),
+        );
+        registry.register(
+            "last_job_info",
+            "The last Ballista job id of each view",
+            last_job.clone(),
+        );
         Arc::new(BatchMetrics {
+            engine_jobs,
+            last_job,
+            last_job_of: Default::default(),
             archive_records,
             archive_rows,
             archive_invalid,
@@ -115,6 +135,26 @@ impl BatchMetrics {
             last_success_seconds,
             registry,
         })
+    }
+
+    /// Counts a date's query on `engine`, and records its Ballista job id if it had one.
+    pub fn job(&self, view: &str, engine: &str, job: Option<&str>) {
+        self.engine_jobs
+            .get_or_create(&vec![("engine".to_string(), engine.to_string())])
+            .inc();
+        let Some(job) = job else { return };
+        let labels = |j: &str| {
+            vec![
+                ("view".to_string(), view.to_string()),
+                ("job".to_string(), j.to_string()),
+            ]
+        };
+        if let Ok(mut last) = self.last_job_of.lock() {
+            if let Some(old) = last.insert(view.to_string(), job.to_string()) {
+                self.last_job.remove(&labels(&old));
+            }
+            self.last_job.get_or_create(&labels(job)).set(1);
+        }
     }
 
     pub fn render(&self) -> String {

@@ -16,6 +16,9 @@ pub struct ViewReport {
     pub events: u64,
     pub manifest_version: Option<u64>,
     pub error: Option<String>,
+    /// Ballista job ids of the dates computed (none on the local engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<String>,
 }
 
 /// `_batch/last_run.json`.
@@ -29,6 +32,9 @@ pub struct RunReport {
     pub ok: bool,
     pub horizon: Option<String>,
     pub horizon_ms: Option<i64>,
+    /// `local` or the Ballista scheduler that computed the views.
+    #[serde(default)]
+    pub engine: String,
     pub views: BTreeMap<String, ViewReport>,
 }
 

@@ -355,6 +355,29 @@ pub fn write_config(
     Ok((path, env))
 }
 
+/// `batch-layer <args>` with the config in a file; (exit code, stdout + stderr).
+pub async fn batch_cli(
+    config: &tributary_shared::Config,
+    args: &[&str],
+) -> anyhow::Result<(i32, String)> {
+    let dir = tempfile::tempdir()?;
+    let (path, env) = write_config(config, dir.path())?;
+    let out = tokio::process::Command::new(binary("batch-layer")?)
+        .arg("--config")
+        .arg(&path)
+        .args(args)
+        .envs(env)
+        .env("RUST_LOG", "info")
+        .output()
+        .await?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.code().unwrap_or(-1), text))
+}
+
 /// Waits until the archive has committed every partition up to `ends` (its `_state` files).
 pub async fn wait_archived(
     store: Arc<dyn ObjectStore>,

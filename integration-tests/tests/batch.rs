@@ -54,26 +54,6 @@ async fn archive_until(
     waited
 }
 
-/// `batch-layer <args>` with the config in a file; (exit code, stdout + stderr).
-async fn batch_cli(config: &Config, args: &[&str]) -> anyhow::Result<(i32, String)> {
-    let dir = tempfile::tempdir()?;
-    let (path, env) = write_config(config, dir.path())?;
-    let out = tokio::process::Command::new(binary("batch-layer")?)
-        .arg("--config")
-        .arg(&path)
-        .args(args)
-        .envs(env)
-        .env("RUST_LOG", "info")
-        .output()
-        .await?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code().unwrap_or(-1), text))
-}
-
 /// Checks every bucket ending at or before the horizon, for group_by none / country /
 /// country+device and an equality filter, against the deduplicated events.
 async fn check_views(

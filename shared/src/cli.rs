@@ -27,8 +27,14 @@ pub fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
     })
 }
 
+/// A config that loads but that what already exists refuses (a view's field changed type, say):
+/// found at start once the store is read, it exits with [`EXIT_CONFIG`] like a bad key.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigRefused(pub String);
+
 /// Runs the binary's main future on a multi-threaded runtime; errors print with their causes
-/// and exit 1.
+/// and exit 1 ([`EXIT_CONFIG`] for a [`ConfigRefused`]).
 pub fn run_async<F>(fut: F) -> ExitCode
 where
     F: Future<Output = anyhow::Result<()>>,
@@ -45,6 +51,11 @@ where
     };
     match runtime.block_on(fut) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<ConfigRefused>().is_some() => {
+            tracing::error!(error = format!("{e:#}"), "config refused");
+            eprintln!("error: {e:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "failed");
             eprintln!("error: {e:#}");

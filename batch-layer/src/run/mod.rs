@@ -11,7 +11,7 @@ use object_store::ObjectStore;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::{Config, EventSchema, ViewPlan};
 
-use crate::compute::Engine;
+use crate::compute::{Budget, Engine, ScanStore};
 use crate::lock::{LockError, RunLock};
 use crate::master::master_schema;
 use crate::metrics::BatchMetrics;
@@ -147,8 +147,19 @@ impl Run<'_> {
         let schema = EventSchema::from_config(config);
         let plans =
             ViewPlan::compile_all(config, &schema).map_err(|e| RunError::Setup(e.to_string()))?;
-        let engine = Engine::new(self.store.clone(), master_schema(&schema))
-            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let engine = if config.batch.engine == "local" {
+            ScanStore::open(&config.store).and_then(|scan| {
+                Engine::local(
+                    self.store.clone(),
+                    &scan,
+                    master_schema(&schema),
+                    Budget::from_config(&config.batch),
+                )
+            })
+        } else {
+            crate::ballista::engine(config, self.store.clone(), master_schema(&schema)).await
+        }
+        .map_err(|e| RunError::Setup(e.to_string()))?;
         let snapshot = Snapshot::load(
             self.store,
             &config.source.topic,
@@ -163,6 +174,7 @@ impl Run<'_> {
                 .map(format_rfc3339)
                 .unwrap_or_else(|| "none yet".into()),
             partitions = snapshot.states.len(),
+            engine = %engine.name,
             dates = snapshot.dates.len(),
             "batch run started"
         );
@@ -178,6 +190,7 @@ impl Run<'_> {
             ok: true,
             horizon: snapshot.horizon_ms.map(format_rfc3339),
             horizon_ms: snapshot.horizon_ms,
+            engine: engine.name.clone(),
             ..Default::default()
         };
         let views = ViewRun {

@@ -123,6 +123,12 @@ impl ViewRun<'_> {
                     source,
                 })?;
             rows_read += out.input_rows;
+            self.run
+                .metrics
+                .job(&plan.name, &self.engine.name, out.job.as_deref());
+            if let Some(job) = &out.job {
+                report.jobs.push(job.clone());
+            }
             let secs = t.elapsed().as_secs_f64().max(1e-9);
             tracing::info!(
                 view = %plan.name,
@@ -132,6 +138,8 @@ impl ViewRun<'_> {
                 events = out.events,
                 seconds = format!("{secs:.2}"),
                 rows_per_s = (out.input_rows as f64 / secs).round() as u64,
+                engine = %self.engine.name,
+                job = out.job.as_deref().unwrap_or("-"),
                 "date recomputed"
             );
             let labels = vec![("view".to_string(), plan.name.clone())];
@@ -156,6 +164,7 @@ impl ViewRun<'_> {
             horizon_ms: None,
             horizon: None,
             definition: definition.clone(),
+            fields: BTreeMap::new(),
             dates: BTreeMap::new(),
             retired: Vec::new(),
         });
@@ -197,6 +206,7 @@ impl ViewRun<'_> {
             if !(redefined && previous.is_some() && req.range.is_some()) {
                 manifest.definition = definition;
             }
+            manifest.fields = crate::evolution::view_fields(config, plan);
             // A backfill may run ahead of the horizon but never moves it.
             if req.range.is_none() || manifest.horizon_ms.is_none() {
                 manifest.horizon_ms = horizon_ms;

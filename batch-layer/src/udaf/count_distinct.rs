@@ -1,85 +1,105 @@
-//! `tributary_count_distinct_ids(id)`: the exact number of distinct interned ids per group
-//! ([`crate::encode::id_column`]). Each group collects its ids and counts them sorted and
-//! deduplicated once, at the end: with a view's many small groups that is far cheaper than a
-//! hash set per group (DataFusion's `count(DISTINCT)`), and it stays exact.
+//! `tributary_count_distinct(key)`: the exact number of distinct values per group, over the
+//! values' 128-bit keys (`tributary_distinct_key`, [`crate::encode`]). A group collects its
+//! keys and sorts out repeats whenever they have doubled since the last time, so it holds at
+//! most about twice its distinct keys: with a view's many small groups that is far cheaper
+//! than a hash set per group (DataFusion's `count(DISTINCT)`), and its size is what the memory
+//! pool is told, so a group too large for `batch.memory_limit` spills or fails instead of
+//! growing unseen.
 
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BinaryArray, Int64Array};
-use arrow::datatypes::UInt32Type;
 use datafusion::common::Result;
 
 use super::{Aggregate, Rows, le_words};
 
-/// The exact distinct count. A group is its ids, with repeats until evaluated; partial states
-/// are the distinct ids as little-endian `u32`s.
+/// The exact distinct count. Partial states are the distinct keys as little-endian `u128`s.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct CountDistinctIds;
+pub(crate) struct CountDistinct;
 
-fn distinct(mut ids: Vec<u32>) -> Vec<u32> {
-    ids.sort_unstable();
-    ids.dedup();
-    ids
+/// One group's keys: distinct up to `distinct`, repeats possible after it.
+#[derive(Debug, Default)]
+pub(crate) struct Keys {
+    keys: Vec<u128>,
+    distinct: usize,
 }
 
-/// A partial state: the group's distinct ids.
-fn encode(ids: Vec<u32>) -> Vec<u8> {
-    distinct(ids)
-        .iter()
-        .flat_map(|id| id.to_le_bytes())
-        .collect()
+impl Keys {
+    fn push(&mut self, key: u128) {
+        self.keys.push(key);
+        if self.keys.len() >= 2 * self.distinct + 64 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.keys.sort_unstable();
+        self.keys.dedup();
+        self.distinct = self.keys.len();
+    }
 }
 
-impl Aggregate for CountDistinctIds {
-    type Group = Vec<u32>;
-    type Input = u32;
+impl Aggregate for CountDistinct {
+    type Group = Keys;
+    type Input = u128;
 
-    fn inputs(&self, rows: &Rows<'_>, add: impl FnMut(usize, u32)) -> Result<()> {
-        rows.each_primitive::<UInt32Type>(0, add)
+    fn inputs(&self, rows: &Rows<'_>, add: impl FnMut(usize, u128)) -> Result<()> {
+        rows.each_key(0, add)
     }
 
-    fn add(group: &mut Vec<u32>, id: u32) {
-        group.push(id);
+    fn add(group: &mut Keys, key: u128) {
+        group.push(key);
     }
 
-    fn merge(&mut self, group: &mut Vec<u32>, state: &[u8]) -> Result<()> {
-        group.extend(le_words(state).map(u32::from_le_bytes));
+    fn merge(&mut self, group: &mut Keys, state: &[u8]) -> Result<()> {
+        for key in le_words(state).map(u128::from_le_bytes) {
+            group.push(key);
+        }
         Ok(())
     }
 
-    fn evaluate(&self, groups: Vec<Vec<u32>>) -> Result<ArrayRef> {
+    fn evaluate(&self, groups: Vec<Keys>) -> Result<ArrayRef> {
         Ok(Arc::new(Int64Array::from_iter_values(
-            groups.into_iter().map(|ids| distinct(ids).len() as i64),
+            groups.into_iter().map(|mut g| {
+                g.compact();
+                g.distinct as i64
+            }),
         )))
     }
 
-    fn state(&self, groups: Vec<Vec<u32>>) -> Result<ArrayRef> {
+    fn state(&self, groups: Vec<Keys>) -> Result<ArrayRef> {
         Ok(Arc::new(BinaryArray::from_iter_values(
-            groups.into_iter().map(encode),
+            groups.into_iter().map(|mut g| {
+                g.compact();
+                g.keys
+                    .iter()
+                    .flat_map(|k| k.to_le_bytes())
+                    .collect::<Vec<u8>>()
+            }),
         )))
     }
 
-    fn size(group: &Vec<u32>) -> usize {
-        group.capacity() * 4
+    fn size(group: &Keys) -> usize {
+        group.keys.capacity() * 16
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{AsArray, StringArray, UInt32Array};
+    use arrow::array::{AsArray, StringArray};
     use datafusion::prelude::SessionContext;
 
     /// Grouped and without GROUP BY, over several partitions (so partial states merge), the
-    /// count equals a count of the distinct values.
+    /// count equals DataFusion's own `count(DISTINCT)` of the values.
     #[tokio::test]
-    async fn counts_distinct_ids_exactly() -> anyhow::Result<()> {
+    async fn counts_distinct_values_exactly() -> anyhow::Result<()> {
         let config = datafusion::prelude::SessionConfig::new().with_target_partitions(3);
         let ctx = SessionContext::new_with_config(config);
         crate::udaf::register(&ctx);
         let rows = 9000u32;
-        let ids: Vec<Option<u32>> = (0..rows)
-            .map(|i| (i % 17 != 0).then_some((i * 7919) % 1301))
+        let values: Vec<Option<String>> = (0..rows)
+            .map(|i| (i % 17 != 0).then(|| format!("u{}", (i * 7919) % 1301)))
             .collect();
         let groups: Vec<String> = (0..rows).map(|i| format!("g{}", i % 5)).collect();
         let mut parts = Vec::new();
@@ -92,8 +112,8 @@ mod tests {
                         Arc::new(StringArray::from(groups[range.clone()].to_vec())) as ArrayRef,
                     ),
                     (
-                        "id",
-                        Arc::new(UInt32Array::from(ids[range].to_vec())) as ArrayRef,
+                        "v",
+                        Arc::new(StringArray::from(values[range].to_vec())) as ArrayRef,
                     ),
                 ],
             )?]);
@@ -104,7 +124,10 @@ mod tests {
             Arc::new(datafusion::datasource::MemTable::try_new(schema, parts)?),
         )?;
         let out = ctx
-            .sql("SELECT g, tributary_count_distinct_ids(id), count(DISTINCT id) FROM t GROUP BY g")
+            .sql(
+                "SELECT g, tributary_count_distinct(tributary_distinct_key(v)), \
+                 count(DISTINCT v) FROM t GROUP BY g",
+            )
             .await?
             .collect()
             .await?;
@@ -119,11 +142,11 @@ mod tests {
         }
         assert_eq!(checked, 5);
         let all = ctx
-            .sql("SELECT tributary_count_distinct_ids(id) FROM t")
+            .sql("SELECT tributary_count_distinct(tributary_distinct_key(v)) FROM t")
             .await?
             .collect()
             .await?;
-        let mut want: Vec<u32> = ids.iter().flatten().copied().collect();
+        let mut want: Vec<&String> = values.iter().flatten().collect();
         want.sort_unstable();
         want.dedup();
         assert_eq!(

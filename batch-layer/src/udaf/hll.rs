@@ -1,7 +1,7 @@
 //! `tributary_hll(x)` and `tributary_hll_observed(o)`: the Redis HyperLogLog bytes (sparse
 //! while small) of a group's values, so the serving layer can union a batch sketch with a
 //! speed key. `x` is hashed as text, as `PFADD` sees it; `o` is the observation
-//! [`crate::encode::hll_column`] computed once per date.
+//! `tributary_hll_observation` ([`crate::encode`]) computed once per event.
 
 use std::sync::Arc;
 

@@ -13,10 +13,12 @@
 //! - [`hll`]: `tributary_hll(x)`, `tributary_hll_observed(o)`, the Redis HyperLogLog;
 //! - [`quantile_sketch`]: `tributary_qsketch(x)`, `tributary_qsketch_observed(c)`, the
 //!   mergeable quantile sketch;
-//! - [`count_distinct`]: `tributary_count_distinct_ids(id)`, the exact distinct count;
-//! - [`quantile_cont`]: `tributary_quantile_cont(x, q)`, the exact quantile.
+//! - [`count_distinct`]: `tributary_count_distinct(key)`, the exact distinct count;
+//! - [`quantile_cont`]: `tributary_quantile_cont(x, q)`, the exact quantile;
+//! - [`exact_sum`]: `tributary_sum(x)`, the correctly rounded sum, whatever the order.
 
 pub mod count_distinct;
+pub mod exact_sum;
 pub mod hll;
 pub mod quantile_cont;
 pub mod quantile_sketch;
@@ -33,14 +35,25 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
 };
 
-use count_distinct::CountDistinctIds;
+use count_distinct::CountDistinct;
+use exact_sum::ExactSum;
 use hll::{HllInput, HllOf};
 use quantile_cont::QuantileCont;
 use quantile_sketch::{QuantileSketchOf, SketchInput};
 
-/// Registers the view functions on a session: the sketches, the exact distinct count over
-/// interned ids and the exact quantile.
+/// Registers the view functions on a session: the aggregates and the per-row encodings.
 pub fn register(ctx: &datafusion::prelude::SessionContext) {
+    for udaf in aggregates() {
+        ctx.register_udaf(udaf.as_ref().clone());
+    }
+    for udf in crate::encode::functions() {
+        ctx.register_udf(udf.as_ref().clone());
+    }
+}
+
+/// The view's aggregate functions: the sketches, the exact distinct count over distinct keys
+/// and the exact quantile. Ballista's scheduler and executors get the same list.
+pub fn aggregates() -> Vec<Arc<AggregateUDF>> {
     let any = |n| Signature::any(n, Volatility::Immutable);
     let udafs = [
         GroupedUdaf {
@@ -72,11 +85,18 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
             make: || Grouped::boxed(QuantileSketchOf(SketchInput::Code)),
         },
         GroupedUdaf {
-            name: "tributary_count_distinct_ids",
+            name: "tributary_count_distinct",
             signature: any(1),
             return_type: DataType::Int64,
             state_type: DataType::Binary,
-            make: || Grouped::boxed(CountDistinctIds),
+            make: || Grouped::boxed(CountDistinct),
+        },
+        GroupedUdaf {
+            name: "tributary_sum",
+            signature: any(1),
+            return_type: DataType::Float64,
+            state_type: DataType::Binary,
+            make: || Grouped::boxed(ExactSum),
         },
         GroupedUdaf {
             name: "tributary_quantile_cont",
@@ -86,9 +106,10 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
             make: || Grouped::boxed(QuantileCont::default()),
         },
     ];
-    for udaf in udafs {
-        ctx.register_udaf(AggregateUDF::from(udaf));
-    }
+    udafs
+        .into_iter()
+        .map(|u| Arc::new(AggregateUDF::from(u)))
+        .collect()
 }
 
 /// What one aggregate function is, apart from the grouping plumbing of [`Grouped`].
@@ -141,6 +162,27 @@ impl<'a> Rows<'a> {
         let column = column.as_primitive::<T>();
         self.selected(column)
             .for_each(|row| f(row, column.value(row)));
+        Ok(())
+    }
+
+    /// Calls `f(row, key)` for each selected row of argument `i`, a 16-byte distinct key.
+    pub(crate) fn each_key(&self, i: usize, mut f: impl FnMut(usize, u128)) -> Result<()> {
+        let column = self.arg(i)?;
+        let Some(keys) = column
+            .as_any()
+            .downcast_ref::<arrow::array::FixedSizeBinaryArray>()
+            .filter(|k| k.value_length() == 16)
+        else {
+            return Err(DataFusionError::Internal(format!(
+                "a distinct key is 16 bytes, not {}",
+                column.data_type()
+            )));
+        };
+        self.selected(keys).for_each(|row| {
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(keys.value(row));
+            f(row, u128::from_le_bytes(bytes))
+        });
         Ok(())
     }
 

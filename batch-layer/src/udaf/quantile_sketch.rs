@@ -1,7 +1,7 @@
 //! `tributary_qsketch(x)` and `tributary_qsketch_observed(c)`: the log-bucket quantile sketch
 //! of a group's values, encoded as text, in the encoding of `tributary_shared` so the serving
 //! layer can merge a batch sketch with the speed layer's buckets. `c` is the bucket code
-//! [`crate::encode::sketch_column`] computed once per date.
+//! `tributary_sketch_bucket` ([`crate::encode`]) computed once per event.
 
 use std::sync::Arc;
 

@@ -12,7 +12,8 @@ mod validate;
 pub use connections::{
     OWNED_LIBRDKAFKA_KEYS, RedisConfig, SaslMechanism, SecurityProtocol, SourceConfig,
 };
-pub use units::{byte_size, duration_str};
+pub use units::{byte_size, byte_size_opt, duration_str};
+pub use validate::{ballista_address, host_port};
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +67,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub speed: SpeedConfig,
     pub batch: BatchConfig,
+    pub ballista: BallistaConfig,
     pub serving: ServingConfig,
     pub fields: BTreeMap<String, FieldType>,
     pub views: Vec<ViewConfig>,
@@ -151,6 +153,15 @@ pub struct BatchConfig {
     pub archive_max_rows: usize,
     #[serde(with = "duration_str")]
     pub archive_flush_interval: Duration,
+    /// Memory a run's queries may hold ("2GiB"); past it they spill to `spill_dir`. Unset:
+    /// half of the machine's memory.
+    #[serde(with = "byte_size_opt", skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<u64>,
+    /// Where spilled query state goes (local disk); unset: the OS temporary directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spill_dir: Option<String>,
+    /// `local` (this process) or `ballista://host:port` (a Ballista scheduler).
+    pub engine: String,
 }
 
 impl Default for BatchConfig {
@@ -163,6 +174,40 @@ impl Default for BatchConfig {
             idle_timeout: Duration::from_secs(60),
             archive_max_rows: 500_000,
             archive_flush_interval: Duration::from_secs(10),
+            memory_limit: None,
+            spill_dir: None,
+            engine: "local".into(),
+        }
+    }
+}
+
+/// The Ballista processes `batch-layer scheduler` and `batch-layer executor` start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BallistaConfig {
+    /// Where `batch-layer scheduler` listens (gRPC).
+    pub scheduler_bind: String,
+    /// Where executors register (`host:port` of the scheduler).
+    pub scheduler_url: String,
+    /// An executor's Flight port; its gRPC port is the next one.
+    pub executor_bind: String,
+    /// Concurrent tasks per executor.
+    pub executor_slots: usize,
+    /// Shuffle files of an executor.
+    pub work_dir: String,
+}
+
+impl Default for BallistaConfig {
+    fn default() -> Self {
+        Self {
+            scheduler_bind: "127.0.0.1:50050".into(),
+            scheduler_url: "127.0.0.1:50050".into(),
+            executor_bind: "127.0.0.1:50051".into(),
+            executor_slots: 2,
+            work_dir: std::env::temp_dir()
+                .join("tributary-ballista")
+                .display()
+                .to_string(),
         }
     }
 }

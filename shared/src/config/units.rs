@@ -62,3 +62,21 @@ pub mod byte_size {
             .map_err(|e| format!("{s:?} is not a size like \"256MiB\" or \"2GiB\": {e}"))
     }
 }
+
+/// An optional [`byte_size`] (absent key = `None`).
+pub mod byte_size_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(n: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match n {
+            Some(n) => super::byte_size::serialize(n, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap(#[serde(with = "super::byte_size")] u64);
+        Ok(Some(Wrap::deserialize(d)?.0))
+    }
+}

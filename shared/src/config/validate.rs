@@ -110,6 +110,37 @@ impl Config {
             "batch.gc_grace".into(),
             "must be greater than 0 (readers of the previous manifest need its files)".into(),
         );
+        if let Some(limit) = self.batch.memory_limit {
+            check(
+                limit >= 16 << 20,
+                "batch.memory_limit".into(),
+                format!("{limit} bytes is too small to run a query; give at least \"16MiB\""),
+            );
+        }
+        check(
+            self.batch.engine == "local" || ballista_address(&self.batch.engine).is_some(),
+            "batch.engine".into(),
+            format!(
+                "{:?} is neither \"local\" nor \"ballista://host:port\"",
+                self.batch.engine
+            ),
+        );
+        for (key, addr) in [
+            ("ballista.scheduler_bind", &self.ballista.scheduler_bind),
+            ("ballista.scheduler_url", &self.ballista.scheduler_url),
+            ("ballista.executor_bind", &self.ballista.executor_bind),
+        ] {
+            check(
+                host_port(addr).is_some(),
+                key.into(),
+                format!("{addr:?} is not host:port"),
+            );
+        }
+        check(
+            self.ballista.executor_slots > 0,
+            "ballista.executor_slots".into(),
+            "must be greater than 0".into(),
+        );
         check(
             !self.batch.idle_timeout.is_zero(),
             "batch.idle_timeout".into(),
@@ -335,4 +366,17 @@ fn valid_topic(s: &str) -> bool {
         && s != ".."
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `host` and `port` of a `host:port` address (a name or an IP; not resolved here).
+pub fn host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// The scheduler address of `engine = "ballista://host:port"`.
+pub fn ballista_address(engine: &str) -> Option<(String, u16)> {
+    host_port(engine.strip_prefix("ballista://")?.trim_end_matches('/'))
 }

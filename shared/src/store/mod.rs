@@ -76,6 +76,20 @@ impl StoreLocation {
 
 /// Opens the configured store. A `file://` directory is created when missing.
 pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
+    let (root, prefix) = open_store_root(config)?;
+    if prefix.is_empty() {
+        Ok(root)
+    } else {
+        Ok(Arc::new(PrefixStore::new(root, prefix.as_str())))
+    }
+}
+
+/// The configured store without its key prefix, and that prefix (`s3://bucket/prefix`:
+/// the bucket's store and `prefix`; empty for the others). For readers that address files by
+/// URL (DataFusion's listing tables): object_store's `PrefixStore::head` returns the location
+/// with the prefix left on, which such a reader then fails to match against the URL it asked
+/// for, so they are given the bare store and prefixed paths instead.
+pub fn open_store_root(config: &StoreConfig) -> Result<(Arc<dyn ObjectStore>, String), StoreError> {
     let open_err = |source| StoreError::Open {
         url: config.url.clone(),
         source,
@@ -88,7 +102,7 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreErr
             })?;
             // Durable puts and compare-and-swap updates (see `local`).
             let fs = local::LocalStore::new(&path).map_err(open_err)?;
-            Ok(Arc::new(fs))
+            Ok((Arc::new(fs), String::new()))
         }
         StoreLocation::S3 { bucket, prefix } => {
             let mut b = AmazonS3Builder::from_env()
@@ -108,13 +122,9 @@ pub fn open_store(config: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreErr
                 b = b.with_secret_access_key(secret.expose());
             }
             let s3 = b.build().map_err(open_err)?;
-            if prefix.is_empty() {
-                Ok(Arc::new(s3))
-            } else {
-                Ok(Arc::new(PrefixStore::new(s3, prefix.as_str())))
-            }
+            Ok((Arc::new(s3), prefix))
         }
-        StoreLocation::Memory => Ok(Arc::new(InMemory::new())),
+        StoreLocation::Memory => Ok((Arc::new(InMemory::new()), String::new())),
     }
 }
 
