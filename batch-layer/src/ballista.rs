@@ -23,7 +23,6 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{FunctionRegistry, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
-use object_store::ObjectStore;
 use tributary_shared::Config;
 use tributary_shared::config::{ballista_address, host_port};
 
@@ -141,18 +140,14 @@ pub async fn executor(config: Config, bind: Option<String>) -> anyhow::Result<()
 }
 
 /// An [`Engine`] whose queries run on the Ballista scheduler of `batch.engine`.
-pub async fn engine(
-    config: &Config,
-    store: Arc<dyn ObjectStore>,
-    master_schema: SchemaRef,
-) -> Result<Engine, ComputeError> {
+pub async fn engine(config: &Config, master_schema: SchemaRef) -> Result<Engine, ComputeError> {
     let (host, port) = ballista_address(&config.batch.engine).ok_or_else(|| {
         ComputeError::Setup(format!(
             "batch.engine {:?}: expected ballista://host:port",
             config.batch.engine
         ))
     })?;
-    // Partitions of the shuffles: the cluster's slots, not this machine's cores.
+    // Partitions of the shuffles: the same as the local engine's, so both plan alike.
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
     let session = tune_session(SessionConfig::new_with_ballista(), partitions)
         .with_ballista_job_name("tributary batch");
@@ -178,8 +173,7 @@ pub async fn engine(
     udaf::register(&ctx);
     Ok(Engine::with_session(
         ctx,
-        store,
-        scan.prefix,
+        scan,
         master_schema,
         Budget::from_config(&config.batch),
         format!("ballista://{host}:{port}"),

@@ -158,6 +158,15 @@ impl ScanStore {
             .map_err(|e| ComputeError::Setup(e.to_string()))?;
         Ok(ScanStore { root, prefix })
     }
+
+    /// The key of a store path in `root`.
+    pub fn key(&self, path: &object_store::path::Path) -> String {
+        if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.prefix)
+        }
+    }
 }
 
 /// Registers the store as [`STORE_URL`] in a runtime.
@@ -173,10 +182,8 @@ pub struct Engine {
     ctx: SessionContext,
     master_schema: SchemaRef,
     budget: Budget,
-    /// The store (prefixed), for the footers this engine reads itself.
-    store: Arc<dyn ObjectStore>,
-    /// The key prefix of master files under [`STORE_URL`] (see [`ScanStore`]).
-    prefix: String,
+    /// Where the master files are (also read here, for their footers).
+    scan: ScanStore,
     /// `local` or the Ballista scheduler's URL (shown in `/v1/status` and the run's log).
     pub name: String,
 }
@@ -184,8 +191,7 @@ pub struct Engine {
 impl Engine {
     /// An engine in this process, within `budget`.
     pub fn local(
-        store: Arc<dyn ObjectStore>,
-        scan: &ScanStore,
+        scan: ScanStore,
         master_schema: SchemaRef,
         budget: Budget,
     ) -> Result<Engine, ComputeError> {
@@ -201,8 +207,7 @@ impl Engine {
             ctx,
             master_schema,
             budget,
-            store,
-            prefix: scan.prefix.clone(),
+            scan,
             name: "local".into(),
         })
     }
@@ -210,8 +215,7 @@ impl Engine {
     /// An engine over a session built elsewhere (Ballista's remote session).
     pub fn with_session(
         ctx: SessionContext,
-        store: Arc<dyn ObjectStore>,
-        prefix: String,
+        scan: ScanStore,
         master_schema: SchemaRef,
         budget: Budget,
         name: String,
@@ -220,8 +224,7 @@ impl Engine {
             ctx,
             master_schema,
             budget,
-            store,
-            prefix,
+            scan,
             name,
         }
     }
@@ -279,9 +282,6 @@ impl Engine {
             }
             tables.push((*g, table));
         }
-        if tables.is_empty() {
-            tables = empty();
-        }
         Ok(DateOutput {
             events,
             input_rows,
@@ -314,13 +314,7 @@ impl Engine {
         let urls = input
             .files
             .iter()
-            .map(|f| {
-                ListingTableUrl::parse(if self.prefix.is_empty() {
-                    format!("{STORE_URL}{}", f.path)
-                } else {
-                    format!("{STORE_URL}{}/{}", self.prefix, f.path)
-                })
-            })
+            .map(|f| ListingTableUrl::parse(format!("{STORE_URL}{}", self.scan.key(&f.path))))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| self.error(e))?;
         let options =
@@ -339,13 +333,17 @@ impl Engine {
         input: &DateInput,
     ) -> impl std::future::Future<Output = Result<u64, ComputeError>> + use<> {
         use futures::StreamExt;
-        let store = self.store.clone();
-        let files = input.files.clone();
+        let store = self.scan.root.clone();
+        let files: Vec<(object_store::path::Path, u64)> = input
+            .files
+            .iter()
+            .map(|f| (self.scan.key(&f.path).into(), f.size))
+            .collect();
         async move {
             let counts: Vec<Result<u64, ComputeError>> = futures::stream::iter(files)
-                .map(|f| {
+                .map(|(path, size)| {
                     let store = store.clone();
-                    async move { footer_rows(store.as_ref(), &f.path, f.size).await }
+                    async move { footer_rows(store.as_ref(), &path, size).await }
                 })
                 .buffer_unordered(16)
                 .collect()
@@ -407,9 +405,8 @@ fn of_granularity(batch: &RecordBatch, index: i32) -> Result<RecordBatch, Comput
         column,
         &arrow::array::Scalar::new(arrow::array::Int32Array::from(vec![index])),
     )?;
-    let rows = filter_record_batch(batch, &keep)?;
+    let mut rows = filter_record_batch(batch, &keep)?;
     // The granularity column is the query's, not the file's.
-    let mut rows = rows;
     if let Ok(i) = rows.schema().index_of(GRANULARITY) {
         rows.remove_column(i);
     }
@@ -491,12 +488,11 @@ mod tests {
         let size = bytes.len() as u64;
         store.put(&path, PutPayload::from(bytes)).await?;
         let scan = ScanStore {
-            root: store.clone(),
+            root: store,
             prefix: String::new(),
         };
         let engine = Engine::local(
-            store,
-            &scan,
+            scan,
             master_schema(&es),
             Budget {
                 memory_limit: 256 << 20,

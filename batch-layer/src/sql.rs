@@ -47,6 +47,17 @@ pub fn input_columns(view: &ViewPlan) -> Vec<String> {
     cols
 }
 
+/// The measures' fields, each once, in the order they are first named.
+fn fields_of(view: &ViewPlan) -> Vec<&str> {
+    let mut fields: Vec<&str> = Vec::new();
+    for f in view.measures.iter().filter_map(|m| m.field_name.as_deref()) {
+        if !fields.contains(&f) {
+            fields.push(f);
+        }
+    }
+    fields
+}
+
 /// Names of the encoded columns of a field (internal to the query).
 fn num(field: &str) -> String {
     ident(&format!("__num:{field}"))
@@ -103,43 +114,37 @@ pub fn view_sql(view: &ViewPlan, table: &str) -> String {
             col = ident(&d.name)
         ));
     }
-    let mut seen: Vec<(&str, AggKind)> = Vec::new();
-    for m in &view.measures {
-        let Some(f) = m.field_name.as_deref() else {
-            continue;
-        };
-        let kind = match m.agg {
-            AggKind::CountDistinct => AggKind::CountDistinct,
-            AggKind::Quantile => AggKind::Quantile,
-            _ => AggKind::Sum,
-        };
-        if seen.contains(&(f, kind)) {
-            continue;
-        }
-        seen.push((f, kind));
+    for f in fields_of(view) {
         let col = ident(f);
-        match kind {
-            AggKind::CountDistinct => {
-                encoded.push(format!(
-                    "tributary_distinct_key(CAST({col} AS VARCHAR)) AS {}",
-                    key(f)
-                ));
-                encoded.push(format!(
-                    "tributary_hll_observation(CAST({col} AS VARCHAR)) AS {}",
-                    obs(f)
-                ));
-            }
-            AggKind::Quantile => {
-                if !seen.contains(&(f, AggKind::Sum)) {
-                    seen.push((f, AggKind::Sum));
-                    encoded.push(format!("CAST({col} AS DOUBLE) AS {}", num(f)));
-                }
-                encoded.push(format!(
-                    "tributary_sketch_bucket(CAST({col} AS DOUBLE)) AS {}",
-                    bucket(f)
-                ));
-            }
-            _ => encoded.push(format!("CAST({col} AS DOUBLE) AS {}", num(f))),
+        let uses = |kinds: &[AggKind]| {
+            view.measures
+                .iter()
+                .any(|m| m.field_name.as_deref() == Some(f) && kinds.contains(&m.agg))
+        };
+        if uses(&[
+            AggKind::Sum,
+            AggKind::Min,
+            AggKind::Max,
+            AggKind::Avg,
+            AggKind::Quantile,
+        ]) {
+            encoded.push(format!("CAST({col} AS DOUBLE) AS {}", num(f)));
+        }
+        if uses(&[AggKind::CountDistinct]) {
+            encoded.push(format!(
+                "tributary_distinct_key(CAST({col} AS VARCHAR)) AS {}",
+                key(f)
+            ));
+            encoded.push(format!(
+                "tributary_hll_observation(CAST({col} AS VARCHAR)) AS {}",
+                obs(f)
+            ));
+        }
+        if uses(&[AggKind::Quantile]) {
+            encoded.push(format!(
+                "tributary_sketch_bucket(CAST({col} AS DOUBLE)) AS {}",
+                bucket(f)
+            ));
         }
     }
 

@@ -297,6 +297,22 @@ pub async fn hgetall(
     Ok(redis::cmd("HGETALL").arg(key).query_async(con).await?)
 }
 
+/// The Chromium the browser tests drive (`TRIBUTARY_TEST_CHROMIUM` overrides; `make up`
+/// installs Debian's).
+pub fn chromium() -> String {
+    std::env::var("TRIBUTARY_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
+}
+
+/// Flags every headless Chromium of the tests runs with (no GPU, no sandbox in a container,
+/// no `/dev/shm`, no scrollbars in screenshots).
+pub const CHROMIUM_FLAGS: [&str; 5] = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+];
+
 /// Epoch milliseconds now.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()

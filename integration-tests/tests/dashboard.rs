@@ -10,23 +10,13 @@ use tokio::sync::{oneshot, watch};
 use tributary_it::generator::{Generator, GeneratorOptions};
 use tributary_it::*;
 
-fn chromium() -> String {
-    std::env::var("TRIBUTARY_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
-}
-
 async fn run_chromium(args: &[String]) -> anyhow::Result<String> {
     let bin = chromium();
     let out = tokio::time::timeout(
         Duration::from_secs(90),
         tokio::process::Command::new(&bin)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--virtual-time-budget=10000",
-            ])
+            .args(CHROMIUM_FLAGS)
+            .arg("--virtual-time-budget=10000")
             .args(args)
             .output(),
     )

@@ -150,14 +150,13 @@ impl Run<'_> {
         let engine = if config.batch.engine == "local" {
             ScanStore::open(&config.store).and_then(|scan| {
                 Engine::local(
-                    self.store.clone(),
-                    &scan,
+                    scan,
                     master_schema(&schema),
                     Budget::from_config(&config.batch),
                 )
             })
         } else {
-            crate::ballista::engine(config, self.store.clone(), master_schema(&schema)).await
+            crate::ballista::engine(config, master_schema(&schema)).await
         }
         .map_err(|e| RunError::Setup(e.to_string()))?;
         let snapshot = Snapshot::load(

@@ -15,10 +15,6 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 /// How long one protocol command may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn chromium() -> String {
-    std::env::var("TRIBUTARY_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into())
-}
-
 /// A headless Chromium with one page (tab) attached.
 pub struct Browser {
     child: Child,
@@ -33,7 +29,7 @@ pub struct Browser {
 impl Browser {
     /// Starts Chromium and opens a blank tab.
     pub async fn launch() -> anyhow::Result<Browser> {
-        let bin = chromium();
+        let bin = tributary_it::chromium();
         let dir = tempfile::tempdir()?;
         let stderr = std::fs::File::create(dir.path().join("stderr.log"))?;
         // The shell gives Chromium our stdin as its fd 3 (commands) and our stdout as its fd 4
@@ -42,12 +38,8 @@ impl Browser {
             .arg("-c")
             .arg(r#"exec "$0" "$@" 3<&0 4>&1 0</dev/null 1>/dev/null"#)
             .arg(&bin)
+            .args(tributary_it::CHROMIUM_FLAGS)
             .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
                 "--no-first-run",
                 "--remote-debugging-pipe",
                 "--window-size=1400,1000",

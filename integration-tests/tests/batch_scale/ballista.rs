@@ -73,7 +73,6 @@ async fn ballista_computes_the_same_views_and_survives_a_lost_executor() -> anyh
             ],
         )?;
         c.store = store_config.clone();
-        c.store.url = url.clone();
         Ok(c)
     };
     let local = base("local")?;
