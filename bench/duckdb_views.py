@@ -2,8 +2,10 @@
 Parquet files (the `checkouts` view of infra/tributary.toml: deduplicated by event_id,
 type = 'checkout', count / sum / max / exact count distinct / exact quantile_cont, every
 grouping set of (country, device), at minute, hour and day). Prints its wall time (s).
+With MEMORY_LIMIT (e.g. 2GB) DuckDB runs within it, spilling to TEMP_DIR: the peer of
+`batch-layer run` with `batch.memory_limit`.
 
-usage: duckdb_views.py STORE_DIR TOPIC DATE
+usage: duckdb_views.py STORE_DIR TOPIC DATE [MEMORY_LIMIT TEMP_DIR]
 """
 import sys
 import time
@@ -14,6 +16,9 @@ store, topic, date = sys.argv[1:4]
 files = f"{store}/master/{topic}/date={date}/hour=*/*.parquet"
 started = time.time()
 con = duckdb.connect()
+if len(sys.argv) > 4:
+    con.execute(f"SET memory_limit = '{sys.argv[4]}'")
+    con.execute(f"SET temp_directory = '{sys.argv[5]}'")
 con.execute(f"""
 CREATE TABLE events AS
 SELECT min(epoch_ms(event_time)) AS ts, min(country) AS country, min(device) AS device,

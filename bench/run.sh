@@ -56,6 +56,10 @@ for i in $(seq "$runs"); do
   echo "  run $i: batch-layer $(cat "$work/batch-time-$i") / duckdb $(cat "$work/duck-time-$i") (seconds, peak KiB)"
 done
 
+echo "[bench] batch at scale: one day within batch.memory_limit vs DuckDB within its memory_limit, and on Ballista"
+BENCH_SCALE_EVENTS=${BENCH_SCALE_EVENTS:-$([ "$quick" = 1 ] && echo 5000000 || echo 50000000)} \
+  bash bench/batch_scale.sh "$work/scale.json"
+
 echo "[bench] serving: series over 24 hourly buckets, group_by country, 64 clients, next to redis-benchmark"
 # A day of events through the real speed layer (its watermark seals the older buckets) and the
 # real archive + one batch run (so the settled hours come from the batch view, the newest from
@@ -118,6 +122,7 @@ work, events, runs, batch_events = sys.argv[1], int(sys.argv[2]), int(sys.argv[3
 broker = json.load(open(f"{work}/broker.json"))
 secure = json.load(open(f"{work}/secure.json"))
 cluster = json.load(open(f"{work}/cluster.json"))
+scale = json.load(open(f"{work}/scale.json"))
 replay = [json.load(open(f"{work}/replay-{i}.json"))["events_per_second"] for i in range(1, runs + 1)]
 def stats(v):
     s = sorted(v)
@@ -154,6 +159,7 @@ result = {
         "batch_peak_mib": stats([b[1] / 1024 for b in batch]),
         "duckdb_peak_mib": stats([b[3] / 1024 for b in batch]),
     },
+    "batch_at_scale": scale,
     "freshness_ms": {
         "rate_events_per_sec": fresh[0]["rate_events_per_sec"],
         "p50": stats([f["p50_ms"] for f in fresh]),
@@ -197,9 +203,17 @@ def row(name, d, fmt):
 rows += [
     row(f"batch-layer run, one day of {batch_events:,} events (s)", bd["batch_seconds"], "{:.2f}"),
     row("DuckDB, same aggregates, same files (peer, s)", bd["duckdb_seconds"], "{:.2f}"),
-    row("  ratio batch / DuckDB (target <= 1.5)", bd["ratio_batch_to_duckdb"], "{:.2f}"),
+    row("  ratio batch / DuckDB (target <= 1.0)", bd["ratio_batch_to_duckdb"], "{:.2f}"),
     row("  peak memory batch-layer (MiB)", bd["batch_peak_mib"], "{:.0f}"),
     row("  peak memory DuckDB (MiB)", bd["duckdb_peak_mib"], "{:.0f}"),
+    row(f"batch-layer run, {scale['events']:,} events, memory_limit {scale['memory_limit']} (s)", scale["local_seconds"], "{:.1f}"),
+    row(f"DuckDB, same files, memory_limit {scale['duckdb_memory_limit']} (peer, s)", scale["duckdb_seconds"], "{:.1f}"),
+    row("  ratio batch / DuckDB (target <= 1.2)", scale["ratio_local_to_duckdb"], "{:.2f}"),
+    row("  peak memory batch-layer (MiB, target <= 2560)", scale["local_peak_mib"], "{:.0f}"),
+    row("  peak memory DuckDB (MiB)", scale["duckdb_peak_mib"], "{:.0f}"),
+    row("same day on Ballista, scheduler + 2 executors (s)", scale["ballista_seconds"], "{:.1f}"),
+    row("  ratio Ballista / local engine", scale["ratio_ballista_to_local"], "{:.2f}"),
+    ("  peak memory per executor (MiB)", " / ".join(f"{p:.0f}" for p in scale["ballista_executor_peak_mib"]), ""),
     row("serving series, 64 clients (req/s)", sv["requests_per_sec"], "{:,.0f}"),
     row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
     row("  p99 (ms, target < 20)", sv["p99_ms"], "{:.2f}"),

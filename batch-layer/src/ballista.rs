@@ -26,7 +26,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use tributary_shared::Config;
 use tributary_shared::config::{ballista_address, host_port};
 
-use crate::compute::{Budget, ComputeError, Engine, ScanStore, register_store, tune_session};
+use crate::budget::{Budget, tune_session};
+use crate::compute::{ComputeError, Engine, ScanStore, register_store};
 use crate::udaf;
 
 /// How often an executor reports to the scheduler, and how long the scheduler waits for one
@@ -110,10 +111,14 @@ pub async fn executor(config: Config, bind: Option<String>) -> anyhow::Result<()
     register_functions(&mut state)?;
     let registry = Arc::new(BallistaFunctionRegistry::from(&state));
 
+    // Ballista gives each task a fair spill pool of its own, `memory_pool_size` split over
+    // the slots (replacing the producer's pool): handed `batch.memory_limit`, the executor's
+    // tasks together stay within it. The producer supplies the spill directory and the store.
     let budget = Budget {
         memory_limit: Budget::from_config(&config.batch).memory_limit,
         spill_dir: Some(work_dir.clone()),
     };
+    let memory_pool_size = budget.memory_limit;
     let runtime: ballista_core::RuntimeProducer = Arc::new(move |_session| {
         let runtime = budget.runtime()?;
         register_store(&runtime, store.clone());
@@ -127,6 +132,7 @@ pub async fn executor(config: Config, bind: Option<String>) -> anyhow::Result<()
         scheduler_host,
         scheduler_port,
         vcores: config.ballista.executor_slots,
+        memory_pool_size: Some(memory_pool_size),
         work_dir: Some(work_dir),
         executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         override_function_registry: Some(registry),
@@ -149,7 +155,10 @@ pub async fn engine(config: &Config, master_schema: SchemaRef) -> Result<Engine,
     })?;
     // Partitions of the shuffles: the same as the local engine's, so both plan alike.
     let partitions = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let session = tune_session(SessionConfig::new_with_ballista(), partitions)
+    // A task on an executor holds a slot's share of its budget (see `executor`).
+    let budget = Budget::from_config(&config.batch);
+    let per_task = budget.memory_limit / config.ballista.executor_slots.max(1) as u64;
+    let session = tune_session(SessionConfig::new_with_ballista(), partitions, per_task)
         .with_ballista_job_name("tributary batch");
     // The driver lists nothing itself, but plans are built here before they travel: the store
     // must resolve in this session too.
@@ -175,7 +184,7 @@ pub async fn engine(config: &Config, master_schema: SchemaRef) -> Result<Engine,
         ctx,
         scan,
         master_schema,
-        Budget::from_config(&config.batch),
+        budget,
         format!("ballista://{host}:{port}"),
     ))
 }

@@ -16,14 +16,14 @@ use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::error::DataFusionError;
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use tributary_shared::Granularity;
 use tributary_shared::view::ViewPlan;
 
+use crate::budget::{Budget, tune_session};
 use crate::snapshot::DateInput;
 use crate::sql::{GRANULARITY, view_sql};
 use crate::udaf;
@@ -46,6 +46,8 @@ pub struct DateOutput {
     pub tables: Vec<(Granularity, RecordBatch)>,
     /// The Ballista job that computed it (none on the local engine).
     pub job: Option<String>,
+    /// Bytes the query spilled to disk (the local engine's; 0 when it fit in the budget).
+    pub spilled_bytes: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,78 +71,6 @@ pub enum ComputeError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("{0}")]
     Setup(String),
-}
-
-/// Where and within what a query runs.
-#[derive(Debug, Clone)]
-pub struct Budget {
-    /// Bytes the queries may hold.
-    pub memory_limit: u64,
-    /// Where they spill (`None`: the OS temporary directory).
-    pub spill_dir: Option<String>,
-}
-
-impl Budget {
-    /// `[batch] memory_limit` and `spill_dir`; an unset limit is half of the machine's memory.
-    pub fn from_config(batch: &tributary_shared::config::BatchConfig) -> Budget {
-        Budget {
-            memory_limit: batch.memory_limit.unwrap_or_else(|| machine_memory() / 2),
-            spill_dir: batch.spill_dir.clone(),
-        }
-    }
-
-    /// The runtime of a session within this budget.
-    pub fn runtime(&self) -> Result<Arc<RuntimeEnv>, DataFusionError> {
-        let mode = match &self.spill_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    DataFusionError::Execution(format!("batch.spill_dir {dir}: {e}"))
-                })?;
-                DiskManagerMode::Directories(vec![dir.into()])
-            }
-            None => DiskManagerMode::OsTmpDirectory,
-        };
-        RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(self.memory_limit as usize)))
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(mode))
-            .build_arc()
-    }
-
-    fn describe(&self) -> (String, String) {
-        (
-            bytesize::ByteSize::b(self.memory_limit)
-                .display()
-                .iec()
-                .to_string(),
-            self.spill_dir
-                .clone()
-                .unwrap_or_else(|| std::env::temp_dir().display().to_string()),
-        )
-    }
-}
-
-/// Total memory of this machine (from `/proc/meminfo`; 4 GiB where that cannot be read).
-fn machine_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(4 << 30)
-}
-
-/// The session options every engine shares: batches sized for aggregation, and the listing
-/// table's statistics left unread (each file's footer is read once, by the scan).
-pub fn tune_session(config: SessionConfig, partitions: usize) -> SessionConfig {
-    let mut config = config
-        .with_target_partitions(partitions)
-        .with_batch_size(8 * 1024);
-    let options = config.options_mut();
-    options.execution.collect_statistics = false;
-    options.execution.parquet.pushdown_filters = true;
-    config
 }
 
 /// What DataFusion scans: the configured store without its key prefix (registered as
@@ -199,7 +129,7 @@ impl Engine {
         let runtime = budget.runtime().map_err(ComputeError::DataFusion)?;
         register_store(&runtime, scan.root.clone());
         let ctx = SessionContext::new_with_config_rt(
-            tune_session(SessionConfig::new(), partitions),
+            tune_session(SessionConfig::new(), partitions, budget.memory_limit),
             runtime,
         );
         udaf::register(&ctx);
@@ -248,6 +178,7 @@ impl Engine {
                 input_rows: 0,
                 tables: empty(),
                 job: None,
+                spilled_bytes: 0,
             });
         }
         let t0 = std::time::Instant::now();
@@ -259,11 +190,16 @@ impl Engine {
             .map_err(|e| self.error(e))?;
         let result = self.run_sql(&view_sql(view, &table)).await;
         let _ = self.ctx.deregister_table(&table);
-        let (batches, job) = result?;
+        let Query {
+            batches,
+            job,
+            spilled_bytes,
+        } = result?;
         let input_rows = input_rows.await?;
         tracing::debug!(
             rows = input_rows,
             ms = t0.elapsed().as_millis() as u64,
+            spilled_bytes,
             "view query done"
         );
         let mut tables = Vec::with_capacity(view.granularities.len());
@@ -287,18 +223,23 @@ impl Engine {
             input_rows,
             tables,
             job,
+            spilled_bytes,
         })
     }
 
-    /// Runs a query; also returns its Ballista job id when it ran there.
-    async fn run_sql(&self, sql: &str) -> Result<(Vec<RecordBatch>, Option<String>), ComputeError> {
+    /// Runs a query; also says its Ballista job id when it ran there, and what it spilled.
+    async fn run_sql(&self, sql: &str) -> Result<Query, ComputeError> {
         let df = self.ctx.sql(sql).await.map_err(|e| self.error(e))?;
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(|e| self.error(e))?;
         let out = datafusion::physical_plan::collect(plan.clone(), task).await;
         let job = crate::ballista::job_id(&plan);
         match out {
-            Ok(batches) => Ok((batches, job)),
+            Ok(batches) => Ok(Query {
+                batches,
+                job,
+                spilled_bytes: spilled_bytes(plan.as_ref()),
+            }),
             Err(e) => {
                 if let Some(job) = job {
                     tracing::warn!(job, "Ballista job failed");
@@ -354,11 +295,12 @@ impl Engine {
 
     /// A DataFusion error as ours: running out of the memory budget names its key.
     fn error(&self, e: DataFusionError) -> ComputeError {
+        // The whole chain, not just the root: the context says which step ran out.
         let exhausted = match e.find_root() {
-            DataFusionError::ResourcesExhausted(detail) => Some(detail.clone()),
+            DataFusionError::ResourcesExhausted(_) => Some(e.to_string()),
             other => {
                 let text = other.to_string();
-                text.contains("Resources exhausted").then_some(text)
+                text.contains("Resources exhausted").then(|| e.to_string())
             }
         };
         match exhausted {
@@ -373,6 +315,24 @@ impl Engine {
             None => ComputeError::DataFusion(e),
         }
     }
+}
+
+/// What a query returned.
+struct Query {
+    batches: Vec<RecordBatch>,
+    job: Option<String>,
+    spilled_bytes: u64,
+}
+
+/// Bytes the operators of an executed plan spilled (from their metrics; a Ballista plan's
+/// operators ran on the executors, and report nothing here).
+fn spilled_bytes(plan: &dyn ExecutionPlan) -> u64 {
+    let own = plan.metrics().and_then(|m| m.spilled_bytes()).unwrap_or(0) as u64;
+    own + plan
+        .children()
+        .into_iter()
+        .map(|c| spilled_bytes(c.as_ref()))
+        .sum::<u64>()
 }
 
 /// Rows of one Parquet file, from its footer (two small range reads).

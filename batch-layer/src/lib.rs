@@ -6,7 +6,8 @@
 //! - [`snapshot`]: the committed files a run reads, and the [`horizon`];
 //! - [`compute`]: a view's date recomputed with DataFusion: the [`sql`] it runs, over values
 //!   [`encode`]d once, calling the aggregate functions of [`udaf`] (mergeable sketches, exact
-//!   distinct count and quantile); the result is written in the [`view_file`] format;
+//!   distinct count and quantile); the result is written in the [`view_file`] format; its
+//!   memory is the [`budget`]'s;
 //! - [`run`](mod@run), [`schedule`](mod@schedule): runs, their [`lock`], each view's
 //!   [`manifest`] and the run's [`report`];
 //! - [`evolution`]: what a change of `[fields]` may do to views already computed;
@@ -17,6 +18,7 @@
 
 pub mod archive;
 pub mod ballista;
+pub mod budget;
 pub mod compute;
 pub mod encode;
 pub mod evolution;

@@ -25,6 +25,8 @@ pub struct BatchMetrics {
     /// Dates recomputed and their deduplicated events, per view.
     pub dates_computed: Family<Vec<(String, String)>, Counter>,
     pub events_computed: Family<Vec<(String, String)>, Counter>,
+    /// Bytes the local engine's queries spilled to `batch.spill_dir`, per view.
+    pub spilled_bytes: Family<Vec<(String, String)>, Counter>,
     pub last_success_seconds: Gauge,
     /// Queries sent to each engine (`local`, or the Ballista scheduler's URL).
     pub engine_jobs: Family<Vec<(String, String)>, Counter>,
@@ -83,7 +85,13 @@ impl BatchMetrics {
         let run_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 16));
         let dates_computed = Family::<Vec<(String, String)>, Counter>::default();
         let events_computed = Family::<Vec<(String, String)>, Counter>::default();
+        let spilled_bytes = Family::<Vec<(String, String)>, Counter>::default();
         let last_success_seconds = Gauge::default();
+        registry.register(
+            "spilled_bytes",
+            "Bytes the view queries spilled to batch.spill_dir (a date larger than batch.memory_limit)",
+            spilled_bytes.clone(),
+        );
         registry.register("runs", "Batch runs by outcome", runs.clone());
         registry.register(
             "run_seconds",
@@ -132,6 +140,7 @@ impl BatchMetrics {
             run_seconds,
             dates_computed,
             events_computed,
+            spilled_bytes,
             last_success_seconds,
             registry,
         })

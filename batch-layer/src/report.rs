@@ -19,6 +19,10 @@ pub struct ViewReport {
     /// Ballista job ids of the dates computed (none on the local engine).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<String>,
+    /// Bytes the local engine spilled to `batch.spill_dir` for this view (0: it fit in
+    /// `batch.memory_limit`; a Ballista run's spills are the executors' and not counted).
+    #[serde(default)]
+    pub spilled_bytes: u64,
 }
 
 /// `_batch/last_run.json`.

@@ -11,7 +11,8 @@ use object_store::ObjectStore;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::{Config, EventSchema, ViewPlan};
 
-use crate::compute::{Budget, Engine, ScanStore};
+use crate::budget::Budget;
+use crate::compute::{Engine, ScanStore};
 use crate::lock::{LockError, RunLock};
 use crate::master::master_schema;
 use crate::metrics::BatchMetrics;

@@ -129,6 +129,7 @@ impl ViewRun<'_> {
             if let Some(job) = &out.job {
                 report.jobs.push(job.clone());
             }
+            report.spilled_bytes += out.spilled_bytes;
             let secs = t.elapsed().as_secs_f64().max(1e-9);
             tracing::info!(
                 view = %plan.name,
@@ -140,9 +141,15 @@ impl ViewRun<'_> {
                 rows_per_s = (out.input_rows as f64 / secs).round() as u64,
                 engine = %self.engine.name,
                 job = out.job.as_deref().unwrap_or("-"),
+                spilled_bytes = out.spilled_bytes,
                 "date recomputed"
             );
             let labels = vec![("view".to_string(), plan.name.clone())];
+            self.run
+                .metrics
+                .spilled_bytes
+                .get_or_create(&labels)
+                .inc_by(out.spilled_bytes);
             self.run.metrics.dates_computed.get_or_create(&labels).inc();
             self.run
                 .metrics

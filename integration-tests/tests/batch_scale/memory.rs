@@ -11,6 +11,7 @@ use arrow::datatypes::{Float64Type, Int32Type, Int64Type, TimestampMillisecondTy
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tributary_batch_layer::report::load_report;
 use tributary_it::master::{DaySpec, write_day};
 use tributary_it::*;
 use tributary_shared::bucket::{DAY_MS, HOUR_MS, date_string};
@@ -171,8 +172,8 @@ async fn a_date_larger_than_the_memory_limit_is_computed_exactly() -> anyhow::Re
     )?;
     let store = open(&limited.store)?;
     let topic = limited.source.topic.clone();
-    // 1.5M events (checkouts, page views...) with 1% resent: the deduplication alone holds
-    // far more than 64 MiB of event ids.
+    // 1.5M events with 1% resent, 300k of them the view's checkouts: their deduplication and
+    // exact states hold far more than 64 MiB (it spills ~1.7 GB of sorted runs on the way).
     let rows = write_day(
         &store,
         &limited,
@@ -189,6 +190,10 @@ async fn a_date_larger_than_the_memory_limit_is_computed_exactly() -> anyhow::Re
 
     let (code, out) = batch_cli(&limited, &["run"]).await?;
     assert_eq!(code, 0, "batch-layer run within 64MiB: {out}");
+    // It did not fit: the run spilled, and says so.
+    let report = load_report(&store).await?.context("last_run.json")?;
+    let spilled = report.views["checkouts"].spilled_bytes;
+    assert!(spilled > 64 << 20, "spilled {spilled} bytes within 64MiB");
     let (m1, small) = view_contents(&store, "checkouts").await?;
     let truth = master_checkouts(&store, &topic).await?;
     assert!(truth.len() > 10_000, "{} checkouts", truth.len());
@@ -214,6 +219,11 @@ async fn a_date_larger_than_the_memory_limit_is_computed_exactly() -> anyhow::Re
     )
     .await?;
     assert_eq!(code, 0, "unlimited backfill: {out}");
+    let report = load_report(&store).await?.context("last_run.json")?;
+    assert_eq!(
+        report.views["checkouts"].spilled_bytes, 0,
+        "unlimited: no spill"
+    );
     let (m2, big) = view_contents(&store, "checkouts").await?;
     assert_eq!(m2.version, m1.version + 1);
     let compared = assert_same_contents(&small, &big, "64MiB vs unlimited")?;
