@@ -186,7 +186,33 @@ pub async fn engine(config: &Config, master_schema: SchemaRef) -> Result<Engine,
         master_schema,
         budget,
         format!("ballista://{host}:{port}"),
+        config.ballista.job_timeout,
     ))
+}
+
+/// Asks the scheduler of `engine` (`ballista://host:port`) to cancel a job the driver gave up
+/// on. Best effort: the run fails that view either way, and the error says so.
+pub async fn cancel_job(engine: &str, job: &str) {
+    use ballista_core::serde::protobuf::CancelJobParams;
+    use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+    let Some((host, port)) = ballista_address(engine) else {
+        return;
+    };
+    let url = format!("http://{host}:{port}");
+    let cancelled = async {
+        let mut client = SchedulerGrpcClient::connect(url).await?;
+        client
+            .cancel_job(CancelJobParams {
+                job_id: job.to_string(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(10), cancelled).await {
+        Ok(Ok(())) => tracing::warn!(job, "Ballista job cancelled"),
+        Ok(Err(e)) => tracing::warn!(job, error = %e, "could not cancel the Ballista job"),
+        Err(_) => tracing::warn!(job, "could not cancel the Ballista job: no answer in 10 s"),
+    }
 }
 
 /// The Ballista job of a plan that ran on the cluster (its root is Ballista's query node).

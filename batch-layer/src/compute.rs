@@ -65,6 +65,15 @@ pub enum ComputeError {
         spill: String,
         detail: String,
     },
+    #[error(
+        "Ballista job {job} did not finish within ballista.job_timeout ({limit:?}) and was \
+         cancelled (a lost executor can leave a job waiting forever: see \
+         docs/runbooks/ballista-executor-lost.md)"
+    )]
+    JobTimeout {
+        job: String,
+        limit: std::time::Duration,
+    },
     #[error("DataFusion: {0}")]
     DataFusion(DataFusionError),
     #[error("arrow: {0}")]
@@ -116,6 +125,8 @@ pub struct Engine {
     scan: ScanStore,
     /// `local` or the Ballista scheduler's URL (shown in `/v1/status` and the run's log).
     pub name: String,
+    /// How long one query may take (Ballista's `ballista.job_timeout`; none locally).
+    job_timeout: Option<std::time::Duration>,
 }
 
 impl Engine {
@@ -139,6 +150,7 @@ impl Engine {
             budget,
             scan,
             name: "local".into(),
+            job_timeout: None,
         })
     }
 
@@ -149,6 +161,7 @@ impl Engine {
         master_schema: SchemaRef,
         budget: Budget,
         name: String,
+        job_timeout: std::time::Duration,
     ) -> Engine {
         Engine {
             ctx,
@@ -156,6 +169,7 @@ impl Engine {
             budget,
             scan,
             name,
+            job_timeout: Some(job_timeout),
         }
     }
 
@@ -232,7 +246,19 @@ impl Engine {
         let df = self.ctx.sql(sql).await.map_err(|e| self.error(e))?;
         let task = Arc::new(df.task_ctx());
         let plan = df.create_physical_plan().await.map_err(|e| self.error(e))?;
-        let out = datafusion::physical_plan::collect(plan.clone(), task).await;
+        let collected = datafusion::physical_plan::collect(plan.clone(), task);
+        let out = match self.job_timeout {
+            Some(limit) => match tokio::time::timeout(limit, collected).await {
+                Ok(out) => out,
+                Err(_) => {
+                    let job = crate::ballista::job_id(&plan).unwrap_or_else(|| "-".into());
+                    tracing::error!(%job, ?limit, "Ballista job timed out; cancelling it");
+                    crate::ballista::cancel_job(&self.name, &job).await;
+                    return Err(ComputeError::JobTimeout { job, limit });
+                }
+            },
+            None => collected.await,
+        };
         let job = crate::ballista::job_id(&plan);
         match out {
             Ok(batches) => Ok(Query {

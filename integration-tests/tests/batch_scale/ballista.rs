@@ -69,6 +69,8 @@ async fn ballista_computes_the_same_views_and_survives_a_lost_executor() -> anyh
                     format!("127.0.0.1:{scheduler_port}"),
                 ),
                 ("BALLISTA__EXECUTOR_SLOTS", "2".to_string()),
+                // A job that a lost executor leaves waiting is given up after this.
+                ("BALLISTA__JOB_TIMEOUT", "30s".to_string()),
                 ("BALLISTA__WORK_DIR", work.path().display().to_string()),
             ],
         )?;
@@ -161,6 +163,19 @@ async fn ballista_computes_the_same_views_and_survives_a_lost_executor() -> anyh
         );
     }
 
+    // A job that does not finish within ballista.job_timeout is cancelled and fails its view
+    // cleanly (what a job left waiting by a lost executor comes to).
+    let mut impatient = remote.clone();
+    impatient.ballista.job_timeout = Duration::from_millis(20);
+    let (code, out) = batch_cli(&impatient, &["backfill", "--from", &from, "--to", &to]).await?;
+    assert_eq!(code, 1, "a timed-out job fails the run: {out}");
+    assert!(
+        out.contains("ballista.job_timeout") && out.contains("was cancelled"),
+        "the error names the key: {out}"
+    );
+    let (m_timeout, _) = view_contents(&store, "checkouts").await?;
+    assert_eq!(m_timeout, m2, "the manifest stays as it was");
+
     // An executor killed mid-run: the run completes through the other, or fails cleanly
     // leaving the manifest it found.
     let run = tokio::spawn({
@@ -173,6 +188,7 @@ async fn ballista_computes_the_same_views_and_survives_a_lost_executor() -> anyh
     victim.kill().await?;
     let (code, out) = run.await??;
     let (m3, after) = view_contents(&store, "checkouts").await?;
+    eprintln!("run with a lost executor: exit {code}");
     if code == 0 {
         assert_eq!(m3.version, m2.version + 1, "{out}");
         assert_same_contents(&reference, &after, "after a lost executor")?;

@@ -195,6 +195,11 @@ pub struct BallistaConfig {
     pub executor_slots: usize,
     /// Shuffle files of an executor.
     pub work_dir: String,
+    /// How long the driver waits for one date's Ballista job before it cancels the job and
+    /// fails the view (its previous version stays): Ballista 55 can leave a job waiting
+    /// forever when an executor is lost at the wrong moment.
+    #[serde(with = "duration_str")]
+    pub job_timeout: Duration,
 }
 
 impl Default for BallistaConfig {
@@ -208,6 +213,7 @@ impl Default for BallistaConfig {
                 .join("tributary-ballista")
                 .display()
                 .to_string(),
+            job_timeout: Duration::from_secs(3600),
         }
     }
 }

@@ -325,6 +325,16 @@ fn durations_that_break_the_batch_lock_or_gc_are_refused() {
         ("TRIBUTARY__BATCH__LOCK_TTL", "1s", "batch.lock_ttl"),
         ("TRIBUTARY__BATCH__GC_GRACE", "0s", "batch.gc_grace"),
         ("TRIBUTARY__BATCH__IDLE_TIMEOUT", "0s", "batch.idle_timeout"),
+        (
+            "TRIBUTARY__BALLISTA__JOB_TIMEOUT",
+            "0s",
+            "ballista.job_timeout",
+        ),
+        (
+            "TRIBUTARY__BALLISTA__EXECUTOR_SLOTS",
+            "0",
+            "ballista.executor_slots",
+        ),
         ("TRIBUTARY__SERVING__MAX_GROUPS", "0", "serving.max_groups"),
         (
             "TRIBUTARY__SERVING__CACHE_SIZE",

@@ -142,6 +142,11 @@ impl Config {
             "must be greater than 0".into(),
         );
         check(
+            !self.ballista.job_timeout.is_zero(),
+            "ballista.job_timeout".into(),
+            "must be greater than 0".into(),
+        );
+        check(
             !self.batch.idle_timeout.is_zero(),
             "batch.idle_timeout".into(),
             "must be greater than 0".into(),
