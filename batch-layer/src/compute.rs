@@ -321,24 +321,18 @@ impl Engine {
 
     /// A DataFusion error as ours: running out of the memory budget names its key.
     fn error(&self, e: DataFusionError) -> ComputeError {
-        // The whole chain, not just the root: the context says which step ran out.
-        let exhausted = match e.find_root() {
-            DataFusionError::ResourcesExhausted(_) => Some(e.to_string()),
-            other => {
-                let text = other.to_string();
-                text.contains("Resources exhausted").then(|| e.to_string())
-            }
-        };
-        match exhausted {
-            Some(detail) => {
-                let (limit, spill) = self.budget.describe();
-                ComputeError::MemoryLimit {
-                    limit,
-                    spill,
-                    detail,
-                }
-            }
-            None => ComputeError::DataFusion(e),
+        let root = e.find_root();
+        let exhausted = matches!(root, DataFusionError::ResourcesExhausted(_))
+            || root.to_string().contains("Resources exhausted");
+        if !exhausted {
+            return ComputeError::DataFusion(e);
+        }
+        let (limit, spill) = self.budget.describe();
+        ComputeError::MemoryLimit {
+            limit,
+            spill,
+            // The whole chain, not just the root: the context says which step ran out.
+            detail: e.to_string(),
         }
     }
 }
