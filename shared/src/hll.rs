@@ -101,6 +101,23 @@ impl Hll {
         }
     }
 
+    /// The registers, one byte each (a compact in-process form; Redis's is [`Hll::to_redis`]).
+    pub fn registers(&self) -> &[u8; REGISTERS] {
+        &self.registers
+    }
+
+    /// Union with registers given as [`Hll::registers`] returns them; `None` if `bytes` is
+    /// not 16384 registers.
+    pub fn merge_registers(&mut self, bytes: &[u8]) -> Option<()> {
+        let other: &[u8; REGISTERS] = bytes.try_into().ok()?;
+        for (a, b) in self.registers.iter_mut().zip(other.iter()) {
+            if *b > *a {
+                *a = *b;
+            }
+        }
+        Some(())
+    }
+
     /// Union with another sketch.
     pub fn merge(&mut self, other: &Hll) {
         for (a, b) in self.registers.iter_mut().zip(other.registers.iter()) {

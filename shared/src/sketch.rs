@@ -69,11 +69,20 @@ impl SketchBucket {
 
     /// The hash field name: `p<i>`, `n<i>` or `z`.
     pub fn field(self) -> String {
-        match self {
-            SketchBucket::Negative(i) => format!("n{i}"),
-            SketchBucket::Zero => "z".to_string(),
-            SketchBucket::Positive(i) => format!("p{i}"),
-        }
+        let mut out = String::with_capacity(8);
+        self.write_field(&mut out);
+        out
+    }
+
+    /// Appends [`SketchBucket::field`] to `out` (no allocation of its own).
+    pub fn write_field(self, out: &mut String) {
+        use std::fmt::Write;
+        // Writing to a String cannot fail.
+        let _ = match self {
+            SketchBucket::Negative(i) => write!(out, "n{i}"),
+            SketchBucket::Zero => write!(out, "z"),
+            SketchBucket::Positive(i) => write!(out, "p{i}"),
+        };
     }
 
     /// Inverse of [`SketchBucket::field`].
@@ -116,6 +125,14 @@ pub struct QuantileSketch {
 impl QuantileSketch {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A sketch of bucket counts given in bucket order, each bucket once (built in one pass,
+    /// without a map insert per bucket).
+    pub fn from_sorted_buckets(buckets: impl IntoIterator<Item = (SketchBucket, u64)>) -> Self {
+        QuantileSketch {
+            buckets: buckets.into_iter().filter(|(_, c)| *c > 0).collect(),
+        }
     }
 
     pub fn insert(&mut self, x: f64) {
@@ -186,14 +203,15 @@ impl QuantileSketch {
 
     /// Compact text form stored in batch view files: `field:count,field:count`.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(self.buckets.len() * 8);
+        use std::fmt::Write;
+        let mut out = String::with_capacity(self.buckets.len() * 10);
         for (i, (b, c)) in self.buckets.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&b.field());
-            out.push(':');
-            out.push_str(&c.to_string());
+            b.write_field(&mut out);
+            // Writing to a String cannot fail.
+            let _ = write!(out, ":{c}");
         }
         out
     }

@@ -8,7 +8,8 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, Int64Array};
+use arrow::array::{ArrayRef, Int64Array, LargeBinaryArray};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use datafusion::common::Result;
 
 use super::{Aggregate, Rows, le_words};
@@ -17,7 +18,7 @@ use super::{Aggregate, Rows, le_words};
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CountDistinct;
 
-/// One group's keys: distinct up to `distinct`, repeats possible after it.
+/// One group's keys: sorted and distinct up to `distinct`, appended after it.
 #[derive(Debug, Default)]
 pub(crate) struct Keys {
     keys: Vec<u128>,
@@ -27,13 +28,19 @@ pub(crate) struct Keys {
 impl Keys {
     fn push(&mut self, key: u128) {
         self.keys.push(key);
+        self.compact_if_doubled();
+    }
+
+    fn compact_if_doubled(&mut self) {
         if self.keys.len() >= 2 * self.distinct + 64 {
             self.compact();
         }
     }
 
     fn compact(&mut self) {
-        self.keys.sort_unstable();
+        // The stable sort finds the sorted prefix (and the sorted runs merged states add)
+        // and merges them, instead of sorting them again.
+        self.keys.sort();
         self.keys.dedup();
         self.distinct = self.keys.len();
     }
@@ -52,9 +59,9 @@ impl Aggregate for CountDistinct {
     }
 
     fn merge(&mut self, group: &mut Keys, state: &[u8]) -> Result<()> {
-        for key in le_words(state).map(u128::from_le_bytes) {
-            group.push(key);
-        }
+        // A state is a sorted run: appended whole, then compacted if it doubled the group.
+        group.keys.extend(le_words(state).map(u128::from_le_bytes));
+        group.compact_if_doubled();
         Ok(())
     }
 
@@ -68,19 +75,28 @@ impl Aggregate for CountDistinct {
     }
 
     fn state(&self, groups: Vec<Keys>) -> Result<ArrayRef> {
-        Ok(Arc::new(BinaryArray::from_iter_values(
-            groups.into_iter().map(|mut g| {
-                g.compact();
-                g.keys
-                    .iter()
-                    .flat_map(|k| k.to_le_bytes())
-                    .collect::<Vec<u8>>()
-            }),
+        // One buffer for all the groups' keys, written in place (no vector per group).
+        let total: usize = groups.iter().map(|g| g.keys.len()).sum();
+        let mut values = Vec::with_capacity(total * 16);
+        let mut offsets = Vec::with_capacity(groups.len() + 1);
+        offsets.push(0i64);
+        for mut g in groups {
+            g.compact();
+            for k in &g.keys {
+                values.extend_from_slice(&k.to_le_bytes());
+            }
+            offsets.push(values.len() as i64);
+        }
+        Ok(Arc::new(LargeBinaryArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(values),
+            None,
         )))
     }
 
     fn size(group: &Keys) -> usize {
-        group.keys.capacity() * 16
+        // The keys, and the scratch a compaction's stable sort takes (half of them).
+        group.keys.capacity() * 24
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BinaryArray, Float64Array};
+use arrow::array::{ArrayRef, Float64Array, LargeBinaryArray};
 use arrow::datatypes::Float64Type;
 use datafusion::common::Result;
 
@@ -125,14 +125,17 @@ impl Aggregate for ExactSum {
     }
 
     fn state(&self, groups: Vec<Partials>) -> Result<ArrayRef> {
-        Ok(Arc::new(BinaryArray::from_iter(groups.iter().map(|g| {
-            g.seen.then(|| {
-                std::iter::once(g.special)
-                    .chain(g.partials.iter().copied())
-                    .flat_map(f64::to_le_bytes)
-                    .collect::<Vec<u8>>()
-            })
-        }))))
+        Ok(Arc::new(LargeBinaryArray::from_iter(groups.iter().map(
+            |g| {
+                g.seen.then(|| {
+                    let mut out = Vec::with_capacity(8 * (1 + g.partials.len()));
+                    for x in std::iter::once(g.special).chain(g.partials.iter().copied()) {
+                        out.extend_from_slice(&x.to_le_bytes());
+                    }
+                    out
+                })
+            },
+        ))))
     }
 
     fn size(group: &Partials) -> usize {

@@ -11,7 +11,7 @@ use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use tributary_shared::hll::{self, Hll, REGISTERS};
 
-use super::{Aggregate, Rows};
+use super::{Aggregate, Rows, states};
 use crate::encode::unpack_observation;
 
 /// What `tributary_hll` is given: values (hashed as text) or precomputed observations.
@@ -39,6 +39,10 @@ pub(crate) enum HllState {
 /// Observations kept before switching to registers (about the registers' size).
 const SMALL_MAX: usize = REGISTERS / 4;
 
+/// Tags of a partial state: `(register u16, rank u8)` observations, or the registers.
+const OBSERVATIONS: u8 = 0;
+const REGISTER_BYTES: u8 = 1;
+
 impl HllState {
     fn observe(&mut self, index: usize, rank: u8) {
         match self {
@@ -57,29 +61,57 @@ impl HllState {
         }
     }
 
-    /// Folds in another sketch's Redis bytes (a partial aggregate's state).
-    fn merge_bytes(&mut self, bytes: &[u8]) -> Result<()> {
-        if let Some(obs) = Hll::sparse_observations(bytes) {
-            for (i, r) in obs {
-                self.observe(i as usize, r);
+    /// Folds in a partial state ([`HllState::state`]).
+    fn merge_state(&mut self, state: &[u8]) -> Result<()> {
+        let bad = || DataFusionError::Internal("tributary_hll: not a partial state".into());
+        match state.split_first() {
+            None => Ok(()),
+            Some((&OBSERVATIONS, obs)) if obs.len() % 3 == 0 => {
+                for o in obs.chunks_exact(3) {
+                    self.observe(u16::from_le_bytes([o[0], o[1]]) as usize, o[2]);
+                }
+                Ok(())
             }
-            return Ok(());
+            Some((&REGISTER_BYTES, registers)) => {
+                let mut h = match std::mem::take(self) {
+                    HllState::Dense(h) => *h,
+                    HllState::Empty => Hll::new(),
+                    HllState::Small(v) => {
+                        let mut h = Hll::new();
+                        v.iter().for_each(|(i, r)| h.observe(*i as usize, *r));
+                        h
+                    }
+                };
+                let merged = h.merge_registers(registers);
+                *self = HllState::Dense(Box::new(h));
+                merged.ok_or_else(bad)
+            }
+            Some(_) => Err(bad()),
         }
-        let other = Hll::from_redis(bytes).ok_or_else(|| {
-            DataFusionError::Internal("tributary_hll: state is not a Redis HyperLogLog".into())
-        })?;
-        let mut h = match std::mem::take(self) {
-            HllState::Dense(h) => *h,
-            HllState::Empty => Hll::new(),
+    }
+
+    /// The partial state: the observations while few (3 bytes each), else the registers,
+    /// after a tag byte. Cheaper to write and read than Redis's encoding, which only the
+    /// result needs.
+    fn state(self) -> Vec<u8> {
+        match self {
+            HllState::Empty => Vec::new(),
             HllState::Small(v) => {
-                let mut h = Hll::new();
-                v.iter().for_each(|(i, r)| h.observe(*i as usize, *r));
-                h
+                let mut out = Vec::with_capacity(1 + v.len() * 3);
+                out.push(OBSERVATIONS);
+                for (i, r) in v {
+                    out.extend_from_slice(&i.to_le_bytes());
+                    out.push(r);
+                }
+                out
             }
-        };
-        h.merge(&other);
-        *self = HllState::Dense(Box::new(h));
-        Ok(())
+            HllState::Dense(h) => {
+                let mut out = Vec::with_capacity(1 + REGISTERS);
+                out.push(REGISTER_BYTES);
+                out.extend_from_slice(h.registers());
+                out
+            }
+        }
     }
 
     /// Redis bytes (sparse while small).
@@ -113,7 +145,7 @@ impl Aggregate for HllOf {
     }
 
     fn merge(&mut self, group: &mut HllState, state: &[u8]) -> Result<()> {
-        group.merge_bytes(state)
+        group.merge_state(state)
     }
 
     fn evaluate(&self, groups: Vec<HllState>) -> Result<ArrayRef> {
@@ -122,11 +154,46 @@ impl Aggregate for HllOf {
         )))
     }
 
+    fn state(&self, groups: Vec<HllState>) -> Result<ArrayRef> {
+        Ok(states(groups.into_iter().map(HllState::state)))
+    }
+
     fn size(group: &HllState) -> usize {
         match group {
             HllState::Empty => 0,
             HllState::Small(v) => v.capacity() * 4,
             HllState::Dense(_) => REGISTERS,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A partial state folds back into the same sketch, small (observations) or dense
+    /// (registers), and merging states equals observing everything in one group.
+    #[test]
+    fn partial_states_merge_into_the_same_sketch() -> Result<()> {
+        for n in [0usize, 10, 3 * SMALL_MAX] {
+            let observations: Vec<(usize, u8)> = (0..n)
+                .map(|i| hll::register_of(format!("u{i}").as_bytes()))
+                .collect();
+            let (first, second) = observations.split_at(n / 3);
+            let mut all = HllState::default();
+            let (mut a, mut b) = (HllState::default(), HllState::default());
+            for &(i, r) in &observations {
+                all.observe(i, r);
+            }
+            first.iter().for_each(|&(i, r)| a.observe(i, r));
+            second.iter().for_each(|&(i, r)| b.observe(i, r));
+            let mut merged = HllState::default();
+            merged.merge_state(&a.state())?;
+            merged.merge_state(&b.state())?;
+            assert_eq!(merged.encode(), all.encode(), "{n} observations");
+        }
+        let mut bad = HllState::default();
+        assert!(bad.merge_state(&[7, 1, 2]).is_err());
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ pub mod quantile_sketch;
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, BinaryArray, BooleanArray};
+use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, LargeBinaryArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result, ScalarValue};
@@ -60,49 +60,49 @@ pub fn aggregates() -> Vec<Arc<AggregateUDF>> {
             name: "tributary_hll",
             signature: any(1),
             return_type: DataType::Binary,
-            state_type: DataType::Binary,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(HllOf(HllInput::Text)),
         },
         GroupedUdaf {
             name: "tributary_hll_observed",
             signature: any(1),
             return_type: DataType::Binary,
-            state_type: DataType::Binary,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(HllOf(HllInput::Observation)),
         },
         GroupedUdaf {
             name: "tributary_qsketch",
             signature: any(1),
             return_type: DataType::Utf8,
-            state_type: DataType::Utf8,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(QuantileSketchOf(SketchInput::Value)),
         },
         GroupedUdaf {
             name: "tributary_qsketch_observed",
             signature: any(1),
             return_type: DataType::Utf8,
-            state_type: DataType::Utf8,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(QuantileSketchOf(SketchInput::Code)),
         },
         GroupedUdaf {
             name: "tributary_count_distinct",
             signature: any(1),
             return_type: DataType::Int64,
-            state_type: DataType::Binary,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(CountDistinct),
         },
         GroupedUdaf {
             name: "tributary_sum",
             signature: any(1),
             return_type: DataType::Float64,
-            state_type: DataType::Binary,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(ExactSum),
         },
         GroupedUdaf {
             name: "tributary_quantile_cont",
             signature: any(2),
             return_type: DataType::Float64,
-            state_type: DataType::Binary,
+            state_type: DataType::LargeBinary,
             make: || Grouped::boxed(QuantileCont::default()),
         },
     ];
@@ -214,6 +214,12 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// Partial states, one per group, as one array. 64-bit offsets: a partial aggregation emits
+/// all its groups at once, and the exact states of a large date pass 2 GiB.
+pub(crate) fn states<B: AsRef<[u8]>>(values: impl IntoIterator<Item = B>) -> ArrayRef {
+    Arc::new(LargeBinaryArray::from_iter_values(values))
+}
+
 /// Little-endian `N`-byte words of a partial state.
 pub(crate) fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
     bytes
@@ -278,8 +284,8 @@ impl<A: Aggregate> GroupsAccumulator for Grouped<A> {
         let Some(states) = values.first() else {
             return Ok(());
         };
-        // Binary states as they are, text ones as their bytes (without a copy).
-        let states: BinaryArray = cast(states, &DataType::Binary)?.as_binary::<i32>().clone();
+        let states = cast(states, &DataType::LargeBinary)?;
+        let states = states.as_binary::<i64>();
         for (row, g) in group_indices.iter().enumerate() {
             if states.is_valid(row) {
                 self.aggregate

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use tributary_shared::sketch::exact_quantile_cont_unsorted;
 
-use super::{Aggregate, Rows, le_words};
+use super::{Aggregate, Rows, le_words, states};
 
 /// The exact quantile. A group is its values; `q` is a constant argument, read from the first
 /// batch, and partial states carry it in their first 8 bytes (NaN while unknown).
@@ -79,9 +79,7 @@ impl Aggregate for QuantileCont {
     }
 
     fn state(&self, groups: Vec<Vec<f64>>) -> Result<ArrayRef> {
-        Ok(Arc::new(BinaryArray::from_iter_values(
-            groups.iter().map(|values| self.encode(values)),
-        )))
+        Ok(states(groups.iter().map(|values| self.encode(values))))
     }
 
     fn size(group: &Vec<f64>) -> usize {

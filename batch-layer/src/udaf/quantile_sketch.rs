@@ -11,7 +11,7 @@ use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use tributary_shared::sketch::{QuantileSketch, SketchBucket};
 
-use super::{Aggregate, Rows};
+use super::{Aggregate, Rows, states};
 
 /// What `tributary_qsketch` is given: values, or precomputed bucket codes.
 #[derive(Debug, Clone, Copy)]
@@ -25,23 +25,85 @@ pub(crate) enum SketchInput {
 pub(crate) struct QuantileSketchOf(pub(crate) SketchInput);
 
 /// One group's sketch: bucket codes gathered since the last fold (appending is cheaper than
-/// a map update per value), and the buckets folded in so far (and from merged states).
+/// a map update per value), and the buckets folded in so far (and from merged states) as
+/// `(code, count)` in code order, which is bucket order ([`SketchBucket::code`]).
 #[derive(Debug, Default)]
 pub(crate) struct SketchGroup {
     pending: Vec<u32>,
-    sketch: QuantileSketch,
+    buckets: Vec<(u32, u64)>,
 }
 
+/// Bytes of one bucket in a partial state: its code and its count, little-endian.
+const STATE_BUCKET: usize = 12;
+
 impl SketchGroup {
-    fn fold(&mut self) -> &QuantileSketch {
+    /// Folds the pending codes into the buckets.
+    fn fold(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         self.pending.sort_unstable();
-        for run in self.pending.chunk_by(|a, b| a == b) {
-            if let Some(b) = SketchBucket::from_code(run[0]) {
-                self.sketch.add_bucket(b, run.len() as u64);
+        let runs: Vec<(u32, u64)> = self
+            .pending
+            .chunk_by(|a, b| a == b)
+            .map(|run| (run[0], run.len() as u64))
+            .collect();
+        self.pending.clear();
+        self.add_sorted(&runs);
+    }
+
+    /// Adds bucket counts given in code order, each code once.
+    fn add_sorted(&mut self, other: &[(u32, u64)]) {
+        if self.buckets.is_empty() {
+            self.buckets.extend_from_slice(other);
+            return;
+        }
+        let mine = std::mem::take(&mut self.buckets);
+        let mut merged = Vec::with_capacity(mine.len() + other.len());
+        let (mut i, mut j) = (0, 0);
+        while i < mine.len() && j < other.len() {
+            let (x, y) = (mine[i], other[j]);
+            match x.0.cmp(&y.0) {
+                std::cmp::Ordering::Less => {
+                    merged.push(x);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    merged.push(y);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    merged.push((x.0, x.1 + y.1));
+                    i += 1;
+                    j += 1;
+                }
             }
         }
-        self.pending.clear();
-        &self.sketch
+        merged.extend_from_slice(&mine[i..]);
+        merged.extend_from_slice(&other[j..]);
+        self.buckets = merged;
+    }
+
+    /// The partial state: the buckets' codes and counts (binary; text only for the result).
+    fn state(mut self) -> Vec<u8> {
+        self.fold();
+        let mut out = Vec::with_capacity(self.buckets.len() * STATE_BUCKET);
+        for (code, count) in &self.buckets {
+            out.extend_from_slice(&code.to_le_bytes());
+            out.extend_from_slice(&count.to_le_bytes());
+        }
+        out
+    }
+
+    /// The sketch in the shared text encoding.
+    fn encode(mut self) -> String {
+        self.fold();
+        QuantileSketch::from_sorted_buckets(
+            self.buckets
+                .iter()
+                .filter_map(|(code, count)| Some((SketchBucket::from_code(*code)?, *count))),
+        )
+        .encode()
     }
 }
 
@@ -67,25 +129,72 @@ impl Aggregate for QuantileSketchOf {
     }
 
     fn merge(&mut self, group: &mut SketchGroup, state: &[u8]) -> Result<()> {
-        let other = std::str::from_utf8(state)
-            .ok()
-            .and_then(QuantileSketch::decode)
-            .ok_or_else(|| {
-                DataFusionError::Internal(
-                    "tributary_qsketch: state is not an encoded sketch".into(),
-                )
-            })?;
-        group.sketch.merge(&other);
+        if state.len() % STATE_BUCKET != 0 {
+            return Err(DataFusionError::Internal(
+                "tributary_qsketch: a partial state is not whole buckets".into(),
+            ));
+        }
+        let buckets: Vec<(u32, u64)> = state
+            .chunks_exact(STATE_BUCKET)
+            .filter_map(|c| {
+                let (code, count) = c.split_first_chunk::<4>()?;
+                Some((
+                    u32::from_le_bytes(*code),
+                    u64::from_le_bytes(count.try_into().ok()?),
+                ))
+            })
+            .collect();
+        group.add_sorted(&buckets);
         Ok(())
     }
 
     fn evaluate(&self, groups: Vec<SketchGroup>) -> Result<ArrayRef> {
         Ok(Arc::new(StringArray::from_iter_values(
-            groups.into_iter().map(|mut g| g.fold().encode()),
+            groups.into_iter().map(SketchGroup::encode),
         )))
     }
 
+    fn state(&self, groups: Vec<SketchGroup>) -> Result<ArrayRef> {
+        Ok(states(groups.into_iter().map(SketchGroup::state)))
+    }
+
     fn size(group: &SketchGroup) -> usize {
-        group.pending.capacity() * 4 + group.sketch.bucket_count() * 24
+        group.pending.capacity() * 4 + group.buckets.capacity() * 16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Partial states of any split merge into the sketch of all the values, in the shared
+    /// text encoding.
+    #[test]
+    fn partial_states_merge_into_the_shared_sketch() -> Result<()> {
+        let values: Vec<f64> = (0..5000)
+            .map(|i| ((i * 37) % 1009) as f64 - 300.0)
+            .collect();
+        let mut want = QuantileSketch::new();
+        values.iter().for_each(|v| want.insert(*v));
+        let code = |v: &f64| SketchBucket::of(*v).map(SketchBucket::code);
+        let mut merged = SketchGroup::default();
+        for part in values.chunks(1700) {
+            let mut group = SketchGroup::default();
+            part.iter()
+                .filter_map(code)
+                .for_each(|c| group.pending.push(c));
+            QuantileSketchOf(SketchInput::Code).merge(&mut merged, &group.state())?;
+        }
+        merged
+            .pending
+            .extend(values.iter().take(10).filter_map(code));
+        values.iter().take(10).for_each(|v| want.insert(*v));
+        assert_eq!(merged.encode(), want.encode());
+        assert!(
+            QuantileSketchOf(SketchInput::Code)
+                .merge(&mut SketchGroup::default(), &[1, 2, 3])
+                .is_err()
+        );
+        Ok(())
     }
 }
