@@ -66,7 +66,7 @@ impl HllState {
         let bad = || DataFusionError::Internal("tributary_hll: not a partial state".into());
         match state.split_first() {
             None => Ok(()),
-            Some((&OBSERVATIONS, obs)) if obs.len() % 3 == 0 => {
+            Some((&OBSERVATIONS, obs)) if obs.len().is_multiple_of(3) => {
                 for o in obs.chunks_exact(3) {
                     self.observe(u16::from_le_bytes([o[0], o[1]]) as usize, o[2]);
                 }

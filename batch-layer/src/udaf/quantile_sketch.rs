@@ -129,7 +129,7 @@ impl Aggregate for QuantileSketchOf {
     }
 
     fn merge(&mut self, group: &mut SketchGroup, state: &[u8]) -> Result<()> {
-        if state.len() % STATE_BUCKET != 0 {
+        if !state.len().is_multiple_of(STATE_BUCKET) {
             return Err(DataFusionError::Internal(
                 "tributary_qsketch: a partial state is not whole buckets".into(),
             ));
