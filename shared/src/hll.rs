@@ -109,18 +109,17 @@ impl Hll {
     /// Union with registers given as [`Hll::registers`] returns them; `None` if `bytes` is
     /// not 16384 registers.
     pub fn merge_registers(&mut self, bytes: &[u8]) -> Option<()> {
-        let other: &[u8; REGISTERS] = bytes.try_into().ok()?;
-        for (a, b) in self.registers.iter_mut().zip(other.iter()) {
-            if *b > *a {
-                *a = *b;
-            }
-        }
+        self.max_registers(bytes.try_into().ok()?);
         Some(())
     }
 
     /// Union with another sketch.
     pub fn merge(&mut self, other: &Hll) {
-        for (a, b) in self.registers.iter_mut().zip(other.registers.iter()) {
+        self.max_registers(&other.registers);
+    }
+
+    fn max_registers(&mut self, other: &[u8; REGISTERS]) {
+        for (a, b) in self.registers.iter_mut().zip(other.iter()) {
             if *b > *a {
                 *a = *b;
             }

@@ -141,13 +141,6 @@ impl QuantileSketch {
         }
     }
 
-    /// Adds `count` values to a bucket.
-    pub fn add_bucket(&mut self, b: SketchBucket, count: u64) {
-        if count > 0 {
-            *self.buckets.entry(b).or_insert(0) += count;
-        }
-    }
-
     /// Adds `count` to a bucket given by its field name; unknown names are ignored.
     pub fn add_field(&mut self, field: &str, count: u64) {
         if let Some(b) = SketchBucket::parse_field(field)

@@ -50,14 +50,23 @@ impl HllState {
             HllState::Small(v) => {
                 v.push((index as u16, rank));
                 if v.len() >= SMALL_MAX {
-                    let mut h = Hll::new();
-                    for (i, r) in v.iter() {
-                        h.observe(*i as usize, *r);
-                    }
-                    *self = HllState::Dense(Box::new(h));
+                    *self = HllState::Dense(Box::new(std::mem::take(self).into_registers()));
                 }
             }
             HllState::Dense(h) => h.observe(index, rank),
+        }
+    }
+
+    /// The sketch as registers, whatever its form.
+    fn into_registers(self) -> Hll {
+        match self {
+            HllState::Dense(h) => *h,
+            HllState::Empty => Hll::new(),
+            HllState::Small(v) => {
+                let mut h = Hll::new();
+                v.iter().for_each(|(i, r)| h.observe(*i as usize, *r));
+                h
+            }
         }
     }
 
@@ -73,15 +82,7 @@ impl HllState {
                 Ok(())
             }
             Some((&REGISTER_BYTES, registers)) => {
-                let mut h = match std::mem::take(self) {
-                    HllState::Dense(h) => *h,
-                    HllState::Empty => Hll::new(),
-                    HllState::Small(v) => {
-                        let mut h = Hll::new();
-                        v.iter().for_each(|(i, r)| h.observe(*i as usize, *r));
-                        h
-                    }
-                };
+                let mut h = std::mem::take(self).into_registers();
                 let merged = h.merge_registers(registers);
                 *self = HllState::Dense(Box::new(h));
                 merged.ok_or_else(bad)
