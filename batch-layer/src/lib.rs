@@ -22,6 +22,7 @@ pub mod budget;
 pub mod compute;
 pub mod encode;
 pub mod evolution;
+pub mod history;
 pub mod horizon;
 pub mod lock;
 pub mod manifest;

@@ -1,6 +1,7 @@
 //! A view's manifest (`views/<view>/manifest.json`): the complete, current version of the
 //! view. A run writes it last, after every file it names, so a reader never sees a partial
-//! version; files it no longer names are `retired` and deleted after `batch.gc_grace`.
+//! version; files it no longer names are `retired` and deleted after `batch.gc_grace` and
+//! `batch.history_retention` (every landed version is also kept in [`crate::history`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +48,11 @@ pub struct Manifest {
     pub version: u64,
     pub run_id: String,
     pub computed_at: String,
+    /// The instant this version counts from (taken just before it is written): `as_of`
+    /// queries at or after it and before the next version's read this one
+    /// ([`crate::history`]). Absent in manifests written before the history existed.
+    #[serde(default)]
+    pub landed_ms: Option<i64>,
     /// Buckets ending at or before it are authoritative in this version.
     pub horizon_ms: Option<i64>,
     pub horizon: Option<String>,

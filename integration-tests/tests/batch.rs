@@ -35,6 +35,7 @@ archive_flush_interval = "300ms"
 metrics_listen = "127.0.0.1:0"
 idle_timeout = "1s"
 gc_grace = "1s"
+history_retention = "5s"
 "#;
 
 fn config_for(topic: &str) -> anyhow::Result<Config> {
@@ -276,8 +277,9 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
         manifest.dates[&date_string(d2)],
         "day 2 untouched"
     );
-    // Day 1's old files are retired, not deleted: readers of the previous manifest may still
-    // read them. Once gc_grace (1s) has passed, the next run collects them.
+    // Day 1's old files are retired, not deleted: readers of the previous manifest (and
+    // `as_of` queries, for history_retention, 5s) may still read them. Once both have
+    // passed, the next run collects them.
     for f in manifest.dates[&date_string(d1)].files.values() {
         assert!(
             m2.retired.iter().any(|r| r.path == f.path),
@@ -289,9 +291,48 @@ async fn scenario(store_config: StoreConfig, label: &str) -> anyhow::Result<()> 
             .await
             .with_context(|| format!("{} is still there during the grace period", f.path))?;
     }
+    // Every landed version is in the history, named by the instant it counts from.
+    let history = tributary_batch_layer::history::list(&store, "checkouts").await?;
+    let recorded: Vec<u64> = history.iter().map(|e| e.version).collect();
+    assert!(
+        recorded.ends_with(&[manifest.version, m2.version]),
+        "{recorded:?}"
+    );
+    let at_m1 = history
+        .iter()
+        .find(|e| e.version == manifest.version)
+        .context("version 1 recorded")?;
+    assert_eq!(Some(at_m1.landed_ms), manifest.landed_ms);
+    let old = tributary_batch_layer::history::load(&store, "checkouts", at_m1).await?;
+    assert_eq!(old, manifest, "the history holds the version as it landed");
+    // Past gc_grace but within the history's retention: kept for as_of.
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let (code, out) = batch_cli(&config, &["run"]).await?;
     assert_eq!(code, 0, "{out}");
+    for f in manifest.dates[&date_string(d1)].files.values() {
+        store
+            .head(&object_store::path::Path::from(f.path.as_str()))
+            .await
+            .with_context(|| format!("{} is kept within history_retention", f.path))?;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(4500)).await;
+    let (code, out) = batch_cli(&config, &["run"]).await?;
+    assert_eq!(code, 0, "{out}");
+    // The versions older than the retention are gone but the one current at its start.
+    let history = tributary_batch_layer::history::list(&store, "checkouts").await?;
+    let m3 = Manifest::load(&store, "checkouts")
+        .await?
+        .context("manifest")?
+        .0;
+    assert!(
+        !history.iter().any(|e| e.version == manifest.version),
+        "version {} expired: {history:?}",
+        manifest.version
+    );
+    assert!(
+        history.iter().any(|e| e.version == m3.version),
+        "{history:?}"
+    );
     for f in manifest.dates[&date_string(d1)].files.values() {
         let gone = store
             .head(&object_store::path::Path::from(f.path.as_str()))

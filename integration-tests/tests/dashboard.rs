@@ -91,6 +91,32 @@ async fn dashboard_loads_a_view_and_draws_points_in_headless_chromium() -> anyho
         "the view list is filled"
     );
     assert!(dom.contains("Batch"), "the status panel is drawn");
+    // Axis numbers as people write them, the status counts as text (no raw JSON), and the
+    // page as wide as the window at 1400 px.
+    assert!(!dom.contains("e+"), "an axis label in exponent notation");
+    assert!(!dom.contains("{&quot;"), "raw JSON in the status panel");
+    let wide = run_chromium(&[
+        "--dump-dom".into(),
+        "--window-size=1400,1000".into(),
+        url.clone(),
+    ])
+    .await?;
+    assert!(
+        wide.contains(r#"data-scrolls-sideways="false""#),
+        "the page scrolls sideways at 1400 px"
+    );
+
+    // Exact only: no batch run yet, so every bucket is pending, none speed.
+    let exact = run_chromium(&["--dump-dom".into(), format!("{url}&exact=true")]).await?;
+    assert!(
+        exact.contains(r#"data-loaded="series""#),
+        "exact only: {}",
+        &exact[..exact.len().min(3000)]
+    );
+    assert!(
+        exact.contains(r#"data-source="pending""#) && !exact.contains(r#"data-source="speed""#),
+        "exact only shows pending buckets, never speed ones"
+    );
 
     let artifacts =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");

@@ -23,6 +23,7 @@ use crate::query::{Limits, SeriesParams, TopParams, pairs};
 use crate::response::{SeriesResponse, TopResponse};
 use crate::sources::Sources;
 use crate::status::StatusResponse;
+use tributary_shared::bucket::format_rfc3339;
 
 pub struct App {
     /// `serving.api_keys`, checked by [`crate::access::require_key`].
@@ -45,6 +46,7 @@ type AppState = Arc<App>;
         ErrorBody,
         ViewList,
         ViewInfo,
+        VersionInfo,
         MeasureInfo,
         BatchInfo,
         SeriesResponse,
@@ -128,9 +130,19 @@ pub struct MeasureInfo {
 pub struct BatchInfo {
     pub horizon: Option<String>,
     pub manifest_version: u64,
+    /// The instant this version counts from for `as_of`.
+    pub landed_at: Option<String>,
     pub run_id: String,
     pub computed_at: String,
     pub dates: Vec<String>,
+}
+
+/// A manifest version `as_of` can name.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionInfo {
+    pub version: u64,
+    /// From this instant until the next version's, `as_of` answers from this version.
+    pub landed_at: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -144,6 +156,44 @@ pub struct ViewInfo {
     pub measures: Vec<MeasureInfo>,
     /// The batch view's current manifest (absent before the first batch run).
     pub batch: Option<BatchInfo>,
+    /// The manifest versions `as_of` can name, oldest first (`GET /v1/views/{view}` only).
+    pub versions: Option<Vec<VersionInfo>>,
+    /// The oldest instant `as_of` accepts (now − `batch.history_retention`).
+    pub as_of_from: Option<String>,
+}
+
+/// The versions an `as_of` query can name now: those that landed within the retention, and
+/// the one current at its start.
+async fn versions(app: &App, name: &str, batch: Option<&BatchInfo>) -> Vec<VersionInfo> {
+    let retention = app.sources.config.batch.history_retention.as_millis() as i64;
+    let cutoff = now_ms() - retention;
+    let entries = app
+        .sources
+        .batch
+        .history(name, None)
+        .await
+        .map(|e| e.as_ref().clone())
+        .unwrap_or_default();
+    let at_cutoff = tributary_batch_layer::history::current_at(&entries, cutoff).cloned();
+    let mut out: Vec<VersionInfo> = entries
+        .iter()
+        .filter(|e| e.landed_ms >= cutoff || Some(*e) == at_cutoff.as_ref())
+        .map(|e| VersionInfo {
+            version: e.version,
+            landed_at: format_rfc3339(e.landed_ms),
+        })
+        .collect();
+    // The current version, should its history entry be missing.
+    if let Some(b) = batch
+        && let Some(landed_at) = &b.landed_at
+        && out.last().is_none_or(|v| v.version < b.manifest_version)
+    {
+        out.push(VersionInfo {
+            version: b.manifest_version,
+            landed_at: landed_at.clone(),
+        });
+    }
+    out
 }
 
 async fn view_info(app: &App, name: &str, with_batch: bool) -> ViewInfo {
@@ -158,6 +208,7 @@ async fn view_info(app: &App, name: &str, with_batch: bool) -> ViewInfo {
             .map(|m| BatchInfo {
                 horizon: m.horizon.clone(),
                 manifest_version: m.version,
+                landed_at: m.landed_ms.map(format_rfc3339),
                 run_id: m.run_id.clone(),
                 computed_at: m.computed_at.clone(),
                 dates: m.dates.keys().cloned().collect(),
@@ -193,6 +244,8 @@ async fn view_info(app: &App, name: &str, with_batch: bool) -> ViewInfo {
             })
             .unwrap_or_default(),
         batch,
+        versions: None,
+        as_of_from: None,
     }
 }
 
@@ -220,7 +273,11 @@ async fn get_view(
     Path(name): Path<String>,
 ) -> Result<Json<ViewInfo>, ApiError> {
     view(&app, &name)?;
-    Ok(Json(view_info(&app, &name, true).await))
+    let mut info = view_info(&app, &name, true).await;
+    info.versions = Some(versions(&app, &name, info.batch.as_ref()).await);
+    let retention = app.sources.config.batch.history_retention.as_millis() as i64;
+    info.as_of_from = Some(format_rfc3339((now_ms() - retention).max(0)));
+    Ok(Json(info))
 }
 
 /// Time series of measures per bucket (and group), batch before the horizon, speed after.
@@ -233,6 +290,8 @@ async fn get_view(
         ("granularity" = Option<String>, Query, description = "minute, hour or day (default: the view's first)"),
         ("group_by" = Option<String>, Query, description = "Comma-separated dimensions"),
         ("filter" = Option<Vec<String>>, Query, description = "Repeatable `dim:value` or `dim:v1|v2`"),
+        ("exact" = Option<bool>, Query, description = "Exact answers only: buckets the batch has not settled come back `pending`, without values"),
+        ("as_of" = Option<String>, Query, description = "The answer as the batch views stood at this instant (RFC 3339; within batch.history_retention, not in the future); no speed part; `from`/`to` default to the 24 hours before it"),
     ),
     responses((status = 200, body = SeriesResponse), (status = 400, body = ErrorBody)))]
 async fn series(
@@ -246,7 +305,7 @@ async fn series(
         plan,
         &pairs(raw.as_deref()),
         now,
-        Limits::of(&app.sources.config.serving),
+        Limits::of(&app.sources.config),
     )?;
     let out = crate::merge::series(&app.sources, plan, &params, now).await?;
     if !out.unreadable.is_empty() {
@@ -265,6 +324,8 @@ async fn series(
         ("from" = Option<String>, Query, description = "Start, RFC 3339 (default: to - 24h)"),
         ("to" = Option<String>, Query, description = "End (exclusive), RFC 3339 (default: now)"),
         ("filter" = Option<Vec<String>>, Query, description = "Repeatable `dim:value` or `dim:v1|v2`"),
+        ("exact" = Option<bool>, Query, description = "Only settled (batch) buckets; `covered` says which range the rows cover"),
+        ("as_of" = Option<String>, Query, description = "The answer as the batch views stood at this instant (RFC 3339; within batch.history_retention, not in the future)"),
     ),
     responses((status = 200, body = TopResponse), (status = 400, body = ErrorBody)))]
 async fn top(
@@ -278,7 +339,7 @@ async fn top(
         plan,
         &pairs(raw.as_deref()),
         now,
-        Limits::of(&app.sources.config.serving),
+        Limits::of(&app.sources.config),
     )?;
     Ok(Json(
         crate::merge::top(&app.sources, plan, &params, now).await?,

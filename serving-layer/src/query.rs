@@ -3,6 +3,7 @@
 
 use tributary_shared::Granularity;
 use tributary_shared::bucket::{format_rfc3339, parse_time};
+use tributary_shared::config::AggKind;
 use tributary_shared::event::MAX_EVENT_TIME_MS;
 use tributary_shared::selection::Selection;
 use tributary_shared::view::ViewPlan;
@@ -30,6 +31,17 @@ pub struct Range {
     pub from_ms: i64,
     pub to_ms: i64,
     pub filters: Vec<(usize, Vec<String>)>,
+    /// `exact=true`: only the batch layer's exact answers; other buckets are `pending`.
+    pub exact: bool,
+    /// `as_of`: the batch views as they stood at this instant (epoch ms); no speed part.
+    pub as_of: Option<i64>,
+}
+
+impl Range {
+    /// Whether the speed layer may answer (neither `exact` nor `as_of`).
+    pub fn with_speed(&self) -> bool {
+        !self.exact && self.as_of.is_none()
+    }
 }
 
 /// A validated `series` query.
@@ -79,8 +91,19 @@ const KNOWN_SERIES: &[&str] = &[
     "granularity",
     "group_by",
     "filter",
+    "exact",
+    "as_of",
 ];
-const KNOWN_TOP: &[&str] = &["dimension", "measure", "k", "from", "to", "filter"];
+const KNOWN_TOP: &[&str] = &[
+    "dimension",
+    "measure",
+    "k",
+    "from",
+    "to",
+    "filter",
+    "exact",
+    "as_of",
+];
 
 fn reject_unknown(pairs: &[(String, String)], known: &[&str]) -> Result<(), ApiError> {
     if let Some((k, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
@@ -103,14 +126,17 @@ pub struct Limits {
     pub max_buckets: usize,
     pub max_groups: usize,
     pub max_filter_values: usize,
+    /// How far back `as_of` may reach (`batch.history_retention`).
+    pub history_retention_ms: i64,
 }
 
 impl Limits {
-    pub fn of(config: &tributary_shared::config::ServingConfig) -> Self {
+    pub fn of(config: &tributary_shared::Config) -> Self {
         Limits {
-            max_buckets: config.max_buckets,
-            max_groups: config.max_groups,
-            max_filter_values: config.max_filter_values,
+            max_buckets: config.serving.max_buckets,
+            max_groups: config.serving.max_groups,
+            max_filter_values: config.serving.max_filter_values,
+            history_retention_ms: config.batch.history_retention.as_millis() as i64,
         }
     }
 }
@@ -176,14 +202,98 @@ fn measure(view: &ViewPlan, param: &'static str, name: &str) -> Result<usize, Ap
         })
 }
 
-/// `from`/`to` (default: the last 24 hours) and the `filter`s.
+/// `exact=true|false` (default false).
+fn exact(pairs: &[(String, String)]) -> Result<bool, ApiError> {
+    match one(pairs, "exact") {
+        None | Some("") | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(ApiError::param(
+            "exact",
+            "bad_parameter",
+            format!("exact={other:?}: expected true or false"),
+        )),
+    }
+}
+
+/// `as_of`: not in the future, and not older than the history keeps.
+fn as_of(pairs: &[(String, String)], now_ms: i64, limits: Limits) -> Result<Option<i64>, ApiError> {
+    let Some(t) = time(pairs, "as_of")? else {
+        return Ok(None);
+    };
+    if t > now_ms {
+        return Err(ApiError::param(
+            "as_of",
+            "bad_parameter",
+            format!(
+                "as_of={} is in the future (now is {})",
+                format_rfc3339(t),
+                format_rfc3339(now_ms)
+            ),
+        ));
+    }
+    let oldest = now_ms - limits.history_retention_ms;
+    if t < oldest {
+        return Err(ApiError::param(
+            "as_of",
+            "out_of_history",
+            format!(
+                "as_of={} is older than the history kept ({} back, batch.history_retention): the oldest answerable is {}",
+                format_rfc3339(t),
+                humantime::format_duration(std::time::Duration::from_millis(
+                    limits.history_retention_ms.max(0) as u64
+                )),
+                format_rfc3339(oldest)
+            ),
+        ));
+    }
+    Ok(Some(t))
+}
+
+/// `exact=true` promises values that are exact: a set filter merges several rows of the
+/// cube, which for distinct counts and quantiles is a sketch merge, never exact.
+fn check_exact_measures(
+    view: &ViewPlan,
+    range: &Range,
+    measures: &[usize],
+) -> Result<(), ApiError> {
+    if !range.exact {
+        return Ok(());
+    }
+    let Some((d, _)) = range.filters.iter().find(|(_, v)| v.len() > 1) else {
+        return Ok(());
+    };
+    let sketched: Vec<&str> = measures
+        .iter()
+        .filter_map(|m| view.measures.get(*m))
+        .filter(|m| matches!(m.agg, AggKind::CountDistinct | AggKind::Quantile))
+        .map(|m| m.name.as_str())
+        .collect();
+    if sketched.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::param(
+        "exact",
+        "not_exact",
+        format!(
+            "exact=true: {} over several values of {:?} merge sketches and are never exact; filter one value, or leave out exact",
+            sketched.join(", "),
+            view.dimensions.get(*d).map_or("?", |d| d.name.as_str())
+        ),
+    ))
+}
+
+/// `from`/`to` (default: the last 24 hours, up to `as_of` when given), the `filter`s,
+/// `exact` and `as_of`.
 fn range(
     view: &ViewPlan,
     pairs: &[(String, String)],
     now_ms: i64,
     limits: Limits,
 ) -> Result<Range, ApiError> {
-    let to_ms = time(pairs, "to")?.unwrap_or(now_ms);
+    let as_of = as_of(pairs, now_ms, limits)?;
+    let exact = exact(pairs)?;
+    // Defaults relative to `as_of`, so the same `as_of` query is the same answer later.
+    let to_ms = time(pairs, "to")?.unwrap_or(as_of.unwrap_or(now_ms));
     let from_ms = time(pairs, "from")?.unwrap_or((to_ms - 24 * 3_600_000).max(0));
     if from_ms >= to_ms {
         return Err(ApiError::param(
@@ -235,6 +345,8 @@ fn range(
         from_ms,
         to_ms,
         filters,
+        exact,
+        as_of,
     })
 }
 
@@ -299,6 +411,7 @@ impl SeriesParams {
             }
         };
         let range = range(view, pairs, now_ms, limits)?;
+        check_exact_measures(view, &range, &measures)?;
         let buckets = granularity.count(range.from_ms, range.to_ms) as usize;
         if buckets > max_buckets {
             return Err(ApiError::param(
@@ -356,11 +469,13 @@ impl TopParams {
                     ApiError::param("k", "bad_parameter", format!("k={k:?}: expected 1..1000"))
                 })?,
         };
+        let range = range(view, pairs, now_ms, limits)?;
+        check_exact_measures(view, &range, &[measure])?;
         Ok(TopParams {
             dimension,
             measure,
             k,
-            range: range(view, pairs, now_ms, limits)?,
+            range,
         })
     }
 }
@@ -388,6 +503,7 @@ mod tests {
             max_buckets: 1000,
             max_groups: 100,
             max_filter_values: 5,
+            history_retention_ms: 7 * 24 * 3_600_000,
         }
     }
 
@@ -415,6 +531,39 @@ mod tests {
         );
         assert!(msg.contains("28800"), "{msg}");
         assert_eq!(err("colour=red").1, "unknown_parameter");
+        // exact and as_of: a bool; an instant neither in the future nor past the history.
+        assert_eq!(err("exact=yes").0, Some("exact"));
+        assert_eq!(err("as_of=2025-11-21T11:00:00Z").0, Some("as_of"));
+        let (p, code, msg) = err("as_of=2025-11-01T00:00:00Z");
+        assert_eq!((p, code.as_str()), (Some("as_of"), "out_of_history"));
+        assert!(msg.contains("batch.history_retention"), "{msg}");
+        assert_eq!(
+            err("as_of=2025-11-20T10:00:00Z&exact=true&granularity=hour").0,
+            None
+        );
+        // A distinct count over a set filter merges sketches: never exact.
+        let (p, code, _) = err("exact=true&measures=buyers&filter=country:DE|FR");
+        assert_eq!((p, code.as_str()), (Some("exact"), "not_exact"));
+        assert_eq!(
+            err("exact=true&measures=events&filter=country:DE|FR&granularity=hour").0,
+            None
+        );
+        assert_eq!(
+            err("exact=true&measures=buyers&filter=country:DE&granularity=hour").0,
+            None
+        );
+        let as_of = SeriesParams::parse(
+            &plan(),
+            &pairs(Some("as_of=2025-11-20T10:00:00Z&granularity=hour")),
+            1_763_719_200_000,
+            limits(),
+        )
+        .unwrap_or_else(|e| panic!("{}", e.message));
+        assert_eq!(
+            (as_of.range.to_ms, as_of.range.as_of),
+            (1_763_632_800_000, Some(1_763_632_800_000)),
+            "to defaults to as_of"
+        );
         // Times outside the calendar the platform keeps are refused, not overflowed.
         for q in [
             "to=9223372036854775807",

@@ -13,9 +13,12 @@ use crate::points::RenderedPoint;
 pub struct PointOut {
     /// Bucket start (RFC 3339, UTC).
     pub t: String,
-    /// `batch`, `speed`, `missing` (neither layer holds it), `rebuilding` (the speed layer is
-    /// rebuilding the view from Kafka after Redis lost it) or `unreadable` (its layer could
-    /// not be read; see `errors`). Only `batch` and `speed` points have values.
+    /// `batch`, `speed`, `missing` (neither layer holds it; with `as_of`: after that
+    /// version's horizon), `pending` (`exact=true`: not settled by the batch yet),
+    /// `rebuilding` (the speed layer is rebuilding the view from Kafka after Redis lost it)
+    /// or `unreadable` (its layer could not be read; see `errors`). Only `batch` and `speed`
+    /// points have values.
+    #[schema(value_type = String, pattern = "^(batch|speed|missing|pending|rebuilding|unreadable)$")]
     pub source: &'static str,
     /// False for sketch-based values (speed distinct counts and quantiles, merged batch rows).
     pub exact: bool,
@@ -35,6 +38,7 @@ pub struct SourceCounts {
     pub batch: usize,
     pub speed: usize,
     pub missing: usize,
+    pub pending: usize,
     pub rebuilding: usize,
     pub unreadable: usize,
 }
@@ -45,6 +49,13 @@ pub struct SeriesResponse {
     pub granularity: String,
     pub from: String,
     pub to: String,
+    /// Whether the query asked for exact answers only (`exact=true`).
+    pub exact: bool,
+    /// The `as_of` instant the answer is for (absent: now, with the speed layer).
+    pub as_of: Option<String>,
+    /// The batch manifest version that answered (absent before the first batch run, or
+    /// before the first version at `as_of`).
+    pub manifest_version: Option<u64>,
     /// Buckets ending at or before it come from the batch view.
     pub batch_horizon: Option<String>,
     /// The view's speed watermark (minimum over every partition of the topic): speed buckets
@@ -55,6 +66,8 @@ pub struct SeriesResponse {
     pub buckets: SourceCounts,
     /// Buckets neither layer holds.
     pub missing: Vec<String>,
+    /// `exact=true`: buckets the batch has not settled yet (no values).
+    pub pending: Vec<String>,
     /// Speed buckets not served while the speed layer rebuilds the view from Kafka.
     pub rebuilding: Vec<String>,
     /// Buckets whose layer could not be read (e.g. Redis down).
@@ -72,6 +85,13 @@ pub struct TopRow {
     pub source: String,
 }
 
+/// A range of buckets: `from` (start of the first) to `to` (end of the last, exclusive).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Covered {
+    pub from: String,
+    pub to: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TopResponse {
     pub view: String,
@@ -81,9 +101,17 @@ pub struct TopResponse {
     pub to: String,
     /// The granularity the range was read at (the coarsest one both ends align to).
     pub granularity: String,
+    pub exact: bool,
+    pub as_of: Option<String>,
+    pub manifest_version: Option<u64>,
     pub batch_horizon: Option<String>,
+    /// The part of the range the rows cover: all of it, or with `exact=true` or `as_of`
+    /// the settled buckets only (absent: none settled).
+    pub covered: Option<Covered>,
     pub rows: Vec<TopRow>,
     pub missing: Vec<String>,
+    /// `exact=true`: buckets left out as not settled by the batch yet.
+    pub pending: Vec<String>,
     /// Speed buckets left out while the speed layer rebuilds the view.
     pub rebuilding: Vec<String>,
     pub unreadable: Vec<String>,

@@ -256,6 +256,20 @@ pub mod paths {
         Path::from(format!("views/{view}/manifest.json"))
     }
 
+    /// `views/<view>/history/`: every manifest version a run landed, kept for
+    /// `batch.history_retention` (the `as_of` queries' source).
+    pub fn view_history(view: &str) -> Path {
+        Path::from(format!("views/{view}/history"))
+    }
+
+    /// `views/<view>/history/<version, 12 digits>-<landed, epoch ms>.json`: the name alone
+    /// tells which version was current at an instant, without reading the file.
+    pub fn view_history_entry(view: &str, version: u64, landed_ms: i64) -> Path {
+        Path::from(format!(
+            "views/{view}/history/{version:012}-{landed_ms}.json"
+        ))
+    }
+
     /// `_batch/lock.json`: one batch run at a time per store.
     pub fn batch_lock() -> Path {
         Path::from("_batch/lock.json")

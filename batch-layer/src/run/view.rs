@@ -168,6 +168,7 @@ impl ViewRun<'_> {
             version: 0,
             run_id: String::new(),
             computed_at: String::new(),
+            landed_ms: None,
             horizon_ms: None,
             horizon: None,
             definition: definition.clone(),
@@ -187,10 +188,15 @@ impl ViewRun<'_> {
             }
             manifest.dates.insert(date, entry);
         }
+        // A superseded file stays while a reader of the previous version may still read it
+        // (the grace) and while an `as_of` query may name a version that names it (the
+        // history's retention).
+        let retention = config.batch.history_retention.as_millis() as i64;
         let grace = config.batch.gc_grace.as_millis() as i64;
+        let keep_retired = grace.max(retention);
         let (expired, kept): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut manifest.retired)
             .into_iter()
-            .partition(|r| now - r.retired_ms >= grace);
+            .partition(|r| now - r.retired_ms >= keep_retired);
         manifest.retired = kept;
         // The horizon never moves back: a snapshot that cannot place it (a partition with no
         // watermark yet, a new partition) keeps the one already landed.
@@ -207,7 +213,6 @@ impl ViewRun<'_> {
         {
             manifest.version += 1;
             manifest.run_id = run_id.to_string();
-            manifest.computed_at = format_rfc3339(now);
             // A backfill of part of the dates under a changed definition leaves the old one
             // recorded, so the next run still recomputes the rest.
             if !(redefined && previous.is_some() && req.range.is_some()) {
@@ -224,10 +229,21 @@ impl ViewRun<'_> {
                 .lock
                 .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
                 .await?;
+            // The instant the version counts from for `as_of`: as close to the write as can be.
+            let landed = now_ms();
+            manifest.computed_at = format_rfc3339(landed);
+            manifest.landed_ms = Some(landed);
             if let Err(e) = manifest.save(store, previous_version).await
                 && !self.landed(plan).await
             {
                 return Err(e.into());
+            }
+            // Landed: the history records it. A failure here loses no data (the current
+            // manifest is readable by `as_of` too) but leaves a gap in what `as_of` can name.
+            if retention > 0
+                && let Err(e) = crate::history::record(store, &manifest).await
+            {
+                tracing::warn!(view = %plan.name, version = manifest.version, error = %e, "could not record the manifest version in the history");
             }
             report.manifest_version = Some(manifest.version);
         } else {
@@ -235,6 +251,8 @@ impl ViewRun<'_> {
         }
         // Only after the new manifest no longer names them.
         delete_retired(store, &expired).await;
+        let history_deleted =
+            crate::history::collect(store, &plan.name, now_ms() - retention).await;
         let orphans = collect_orphans(store, &manifest, run_id, now, grace).await;
         let secs = view_started.elapsed().as_secs_f64();
         tracing::info!(
@@ -246,6 +264,7 @@ impl ViewRun<'_> {
             manifest_version = ?report.manifest_version,
             retired_deleted = expired.len(),
             orphans_deleted = orphans,
+            history_deleted,
             "view done"
         );
         Ok(report)

@@ -20,6 +20,7 @@ use tributary_it::{
 use tributary_shared::bucket::{HOUR_MS, MINUTE_MS, format_rfc3339, parse_rfc3339};
 use tributary_shared::{Config, Granularity};
 
+use crate::exact_as_of::{self, After, Before};
 use crate::first_run::{self, BadRequest, Bounded, Degraded, Ops, Series};
 use crate::second_run::{self, Dlq};
 
@@ -85,6 +86,8 @@ pub struct Fixture {
     pub late: Vec<Ev>,
     pub wave2: Vec<Ev>,
     pub series: Seen<Series>,
+    pub exact_as_of: Seen<Before>,
+    pub exact_as_of_after: Seen<After>,
     pub status: Seen<Value>,
     pub top: Seen<(u16, Value)>,
     pub bad_requests: Seen<Vec<BadRequest>>,
@@ -215,6 +218,7 @@ async fn run() -> anyhow::Result<Fixture> {
     };
     // Read-only phases first, on the state of the first run; then the ones that add events.
     let series = seen(first_run::observe_series(&ctx).await);
+    let exact_as_of = seen(exact_as_of::observe_before(&ctx).await);
     let status = seen(first_run::observe_status(&ctx).await);
     let top = seen(first_run::observe_top(&ctx).await);
     let bad_requests = seen(first_run::observe_bad_requests(&ctx).await);
@@ -226,6 +230,10 @@ async fn run() -> anyhow::Result<Fixture> {
     // More events arrive up to now.
     let wave2 = events(13, 2000, now - 30 * MINUTE_MS, 29 * MINUTE_MS);
     let second = seen(second_run::observe_second_run(&ctx, &wave2).await);
+    let exact_as_of_after = match (&second, &exact_as_of) {
+        (Ok(_), Ok(before)) => seen(exact_as_of::observe_after(&ctx, before).await),
+        _ => Err("not run: the second run or the first as_of phase failed".into()),
+    };
     let dlq = match &second {
         Ok(_) => seen(second_run::observe_dlq(&ctx).await),
         Err(_) => Err("not run: the second-run phase failed before it".into()),
@@ -249,6 +257,8 @@ async fn run() -> anyhow::Result<Fixture> {
         late,
         wave2,
         series,
+        exact_as_of,
+        exact_as_of_after,
         status,
         top,
         bad_requests,

@@ -4,6 +4,10 @@
 //! silent zero; one whose speed state is being rebuilt from Kafka `rebuilding`; one whose
 //! source could not be read `unreadable`.
 //!
+//! `exact=true` leaves the speed layer out: a bucket the batch has not settled is `pending`.
+//! `as_of` answers from the manifest version current at that instant, without speed: a
+//! bucket after that version's horizon is `missing`.
+//!
 //! Here: each bucket's source and what both endpoints start from ([`Prologue`]); the
 //! endpoints themselves in [`series`] and [`top`].
 
@@ -29,6 +33,8 @@ pub(super) enum Source {
     Batch,
     Speed,
     Missing,
+    /// Not settled by the batch yet, and the query asked for exact answers only.
+    Pending,
 }
 
 pub(super) fn classify(
@@ -36,9 +42,14 @@ pub(super) fn classify(
     horizon: Option<i64>,
     now_ms: i64,
     retention_ms: i64,
+    range: &Range,
 ) -> Source {
     if horizon.is_some_and(|h| end_ms <= h) {
         Source::Batch
+    } else if range.as_of.is_some() {
+        Source::Missing
+    } else if range.exact {
+        Source::Pending
     } else if end_ms.saturating_add(retention_ms) > now_ms {
         Source::Speed
     } else {
@@ -53,6 +64,7 @@ pub(super) struct Prologue {
     pub(super) batch: Vec<i64>,
     pub(super) speed: Vec<i64>,
     pub(super) missing: Vec<i64>,
+    pub(super) pending: Vec<i64>,
     pub(super) errors: Vec<String>,
 }
 
@@ -65,7 +77,11 @@ pub(super) async fn prologue(
 ) -> Prologue {
     let retention = src.config.speed.retention.as_millis() as i64;
     let mut errors = Vec::new();
-    let manifest = match src.batch.manifest(&view.name).await {
+    let read = match range.as_of {
+        Some(t) => src.batch.manifest_as_of(&view.name, t).await,
+        None => src.batch.manifest(&view.name).await,
+    };
+    let manifest = match read {
         Ok(m) => m,
         Err(e) => {
             errors.push(format!("batch view unreadable: {e}"));
@@ -73,12 +89,14 @@ pub(super) async fn prologue(
         }
     };
     let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
-    let (mut batch, mut speed, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut batch, mut speed, mut missing, mut pending) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in g.buckets(range.from_ms, range.to_ms) {
-        match classify(g.end(b), horizon, now_ms, retention) {
+        match classify(g.end(b), horizon, now_ms, retention, range) {
             Source::Batch => batch.push(b),
             Source::Speed => speed.push(b),
             Source::Missing => missing.push(b),
+            Source::Pending => pending.push(b),
         }
     }
     Prologue {
@@ -87,6 +105,7 @@ pub(super) async fn prologue(
         batch,
         speed,
         missing,
+        pending,
         errors,
     }
 }
@@ -105,13 +124,57 @@ pub(super) fn too_many_groups(param: &'static str, n: usize, max: usize) -> ApiE
 mod tests {
     use super::*;
 
+    fn range(exact: bool, as_of: Option<i64>) -> Range {
+        Range {
+            from_ms: 0,
+            to_ms: 1,
+            filters: Vec::new(),
+            exact,
+            as_of,
+        }
+    }
+
     #[test]
     fn buckets_are_classified_by_horizon_and_retention() {
         let h = 10_000;
+        let plain = range(false, None);
         // Ends at the horizon: batch. After it: speed while retained, else missing.
-        assert_eq!(classify(10_000, Some(h), 20_000, 50_000), Source::Batch);
-        assert_eq!(classify(10_001, Some(h), 20_000, 50_000), Source::Speed);
-        assert_eq!(classify(10_001, None, 70_000, 50_000), Source::Missing);
-        assert_eq!(classify(5_000, None, 20_000, 50_000), Source::Speed);
+        assert_eq!(
+            classify(10_000, Some(h), 20_000, 50_000, &plain),
+            Source::Batch
+        );
+        assert_eq!(
+            classify(10_001, Some(h), 20_000, 50_000, &plain),
+            Source::Speed
+        );
+        assert_eq!(
+            classify(10_001, None, 70_000, 50_000, &plain),
+            Source::Missing
+        );
+        assert_eq!(classify(5_000, None, 20_000, 50_000, &plain), Source::Speed);
+        // Exact only: what the batch has not settled is pending, never speed.
+        let exact = range(true, None);
+        assert_eq!(
+            classify(10_000, Some(h), 20_000, 50_000, &exact),
+            Source::Batch
+        );
+        assert_eq!(
+            classify(10_001, Some(h), 20_000, 50_000, &exact),
+            Source::Pending
+        );
+        assert_eq!(
+            classify(10_001, None, 70_000, 50_000, &exact),
+            Source::Pending
+        );
+        // As of an instant: past that version's horizon is missing (it was not answered then).
+        let as_of = range(true, Some(15_000));
+        assert_eq!(
+            classify(10_000, Some(h), 20_000, 50_000, &as_of),
+            Source::Batch
+        );
+        assert_eq!(
+            classify(10_001, Some(h), 20_000, 50_000, &as_of),
+            Source::Missing
+        );
     }
 }

@@ -31,6 +31,7 @@ pub async fn series(
         batch: batch_buckets,
         speed: speed_buckets,
         missing,
+        pending,
         mut errors,
     } = prologue(src, view, g, &p.range, now_ms).await;
     let mut unreadable: BTreeSet<i64> = BTreeSet::new();
@@ -171,6 +172,7 @@ pub async fn series(
     let mut gaps: Vec<(i64, RenderedPoint)> = Vec::new();
     for (set, label) in [
         (missing.clone(), "missing"),
+        (pending.clone(), "pending"),
         (rebuilding.iter().copied().collect(), "rebuilding"),
         (unreadable.iter().copied().collect(), "unreadable"),
     ] {
@@ -204,6 +206,7 @@ pub async fn series(
         batch: served(&batch_buckets),
         speed: served(&speed_buckets),
         missing: missing.len(),
+        pending: pending.len(),
         rebuilding: rebuilding.len(),
         unreadable: unreadable.len(),
     };
@@ -212,11 +215,15 @@ pub async fn series(
         granularity: g.to_string(),
         from: format_rfc3339(p.range.from_ms),
         to: format_rfc3339(p.range.to_ms),
+        exact: p.range.exact,
+        as_of: p.range.as_of.map(format_rfc3339),
+        manifest_version: manifest.as_ref().map(|m| m.version),
         batch_horizon: horizon.map(format_rfc3339),
         speed_watermark: speed_wm.map(format_rfc3339),
         series: out,
         buckets: counts,
         missing: missing.into_iter().map(format_rfc3339).collect(),
+        pending: pending.into_iter().map(format_rfc3339).collect(),
         rebuilding: rebuilding.into_iter().map(format_rfc3339).collect(),
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::Granularity;
 use tributary_shared::bucket::format_rfc3339;
+use tributary_shared::config::AggKind;
 use tributary_shared::series::Partial;
 use tributary_shared::view::ViewPlan;
 use tributary_speed_layer::read::SpeedQuery;
@@ -13,7 +14,7 @@ use tributary_speed_layer::read::SpeedQuery;
 use super::{Prologue, prologue, too_many_groups};
 use crate::error::ApiError;
 use crate::query::TopParams;
-use crate::response::{TopResponse, TopRow};
+use crate::response::{Covered, TopResponse, TopRow};
 use crate::sources::{SourceError, Sources};
 
 pub async fn top(
@@ -44,6 +45,20 @@ pub async fn top(
             ),
         ));
     }
+    let measure = &view.measures[p.measure];
+    let sketched = matches!(measure.agg, AggKind::CountDistinct | AggKind::Quantile);
+    if p.range.exact && sketched && g.count(from, to) > 1 {
+        return Err(ApiError::param(
+            "exact",
+            "not_exact",
+            format!(
+                "exact=true: {} ({}) over {} {g} buckets merges sketches and is never exact; ask for one {g} bucket, or leave out exact",
+                measure.name,
+                measure.agg.as_str(),
+                g.count(from, to)
+            ),
+        ));
+    }
     let max_groups = src.config.serving.max_groups;
     let Prologue {
         manifest,
@@ -51,8 +66,24 @@ pub async fn top(
         batch: batch_buckets,
         speed: speed_buckets,
         missing,
+        pending,
         mut errors,
     } = prologue(src, view, g, &p.range, now_ms).await;
+    // Without speed, the rows cover the settled buckets; with it, the whole range.
+    let covered = if p.range.with_speed() {
+        Some(Covered {
+            from: format_rfc3339(from),
+            to: format_rfc3339(to),
+        })
+    } else {
+        match (batch_buckets.first(), batch_buckets.last()) {
+            (Some(first), Some(last)) => Some(Covered {
+                from: format_rfc3339(*first),
+                to: format_rfc3339(g.end(*last)),
+            }),
+            _ => None,
+        }
+    };
     let mut unreadable: Vec<i64> = Vec::new();
     let mut rebuilding: Vec<i64> = Vec::new();
     let mut totals: BTreeMap<Option<String>, (Partial, &'static str)> = BTreeMap::new();
@@ -132,7 +163,6 @@ pub async fn top(
     if totals.len() > max_groups {
         return Err(too_many_groups("dimension", totals.len(), max_groups));
     }
-    let measure = &view.measures[p.measure];
     let mut rows: Vec<TopRow> = totals
         .into_iter()
         .map(|(value, (part, source))| {
@@ -159,9 +189,14 @@ pub async fn top(
         from: format_rfc3339(from),
         to: format_rfc3339(to),
         granularity: g.to_string(),
+        exact: p.range.exact,
+        as_of: p.range.as_of.map(format_rfc3339),
+        manifest_version: manifest.as_ref().map(|m| m.version),
         batch_horizon: horizon.map(format_rfc3339),
+        covered,
         rows,
         missing: missing.into_iter().map(format_rfc3339).collect(),
+        pending: pending.into_iter().map(format_rfc3339).collect(),
         rebuilding: rebuilding.into_iter().map(format_rfc3339).collect(),
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,

@@ -143,6 +143,10 @@ pub struct BatchConfig {
     /// manifest can finish.
     #[serde(with = "duration_str")]
     pub gc_grace: Duration,
+    /// How long superseded manifest versions and the view files they name are kept, so
+    /// `as_of` queries can answer as the views stood then ("7d"; "0s": no history).
+    #[serde(with = "duration_str")]
+    pub history_retention: Duration,
     /// A run lock older than this is considered abandoned by a crashed run.
     #[serde(with = "duration_str")]
     pub lock_ttl: Duration,
@@ -170,6 +174,7 @@ impl Default for BatchConfig {
             schedule: "0 */15 * * * *".into(),
             metrics_listen: "127.0.0.1:9102".into(),
             gc_grace: Duration::from_secs(3600),
+            history_retention: Duration::from_secs(7 * 24 * 3600),
             lock_ttl: Duration::from_secs(3600),
             idle_timeout: Duration::from_secs(60),
             archive_max_rows: 500_000,
