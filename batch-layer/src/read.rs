@@ -155,7 +155,8 @@ impl BatchReader {
         let recorded = crate::history::current_at(&entries, t_ms);
         // The current manifest answers when it is the one (its history entry may be missing:
         // a write that failed after the manifest landed).
-        if let Some(current) = self.manifest(view).await?
+        // An unreadable current manifest only loses this shortcut: the history still answers.
+        if let Ok(Some(current)) = self.manifest(view).await
             && current.landed_ms.is_some_and(|l| l <= t_ms)
             && recorded.is_none_or(|e| e.version <= current.version)
         {

@@ -20,7 +20,7 @@ use crate::report::{RunReport, ViewReport, save_report};
 use crate::snapshot::Snapshot;
 use view::ViewRun;
 
-pub use view::{ViewError, WriteError};
+pub use view::{ViewError, WriteError, definition};
 
 /// What a run recomputes.
 #[derive(Debug, Clone, Default)]

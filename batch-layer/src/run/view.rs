@@ -229,21 +229,35 @@ impl ViewRun<'_> {
                 .lock
                 .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
                 .await?;
+            // The version being superseded must be in the history before it stops being
+            // current (its own record, after it landed, may have failed or been cut short by
+            // a crash): otherwise an `as_of` in its time would silently find the one before.
+            // Idempotent; a failure fails the view and the previous version stays current.
+            if retention > 0
+                && let Some(prev) = &previous
+            {
+                crate::history::record(store, prev).await?;
+            }
             // The instant the version counts from for `as_of`: as close to the write as can be.
             let landed = now_ms();
             manifest.computed_at = format_rfc3339(landed);
             manifest.landed_ms = Some(landed);
+            // Files this run retired stop being named at the landing, not at the run's start:
+            // the retention counts from there.
+            for r in manifest.retired.iter_mut().filter(|r| r.retired_ms == now) {
+                r.retired_ms = landed;
+            }
             if let Err(e) = manifest.save(store, previous_version).await
                 && !self.landed(plan).await
             {
                 return Err(e.into());
             }
-            // Landed: the history records it. A failure here loses no data (the current
-            // manifest is readable by `as_of` too) but leaves a gap in what `as_of` can name.
+            // Landed: the history records it. Should this fail, the current manifest still
+            // answers `as_of` after it landed, and the next landing records it first.
             if retention > 0
                 && let Err(e) = crate::history::record(store, &manifest).await
             {
-                tracing::warn!(view = %plan.name, version = manifest.version, error = %e, "could not record the manifest version in the history");
+                tracing::warn!(view = %plan.name, version = manifest.version, error = %e, "could not record the manifest version in the history; the next landing records it");
             }
             report.manifest_version = Some(manifest.version);
         } else {
@@ -314,8 +328,9 @@ impl ViewRun<'_> {
     }
 }
 
-/// Fingerprint of a view's definition and of the file layout it is written in.
-fn definition(config: &Config, view: &ViewPlan) -> String {
+/// Fingerprint of a view's definition and of the file layout it is written in (a manifest's
+/// `definition`: the serving layer checks an `as_of` version against it).
+pub fn definition(config: &Config, view: &ViewPlan) -> String {
     let text = format!(
         "v1|{}|{:?}",
         serde_json::to_string(&config.view(&view.name)).unwrap_or_default(),

@@ -20,6 +20,7 @@ pub use top::top;
 use std::sync::Arc;
 
 use tributary_batch_layer::read::Manifest;
+use tributary_batch_layer::run::definition;
 use tributary_shared::Granularity;
 use tributary_shared::view::ViewPlan;
 
@@ -65,6 +66,8 @@ pub(super) struct Prologue {
     pub(super) speed: Vec<i64>,
     pub(super) missing: Vec<i64>,
     pub(super) pending: Vec<i64>,
+    /// Buckets no layer could answer for (only with `as_of`: its version was unreadable).
+    pub(super) unreadable: Vec<i64>,
     pub(super) errors: Vec<String>,
 }
 
@@ -81,17 +84,36 @@ pub(super) async fn prologue(
         Some(t) => src.batch.manifest_as_of(&view.name, t).await,
         None => src.batch.manifest(&view.name).await,
     };
-    let manifest = match read {
+    let mut manifest = match read {
         Ok(m) => m,
         Err(e) => {
             errors.push(format!("batch view unreadable: {e}"));
             None
         }
     };
+    // A version computed under another definition of the view has other grouping sets and
+    // columns: read with today's plan it could answer wrong numbers, so it answers none.
+    if range.as_of.is_some()
+        && let Some(m) = &manifest
+        && m.definition != definition(&src.config, view)
+    {
+        errors.push(format!(
+            "batch view unreadable as of then: manifest version {} was computed under an earlier definition of view {:?}",
+            m.version, view.name
+        ));
+        manifest = None;
+    }
+    // As of an instant only the batch answers: if it could not be read, no bucket is known
+    // to be missing, they are all unreadable.
+    let unreadable_as_of = range.as_of.is_some() && !errors.is_empty();
     let horizon = manifest.as_ref().and_then(|m| m.horizon_ms);
-    let (mut batch, mut speed, mut missing, mut pending) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut batch, mut speed, mut missing, mut pending, mut unreadable) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for b in g.buckets(range.from_ms, range.to_ms) {
+        if unreadable_as_of {
+            unreadable.push(b);
+            continue;
+        }
         match classify(g.end(b), horizon, now_ms, retention, range) {
             Source::Batch => batch.push(b),
             Source::Speed => speed.push(b),
@@ -106,6 +128,7 @@ pub(super) async fn prologue(
         speed,
         missing,
         pending,
+        unreadable,
         errors,
     }
 }

@@ -32,9 +32,10 @@ pub async fn series(
         speed: speed_buckets,
         missing,
         pending,
+        unreadable,
         mut errors,
     } = prologue(src, view, g, &p.range, now_ms).await;
-    let mut unreadable: BTreeSet<i64> = BTreeSet::new();
+    let mut unreadable: BTreeSet<i64> = unreadable.into_iter().collect();
     let mut rebuilding: BTreeSet<i64> = BTreeSet::new();
 
     // Bucket times formatted once per request, not once per group.

@@ -67,6 +67,7 @@ pub async fn top(
         speed: speed_buckets,
         missing,
         pending,
+        mut unreadable,
         mut errors,
     } = prologue(src, view, g, &p.range, now_ms).await;
     // Without speed, the rows cover the settled buckets; with it, the whole range.
@@ -84,7 +85,6 @@ pub async fn top(
             _ => None,
         }
     };
-    let mut unreadable: Vec<i64> = Vec::new();
     let mut rebuilding: Vec<i64> = Vec::new();
     let mut totals: BTreeMap<Option<String>, (Partial, &'static str)> = BTreeMap::new();
     let mut add = |group: Vec<Option<String>>, part: &Partial, source: &'static str| {
