@@ -150,6 +150,19 @@ for row in json.load(sys.stdin)["rows"]:
     print("  %-6s %12.2f  %s%s" % (row["value"], row["measure_value"] or 0, row["source"], "" if row["exact"] else " (approx)"))
 PYEOF
 )"
+say "speed accuracy ledger of the hours the batch settled: GET /v1/views/checkouts/accuracy"
+api "/v1/views/checkouts/accuracy?granularity=hour&from=$FROM&to=$TO" | "$PY" -c "$(cat <<'PYEOF'
+import json, sys
+r = json.load(sys.stdin)
+print("  %-12s %7s %14s %14s %14s %s" % ("measure", "buckets", "mean rel err", "p99 rel err", "max rel err", "within sketch bound"))
+pct = lambda v: "-" if v is None else "%.4f %%" % (100 * v)
+for m, s in r["summary"].items():
+    print("  %-12s %7d %14s %14s %14s %s" % (m, s["buckets"], pct(s["mean_rel_error"]), pct(s["p99_rel_error"]),
+          pct(s["max_rel_error"]), "-" if s["within_bound_share"] is None else "%.0f %%" % (100 * s["within_bound_share"])))
+if not r["summary"]:
+    print("  (no settled bucket compared yet: the speed layer had not sealed them)")
+PYEOF
+)"
 say "dashboard: $BASE/   status: $BASE/v1/status   API: $BASE/openapi.json"
 if [ "$SECURE" = 1 ]; then
   echo "  API key (the dashboard asks for it; curl: -H 'Authorization: Bearer $API_KEY'): $API_KEY"

@@ -24,6 +24,7 @@ pub mod encode;
 pub mod evolution;
 pub mod history;
 pub mod horizon;
+pub mod ledger;
 pub mod lock;
 pub mod manifest;
 pub mod master;

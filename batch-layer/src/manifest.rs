@@ -64,6 +64,10 @@ pub struct Manifest {
     pub dates: BTreeMap<String, DateEntry>,
     #[serde(default)]
     pub retired: Vec<Retired>,
+    /// The speed accuracy ledger's files per date of the buckets they settle
+    /// ([`crate::ledger`]), kept as long as the view.
+    #[serde(default)]
+    pub accuracy: BTreeMap<String, Vec<ViewFile>>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -9,6 +9,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Histograms per label set, with buckets of their own.
+pub type HistogramFamily = Family<Vec<(String, String)>, Histogram, fn() -> Histogram>;
+
 pub struct BatchMetrics {
     pub archive_records: Counter,
     pub archive_rows: Counter,
@@ -32,13 +35,18 @@ pub struct BatchMetrics {
     pub engine_jobs: Family<Vec<(String, String)>, Counter>,
     /// The last Ballista job of each view (`{view, job}` = 1; the previous one is removed).
     pub last_job: Family<Vec<(String, String)>, Gauge>,
+    /// The speed layer's relative error per settled bucket (the accuracy ledger), per view
+    /// and measure.
+    pub speed_relative_error: HistogramFamily,
     last_job_of: std::sync::Mutex<std::collections::HashMap<String, String>>,
     registry: Registry,
 }
 
 impl BatchMetrics {
     pub fn new() -> Arc<Self> {
-        let mut registry = Registry::with_prefix("tributary_batch");
+        // Prefix `tributary`, names `batch_…`: the speed accuracy ledger's histogram is
+        // `tributary_speed_relative_error`, the name the design gives it.
+        let mut registry = Registry::with_prefix("tributary");
         let archive_records = Counter::default();
         let archive_rows = Counter::default();
         let archive_invalid = Counter::default();
@@ -47,37 +55,37 @@ impl BatchMetrics {
         let archive_flush_errors = Counter::default();
         let archive_group_rejoins = Counter::default();
         registry.register(
-            "archive_fenced",
+            "batch_archive_fenced",
             "Partition flushes refused because another archiver changed the state (reloaded, read again)",
             archive_fenced.clone(),
         );
         registry.register(
-            "archive_flush_errors",
+            "batch_archive_flush_errors",
             "Partition flushes that failed on the store (the partition is read again from its commit point)",
             archive_flush_errors.clone(),
         );
         registry.register(
-            "archive_group_rejoins",
+            "batch_archive_group_rejoins",
             "Times the archiver left and rejoined its group because a partition stalled",
             archive_group_rejoins.clone(),
         );
         registry.register(
-            "archive_records",
+            "batch_archive_records",
             "Records read from the topic",
             archive_records.clone(),
         );
         registry.register(
-            "archive_rows",
+            "batch_archive_rows",
             "Rows committed to the master dataset",
             archive_rows.clone(),
         );
         registry.register(
-            "archive_invalid",
+            "batch_archive_invalid",
             "Invalid records not archived (the speed layer's DLQ has them)",
             archive_invalid.clone(),
         );
         registry.register(
-            "archive_flush_seconds",
+            "batch_archive_flush_seconds",
             "Time to write one archive flush",
             archive_flush_seconds.clone(),
         );
@@ -88,44 +96,51 @@ impl BatchMetrics {
         let spilled_bytes = Family::<Vec<(String, String)>, Counter>::default();
         let last_success_seconds = Gauge::default();
         registry.register(
-            "spilled_bytes",
+            "batch_spilled_bytes",
             "Bytes the view queries spilled to batch.spill_dir (a date larger than batch.memory_limit)",
             spilled_bytes.clone(),
         );
-        registry.register("runs", "Batch runs by outcome", runs.clone());
+        registry.register("batch_runs", "Batch runs by outcome", runs.clone());
         registry.register(
-            "run_seconds",
+            "batch_run_seconds",
             "Wall time of a batch run",
             run_seconds.clone(),
         );
         registry.register(
-            "dates_computed",
+            "batch_dates_computed",
             "View dates recomputed",
             dates_computed.clone(),
         );
         registry.register(
-            "events_computed",
+            "batch_events_computed",
             "Deduplicated events aggregated into views",
             events_computed.clone(),
         );
         registry.register(
-            "last_success_timestamp_seconds",
+            "batch_last_success_timestamp_seconds",
             "End of the last successful batch run (Unix time)",
             last_success_seconds.clone(),
         );
         let engine_jobs = Family::<Vec<(String, String)>, Counter>::default();
         let last_job = Family::<Vec<(String, String)>, Gauge>::default();
         registry.register(
-            "engine_jobs",
+            "batch_engine_jobs",
             "Date queries sent to each engine",
             engine_jobs.clone(),
         );
         registry.register(
-            "last_job_info",
+            "batch_last_job_info",
             "The last Ballista job id of each view",
             last_job.clone(),
         );
+        let speed_relative_error = HistogramFamily::new_with_constructor(relative_error_histogram);
+        registry.register(
+            "speed_relative_error",
+            "Relative error of the speed layer's value of a bucket total against the batch's, per settled bucket (the accuracy ledger)",
+            speed_relative_error.clone(),
+        );
         Arc::new(BatchMetrics {
+            speed_relative_error,
             engine_jobs,
             last_job,
             last_job_of: Default::default(),
@@ -166,9 +181,26 @@ impl BatchMetrics {
         }
     }
 
+    /// Records a settled bucket's relative error.
+    pub fn relative_error(&self, view: &str, measure: &str, rel: f64) {
+        self.speed_relative_error
+            .get_or_create(&vec![
+                ("view".to_string(), view.to_string()),
+                ("measure".to_string(), measure.to_string()),
+            ])
+            .observe(rel);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// 0 (exact) up to 100 %: the first bucket holds the exact answers.
+fn relative_error_histogram() -> Histogram {
+    Histogram::new([
+        0.0, 1e-6, 1e-4, 1e-3, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
+    ])
 }

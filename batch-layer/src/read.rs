@@ -26,6 +26,7 @@ use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
 
 use crate::history::HistoryEntry;
+use crate::ledger::LedgerRow;
 use crate::manifest::ManifestError;
 use crate::view_file::columns;
 
@@ -60,6 +61,8 @@ pub enum ReadError {
     },
     #[error("view file {path}: {what}")]
     Layout { path: String, what: String },
+    #[error("{0}")]
+    Ledger(String),
 }
 
 /// One view file in memory, with its rows indexed by grouping set.
@@ -97,6 +100,7 @@ pub struct BatchReader {
     files: Mutex<HashMap<String, Arc<ViewTable>>>,
     histories: Mutex<HashMap<String, CachedHistory>>,
     versions: Mutex<HashMap<String, Arc<Manifest>>>,
+    ledgers: Mutex<HashMap<String, Arc<Vec<LedgerRow>>>>,
 }
 
 impl BatchReader {
@@ -108,7 +112,61 @@ impl BatchReader {
             files: Mutex::new(HashMap::new()),
             histories: Mutex::new(HashMap::new()),
             versions: Mutex::new(HashMap::new()),
+            ledgers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The accuracy ledger's rows of the buckets starting in `[from_ms, to_ms)` (ledger files
+    /// never change: cached by path, dropped with the files no manifest names).
+    pub async fn ledger(
+        &self,
+        manifest: &Manifest,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<LedgerRow>, ReadError> {
+        let mut out = Vec::new();
+        let first = date_string(from_ms);
+        let last = date_string(to_ms.saturating_sub(1).max(from_ms));
+        for files in manifest
+            .accuracy
+            .range(first..=last)
+            .map(|(_, files)| files)
+        {
+            for f in files {
+                let cached = self
+                    .ledgers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&f.path)
+                    .cloned();
+                let rows = match cached {
+                    Some(r) => r,
+                    None => {
+                        let bytes = self
+                            .store
+                            .get(&object_store::path::Path::from(f.path.as_str()))
+                            .await?
+                            .bytes()
+                            .await?;
+                        let rows = Arc::new(
+                            crate::ledger::decode(&f.path, bytes)
+                                .map_err(|e| ReadError::Ledger(e.to_string()))?,
+                        );
+                        self.ledgers
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(f.path.clone(), rows.clone());
+                        rows
+                    }
+                };
+                out.extend(
+                    rows.iter()
+                        .filter(|r| r.t_ms >= from_ms && r.t_ms < to_ms)
+                        .cloned(),
+                );
+            }
+        }
+        Ok(out)
     }
 
     /// The view's recorded versions, oldest first (listed again at most every `refresh`, and

@@ -17,9 +17,10 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::access::BearerSecurity;
+use crate::accuracy::{AccuracyBucket, AccuracyResponse, AccuracySummary, MeasureAccuracy};
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ServingMetrics;
-use crate::query::{Limits, SeriesParams, TopParams, pairs};
+use crate::query::{AccuracyParams, Limits, SeriesParams, TopParams, pairs};
 use crate::response::{SeriesResponse, TopResponse};
 use crate::sources::Sources;
 use crate::status::StatusResponse;
@@ -40,7 +41,7 @@ type AppState = Arc<App>;
         title = "Tributary serving layer",
         description = "Merged batch (exact, up to the horizon) and speed (fresh) views of the event stream."
     ),
-    paths(list_views, get_view, series, top, status, healthz, readyz, metrics),
+    paths(list_views, get_view, series, top, accuracy, status, healthz, readyz, metrics),
     modifiers(&BearerSecurity),
     components(schemas(
         ErrorBody,
@@ -51,6 +52,10 @@ type AppState = Arc<App>;
         BatchInfo,
         SeriesResponse,
         TopResponse,
+        AccuracyResponse,
+        AccuracyBucket,
+        MeasureAccuracy,
+        AccuracySummary,
         StatusResponse,
         Health
     ))
@@ -67,6 +72,7 @@ pub fn router(app: AppState, cors: Option<CorsLayer>) -> axum::Router {
         .route("/v1/views/{view}", get(get_view))
         .route("/v1/views/{view}/series", get(series))
         .route("/v1/views/{view}/top", get(top))
+        .route("/v1/views/{view}/accuracy", get(accuracy))
         .route("/v1/status", get(status))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -343,6 +349,34 @@ async fn top(
     )?;
     Ok(Json(
         crate::merge::top(&app.sources, plan, &params, now).await?,
+    ))
+}
+
+/// The speed accuracy ledger: per bucket the batch settled, the speed layer's value next to
+/// the batch's exact one and their errors, with a summary per measure.
+#[utoipa::path(get, path = "/v1/views/{view}/accuracy",
+    params(
+        ("view" = String, Path, description = "View name"),
+        ("measures" = Option<String>, Query, description = "Comma-separated measure names (default: all)"),
+        ("from" = Option<String>, Query, description = "Start, RFC 3339 (default: to - 24h)"),
+        ("to" = Option<String>, Query, description = "End (exclusive), RFC 3339 (default: now)"),
+        ("granularity" = Option<String>, Query, description = "minute, hour or day (default: the view's first)"),
+    ),
+    responses((status = 200, body = AccuracyResponse), (status = 400, body = ErrorBody)))]
+async fn accuracy(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<AccuracyResponse>, ApiError> {
+    let plan = view(&app, &name)?;
+    let params = AccuracyParams::parse(
+        plan,
+        &pairs(raw.as_deref()),
+        now_ms(),
+        Limits::of(&app.sources.config),
+    )?;
+    Ok(Json(
+        crate::accuracy::accuracy(&app.sources, plan, &params).await?,
     ))
 }
 

@@ -5,12 +5,14 @@
 //!   with the types of [`response`];
 //! - [`sources`]: the batch reader and a Redis connection that fails fast;
 //! - [`points`]: rendered points and their byte-bounded cache;
-//! - [`status`]: the `/v1/status` page;
+//! - [`status`]: the `/v1/status` page; [`accuracy`]: the speed accuracy ledger's endpoint
+//!   and warnings;
 //! - [`api`]: routes, handlers, OpenAPI; [`dashboard`]: the page at `/`;
 //! - [`access`]: API keys and CORS; [`tls`]: HTTPS;
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod access;
+pub mod accuracy;
 pub mod api;
 pub mod dashboard;
 pub mod error;

@@ -431,6 +431,36 @@ impl SeriesParams {
     }
 }
 
+/// A validated `accuracy` query: the ledger's buckets of one granularity in a range.
+#[derive(Debug, Clone)]
+pub struct AccuracyParams {
+    pub granularity: Granularity,
+    pub measures: Vec<usize>,
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+const KNOWN_ACCURACY: &[&str] = &["measures", "from", "to", "granularity"];
+
+impl AccuracyParams {
+    /// The same rules as `series` for the parameters they share.
+    pub fn parse(
+        view: &ViewPlan,
+        pairs: &[(String, String)],
+        now_ms: i64,
+        limits: Limits,
+    ) -> Result<AccuracyParams, ApiError> {
+        reject_unknown(pairs, KNOWN_ACCURACY)?;
+        let series = SeriesParams::parse(view, pairs, now_ms, limits)?;
+        Ok(AccuracyParams {
+            granularity: series.granularity,
+            measures: series.measures,
+            from_ms: series.granularity.floor(series.range.from_ms),
+            to_ms: series.range.to_ms,
+        })
+    }
+}
+
 impl TopParams {
     pub fn parse(
         view: &ViewPlan,

@@ -260,6 +260,9 @@ pub async fn status(src: &Sources) -> StatusResponse {
                     Some(h) => h < now - retention,
                     None => true,
                 };
+                if let Some(m) = &m {
+                    warnings.extend(crate::accuracy::warnings(src, v, m).await);
+                }
                 if behind {
                     warnings.push(format!(
                         "view {}: batch horizon {} is behind speed retention ({}): buckets between them are missing; run the batch (docs/runbooks/horizon-lagging.md)",

@@ -256,6 +256,14 @@ pub mod paths {
         Path::from(format!("views/{view}/manifest.json"))
     }
 
+    /// `views/<view>/accuracy/date=YYYY-MM-DD/<run-id>.parquet`: the speed accuracy ledger
+    /// of the buckets of that date a run settled.
+    pub fn accuracy_file(view: &str, date: &str, run_id: &str) -> Path {
+        Path::from(format!(
+            "views/{view}/accuracy/date={date}/{run_id}.parquet"
+        ))
+    }
+
     /// `views/<view>/history/`: every manifest version a run landed, kept for
     /// `batch.history_retention` (the `as_of` queries' source).
     pub fn view_history(view: &str) -> Path {

@@ -175,6 +175,7 @@ impl ViewRun<'_> {
             fields: BTreeMap::new(),
             dates: BTreeMap::new(),
             retired: Vec::new(),
+            accuracy: BTreeMap::new(),
         });
         if redefined && req.range.is_none() {
             // Every date was recomputed under the new definition; the old ones go.
@@ -223,6 +224,11 @@ impl ViewRun<'_> {
             if req.range.is_none() || manifest.horizon_ms.is_none() {
                 manifest.horizon_ms = horizon_ms;
                 manifest.horizon = horizon_ms.map(format_rfc3339);
+            }
+            // The speed accuracy ledger of the buckets this version settles, named by it.
+            if req.range.is_none() {
+                self.settle(plan, &mut manifest, previous.as_ref(), written)
+                    .await;
             }
             // Land only while this run still holds the lock, and only over the version it read.
             self.run
@@ -282,6 +288,40 @@ impl ViewRun<'_> {
             "view done"
         );
         Ok(report)
+    }
+
+    /// Compares the buckets `manifest` settles with the speed layer's values and names the
+    /// ledger files in it. Best effort: the views land without the ledger if Redis or the
+    /// comparison fails (logged).
+    async fn settle(
+        &self,
+        plan: &ViewPlan,
+        manifest: &mut Manifest,
+        previous: Option<&Manifest>,
+        written: &mut Vec<String>,
+    ) {
+        let settle = crate::ledger::Settle {
+            config: self.run.config,
+            store: self.run.store,
+            plan,
+            manifest,
+            previous_horizon: previous.and_then(|m| m.horizon_ms),
+            run_id: self.run.run_id,
+            now_ms: now_ms(),
+            metrics: self.run.metrics,
+        };
+        let settled = settle.run().await;
+        match settled {
+            Ok(files) => {
+                for (date, file) in files {
+                    written.push(file.path.clone());
+                    manifest.accuracy.entry(date).or_default().push(file);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(view = %plan.name, error = %e, "accuracy ledger not written for this run's settled buckets")
+            }
+        }
     }
 
     /// Writes one date's view files (one per granularity), noting each path in `written`.
@@ -400,6 +440,13 @@ async fn collect_orphans(
         .values()
         .flat_map(|d| d.files.values().map(|f| f.path.as_str()))
         .chain(manifest.retired.iter().map(|r| r.path.as_str()))
+        .chain(
+            manifest
+                .accuracy
+                .values()
+                .flatten()
+                .map(|f| f.path.as_str()),
+        )
         .collect();
     let listed: Vec<object_store::ObjectMeta> = match store
         .list(Some(&paths::view_root(&manifest.view)))

@@ -141,6 +141,7 @@ async fn racing_slowed_and_killed_batch_runs_land_once() -> anyhow::Result<()> {
                     .values()
                     .flat_map(|d| d.files.values().map(|f| f.path.clone()))
                     .chain(m.retired.iter().map(|r| r.path.clone()))
+                    .chain(m.accuracy.values().flatten().map(|f| f.path.clone()))
             })
             .collect()
     };

@@ -14,7 +14,7 @@ use crate::fixture::{Ctx, fixture, got, horizon};
 
 /// What the phase after the first run saw.
 pub struct Before {
-    pub exact_hour: (u16, Value),
+    pub exact_minute: (u16, Value),
     pub exact_top: (u16, Value),
     /// The instant of the `as_of` queries (after the first run landed).
     pub as_of: i64,
@@ -28,7 +28,7 @@ pub struct Before {
 
 /// What the phase after the second run saw.
 pub struct After {
-    pub exact_hour: (u16, Value),
+    pub exact_minute: (u16, Value),
     pub as_of_series: (u16, String),
     pub as_of_top: (u16, String),
     pub plain: (u16, Value),
@@ -54,7 +54,7 @@ pub async fn observe_before(ctx: &Ctx) -> anyhow::Result<Before> {
     let as_of = now_ms();
     let at = format!("&as_of={}", format_rfc3339(as_of));
     Ok(Before {
-        exact_hour: get(&ctx.q("hour", "&exact=true")).await?,
+        exact_minute: get(&ctx.q("minute", "&exact=true")).await?,
         exact_top: get(&top_url(ctx, "&exact=true")).await?,
         as_of,
         as_of_series: get_text(&ctx.q("hour", &format!("&group_by=country{at}"))).await?,
@@ -80,24 +80,26 @@ pub async fn observe_before(ctx: &Ctx) -> anyhow::Result<Before> {
 pub async fn observe_after(ctx: &Ctx, before: &Before) -> anyhow::Result<After> {
     let at = format!("&as_of={}", format_rfc3339(before.as_of));
     Ok(After {
-        exact_hour: get(&ctx.q("hour", "&exact=true")).await?,
+        exact_minute: get(&ctx.q("minute", "&exact=true")).await?,
         as_of_series: get_text(&ctx.q("hour", &format!("&group_by=country{at}"))).await?,
         as_of_top: get_text(&top_url(ctx, &at)).await?,
         plain: get(&ctx.q("hour", "")).await?,
     })
 }
 
-/// Checks an `exact=true` hourly series: settled buckets equal the truth over `all`, every
-/// other bucket is `pending` without values. Returns (exact, pending) bucket counts.
+/// Checks an `exact=true` series at minutes (the second run moves the horizon by more than
+/// 20 of them): settled buckets equal the truth over `all`, every other bucket is `pending`
+/// without values. Returns (exact, pending) bucket counts.
 fn check_exact(body: &Value, all: &[Ev]) -> anyhow::Result<(usize, usize)> {
     let h = horizon(body)?;
-    let tr = truth(all, Granularity::Hour, &[], &[]);
+    let g = Granularity::Minute;
+    let tr = truth(all, g, &[], &[]);
     let (mut exact, mut pending) = (0, 0);
     let points = body["series"][0]["points"].as_array().context("points")?;
     for p in points {
         let t = p["t"].as_str().and_then(parse_rfc3339).context("t")?;
         let source = p["source"].as_str().unwrap_or("");
-        if Granularity::Hour.end(t) <= h {
+        if g.end(t) <= h {
             assert_eq!(source, "batch", "{p}");
             assert_eq!(p["exact"], Value::Bool(true), "{p}");
             let truth = tr
@@ -128,7 +130,7 @@ fn exact_only_answers_are_pending_until_the_batch_settles_them() -> anyhow::Resu
     let f = fixture()?;
     let before = got(&f.exact_as_of)?;
     let after = got(&f.exact_as_of_after)?;
-    let (code, body) = &before.exact_hour;
+    let (code, body) = &before.exact_minute;
     assert_eq!(*code, 200, "{body}");
     let (settled1, pending1) = check_exact(body, &f.first_events())?;
     assert!(
@@ -137,7 +139,7 @@ fn exact_only_answers_are_pending_until_the_batch_settles_them() -> anyhow::Resu
     );
 
     // After the second run the horizon moved: buckets that were pending are exact now.
-    let (code, body) = &after.exact_hour;
+    let (code, body) = &after.exact_minute;
     assert_eq!(*code, 200, "{body}");
     let mut all = f.first_events();
     all.extend(f.wave2.iter().cloned());

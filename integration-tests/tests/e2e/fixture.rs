@@ -20,6 +20,7 @@ use tributary_it::{
 use tributary_shared::bucket::{HOUR_MS, MINUTE_MS, format_rfc3339, parse_rfc3339};
 use tributary_shared::{Config, Granularity};
 
+use crate::accuracy::{self, Ledger};
 use crate::exact_as_of::{self, After, Before};
 use crate::first_run::{self, BadRequest, Bounded, Degraded, Ops, Series};
 use crate::second_run::{self, Dlq};
@@ -87,6 +88,7 @@ pub struct Fixture {
     pub wave2: Vec<Ev>,
     pub series: Seen<Series>,
     pub exact_as_of: Seen<Before>,
+    pub ledger: Seen<Ledger>,
     pub exact_as_of_after: Seen<After>,
     pub status: Seen<Value>,
     pub top: Seen<(u16, Value)>,
@@ -219,6 +221,7 @@ async fn run() -> anyhow::Result<Fixture> {
     // Read-only phases first, on the state of the first run; then the ones that add events.
     let series = seen(first_run::observe_series(&ctx).await);
     let exact_as_of = seen(exact_as_of::observe_before(&ctx).await);
+    let ledger = seen(accuracy::observe(&ctx).await);
     let status = seen(first_run::observe_status(&ctx).await);
     let top = seen(first_run::observe_top(&ctx).await);
     let bad_requests = seen(first_run::observe_bad_requests(&ctx).await);
@@ -258,6 +261,7 @@ async fn run() -> anyhow::Result<Fixture> {
         wave2,
         series,
         exact_as_of,
+        ledger,
         exact_as_of_after,
         status,
         top,

@@ -1,0 +1,531 @@
+//! The speed accuracy ledger: when a run settles a bucket (it ends at or before the new
+//! horizon and did not before) and the speed layer still holds it, the run records, per
+//! granularity, bucket and measure, the speed layer's value of the bucket's total next to the
+//! batch's exact one, their absolute and relative error, and over the finest grouping set
+//! the p99 and max of the per-group relative error.
+//!
+//! Written per date of the buckets, `views/<view>/accuracy/date=D/<run-id>.parquet`, named by
+//! the manifest (`accuracy`) and kept as long as the view. Best effort: a run whose Redis
+//! cannot be read lands its views without the ledger rows (logged). A bucket is compared only
+//! once the speed layer has sealed it (its watermark is past the bucket), so a speed layer
+//! that is merely behind is never recorded as wrong.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+use bytes::Bytes;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tributary_shared::bucket::date_string;
+use tributary_shared::config::AggKind;
+use tributary_shared::layout::{RedisKeys, paths};
+use tributary_shared::redis_client::RedisClient;
+use tributary_shared::selection::Selection;
+use tributary_shared::series::Series;
+use tributary_shared::{Config, Granularity, ViewPlan};
+use tributary_speed_layer::read::{SpeedQuery, read, read_view_state};
+
+use crate::manifest::{Manifest, ViewFile};
+use crate::metrics::BatchMetrics;
+use crate::read::{BatchQuery, BatchReader};
+
+/// Redis's HyperLogLog (16,384 registers): its standard error, 1.04 / √16384.
+pub const HLL_STANDARD_ERROR: f64 = 0.008125;
+
+/// Below this relative difference two sums are equal: the speed layer adds floats in arrival
+/// order, the batch rounds the exact sum once; they differ in the last bits only.
+const FLOAT_TOLERANCE: f64 = 1e-9;
+
+/// Buckets read from each layer at once.
+const CHUNK: usize = 500;
+
+/// One settled bucket's comparison for one measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerRow {
+    pub granularity: Granularity,
+    pub t_ms: i64,
+    pub measure: String,
+    pub agg: AggKind,
+    pub speed: Option<f64>,
+    pub batch: Option<f64>,
+    pub abs_error: Option<f64>,
+    /// |speed − batch| / |batch|; 0 when both agree, 1 when one side has no value (or the
+    /// batch's is 0) and the other does.
+    pub rel_error: f64,
+    /// Groups of the finest grouping set compared (with data in either layer).
+    pub groups: u64,
+    pub group_p99_rel_error: Option<f64>,
+    pub group_max_rel_error: Option<f64>,
+    pub run_id: String,
+    pub settled_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("redis: {0}")]
+    Redis(String),
+    #[error("batch view: {0}")]
+    Batch(#[from] crate::read::ReadError),
+    #[error("ledger file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("ledger file: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    #[error("ledger file {path}: {what}")]
+    Layout { path: String, what: String },
+}
+
+/// The stated bound of a sketch measure's estimate (none for the measures speed computes
+/// exactly).
+pub fn sketch_bound(agg: AggKind) -> Option<f64> {
+    match agg {
+        AggKind::CountDistinct => Some(HLL_STANDARD_ERROR),
+        AggKind::Quantile => Some(tributary_shared::sketch::RELATIVE_ACCURACY),
+        _ => None,
+    }
+}
+
+/// Absolute and relative error of a speed value against the batch's.
+pub fn error(agg: AggKind, speed: Option<f64>, batch: Option<f64>) -> (Option<f64>, f64) {
+    let (abs, rel) = match (speed, batch) {
+        (None, None) => return (None, 0.0),
+        (Some(s), Some(b)) => {
+            let abs = (s - b).abs();
+            let rel = if abs == 0.0 {
+                0.0
+            } else if b == 0.0 {
+                1.0
+            } else {
+                abs / b.abs()
+            };
+            (abs, rel)
+        }
+        (Some(v), None) | (None, Some(v)) => (v.abs(), if v == 0.0 { 0.0 } else { 1.0 }),
+    };
+    if matches!(agg, AggKind::Sum | AggKind::Avg) && rel < FLOAT_TOLERANCE {
+        return (Some(0.0), 0.0);
+    }
+    (Some(abs), rel)
+}
+
+/// The buckets of each granularity a run settles: ending after the previous horizon (any,
+/// on a first run) and at or before the new one, sealed by the speed layer (ending at or
+/// before its watermark), and still within its retention.
+pub fn buckets_to_settle(
+    plan: &ViewPlan,
+    previous_horizon: Option<i64>,
+    horizon: i64,
+    speed_watermark: i64,
+    retention_ms: i64,
+    now_ms: i64,
+) -> Vec<(Granularity, Vec<i64>)> {
+    let last_end = horizon.min(speed_watermark);
+    let retained_from = now_ms.saturating_sub(retention_ms);
+    plan.granularities
+        .iter()
+        .map(|g| {
+            // The first bucket ending after the previous horizon, and after the retention.
+            let after = previous_horizon.unwrap_or(i64::MIN).max(retained_from);
+            let mut b = g.floor(after);
+            let mut out = Vec::new();
+            while g.end(b) <= last_end {
+                if g.end(b) > after {
+                    out.push(b);
+                }
+                b = g.end(b);
+            }
+            (*g, out)
+        })
+        .collect()
+}
+
+/// What a view's settlement reads and writes.
+pub struct Settle<'a> {
+    pub config: &'a Config,
+    pub store: &'a Arc<dyn ObjectStore>,
+    pub plan: &'a ViewPlan,
+    /// The version about to land (its files are written).
+    pub manifest: &'a Manifest,
+    pub previous_horizon: Option<i64>,
+    pub run_id: &'a str,
+    pub now_ms: i64,
+    pub metrics: &'a BatchMetrics,
+}
+
+impl Settle<'_> {
+    /// Compares the buckets this version settles and writes their ledger files; returns them
+    /// by date. Nothing to compare (no horizon, speed state absent or rebuilding): none.
+    pub async fn run(&self) -> Result<Vec<(String, ViewFile)>, LedgerError> {
+        let Some(horizon) = self.manifest.horizon_ms else {
+            return Ok(Vec::new());
+        };
+        let config = self.config;
+        let keys = RedisKeys::new(config.redis.key_prefix.clone());
+        let client =
+            RedisClient::new(&config.redis).map_err(|e| LedgerError::Redis(e.to_string()))?;
+        let mut con = tokio::time::timeout(Duration::from_secs(5), client.connect())
+            .await
+            .map_err(|_| LedgerError::Redis("connect timed out".into()))?
+            .map_err(|e| LedgerError::Redis(e.to_string()))?;
+        let name = &self.plan.name;
+        let state = read_view_state(&mut con, &keys, &config.source.topic, name)
+            .await
+            .map_err(|e| LedgerError::Redis(e.to_string()))?;
+        if !state.serving() {
+            tracing::info!(view = %name, "accuracy ledger: the speed layer holds no state for the view (absent or rebuilding); nothing compared");
+            return Ok(Vec::new());
+        }
+        let lateness = config.speed.allowed_lateness.as_millis() as i64;
+        let Some(watermark) = state.watermark(lateness) else {
+            return Ok(Vec::new());
+        };
+        let todo = buckets_to_settle(
+            self.plan,
+            self.previous_horizon,
+            horizon,
+            watermark,
+            config.speed.retention.as_millis() as i64,
+            self.now_ms,
+        );
+        let reader = BatchReader::new(self.store.clone(), Duration::ZERO);
+        let measures: Vec<usize> = (0..self.plan.measures.len()).collect();
+        let totals = Selection {
+            filters: Vec::new(),
+            group_by: Vec::new(),
+            measures: measures.clone(),
+        };
+        let finest = Selection {
+            filters: Vec::new(),
+            group_by: (0..self.plan.dimensions.len()).collect(),
+            measures,
+        };
+        let mut rows = Vec::new();
+        for (g, buckets) in todo {
+            for chunk in buckets.chunks(CHUNK) {
+                let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                    continue;
+                };
+                let mut read_both = async |selection: &Selection| {
+                    let q = SpeedQuery {
+                        granularity: g,
+                        buckets: chunk.to_vec(),
+                        selection: selection.clone(),
+                        epoch: state.epoch.clone(),
+                        max_groups: usize::MAX,
+                    };
+                    let speed = read(&mut con, &keys, self.plan, &q)
+                        .await
+                        .map_err(|e| LedgerError::Redis(e.to_string()))?;
+                    let bq = BatchQuery {
+                        granularity: g,
+                        from_ms: *first,
+                        to_ms: g.end(*last),
+                        selection: selection.clone(),
+                    };
+                    let batch = reader.read(self.plan, self.manifest, &bq).await?;
+                    Ok::<_, LedgerError>((speed, batch))
+                };
+                let (speed_totals, batch_totals) = read_both(&totals).await?;
+                let (speed_groups, batch_groups) = read_both(&finest).await?;
+                for &b in chunk {
+                    self.compare_bucket(
+                        g,
+                        b,
+                        (&speed_totals, &batch_totals),
+                        (&speed_groups, &batch_groups),
+                        &mut rows,
+                    );
+                }
+            }
+        }
+        let compared = rows.len();
+        let wrong: usize = rows
+            .iter()
+            .filter(|r| sketch_bound(r.agg).is_none() && r.rel_error > 0.0)
+            .count();
+        let files = self.write(rows).await?;
+        tracing::info!(view = %name, rows = compared, exact_measures_off = wrong, files = files.len(), "accuracy ledger written");
+        Ok(files)
+    }
+
+    /// One bucket's rows: per measure, the totals compared and the groups' errors.
+    fn compare_bucket(
+        &self,
+        g: Granularity,
+        b: i64,
+        totals: (&Series, &Series),
+        groups: (&Series, &Series),
+        rows: &mut Vec<LedgerRow>,
+    ) {
+        let total = |s: &Series, m: &str, agg: AggKind| {
+            let v = s
+                .get(&Vec::new())
+                .and_then(|pts| pts.get(&b))
+                .and_then(|p| p.values.get(m).copied().flatten());
+            // A bucket without any event counts 0 (it has no other value).
+            v.or((agg == AggKind::Count).then_some(0.0))
+        };
+        let group_keys: std::collections::BTreeSet<&Vec<Option<String>>> = groups
+            .0
+            .iter()
+            .chain(groups.1.iter())
+            .filter(|(_, pts)| pts.contains_key(&b))
+            .map(|(k, _)| k)
+            .collect();
+        for m in &self.plan.measures {
+            let speed = total(totals.0, &m.name, m.agg);
+            let batch = total(totals.1, &m.name, m.agg);
+            let (abs, rel) = error(m.agg, speed, batch);
+            let mut per_group: Vec<f64> = group_keys
+                .iter()
+                .map(|k| {
+                    let value = |s: &Series| {
+                        s.get(*k)
+                            .and_then(|pts| pts.get(&b))
+                            .and_then(|p| p.values.get(&m.name).copied().flatten())
+                            .or((m.agg == AggKind::Count).then_some(0.0))
+                    };
+                    error(m.agg, value(groups.0), value(groups.1)).1
+                })
+                .collect();
+            per_group.sort_by(f64::total_cmp);
+            self.metrics.relative_error(&self.plan.name, &m.name, rel);
+            rows.push(LedgerRow {
+                granularity: g,
+                t_ms: b,
+                measure: m.name.clone(),
+                agg: m.agg,
+                speed,
+                batch,
+                abs_error: abs,
+                rel_error: rel,
+                groups: per_group.len() as u64,
+                group_p99_rel_error: percentile(&per_group, 0.99),
+                group_max_rel_error: per_group.last().copied(),
+                run_id: self.run_id.to_string(),
+                settled_ms: self.now_ms,
+            });
+        }
+    }
+
+    /// Writes the rows, one file per date of their buckets.
+    async fn write(&self, rows: Vec<LedgerRow>) -> Result<Vec<(String, ViewFile)>, LedgerError> {
+        let mut by_date: BTreeMap<String, Vec<LedgerRow>> = BTreeMap::new();
+        for r in rows {
+            by_date.entry(date_string(r.t_ms)).or_default().push(r);
+        }
+        let mut out = Vec::new();
+        for (date, rows) in by_date {
+            let bytes = encode(&rows)?;
+            let path = paths::accuracy_file(&self.plan.name, &date, self.run_id);
+            let size = bytes.len() as u64;
+            self.store.put(&path, PutPayload::from(bytes)).await?;
+            out.push((
+                date,
+                ViewFile {
+                    path: path.to_string(),
+                    rows: rows.len() as u64,
+                    bytes: size,
+                },
+            ));
+        }
+        Ok(out)
+    }
+}
+
+/// The value at rank `q` (nearest rank) of sorted values.
+pub fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).copied()
+}
+
+fn schema() -> Arc<Schema> {
+    let f = |name: &str, dt: DataType, nullable: bool| Field::new(name, dt, nullable);
+    Arc::new(Schema::new(vec![
+        f("granularity", DataType::Utf8, false),
+        f("t", DataType::Int64, false),
+        f("measure", DataType::Utf8, false),
+        f("agg", DataType::Utf8, false),
+        f("speed", DataType::Float64, true),
+        f("batch", DataType::Float64, true),
+        f("abs_error", DataType::Float64, true),
+        f("rel_error", DataType::Float64, false),
+        f("groups", DataType::Int64, false),
+        f("group_p99_rel_error", DataType::Float64, true),
+        f("group_max_rel_error", DataType::Float64, true),
+        f("run_id", DataType::Utf8, false),
+        f("settled_ms", DataType::Int64, false),
+    ]))
+}
+
+/// The rows as a Parquet file.
+pub fn encode(rows: &[LedgerRow]) -> Result<Vec<u8>, LedgerError> {
+    let strings = |f: &dyn Fn(&LedgerRow) -> &str| -> ArrayRef {
+        Arc::new(StringArray::from_iter_values(rows.iter().map(f)))
+    };
+    let floats = |f: &dyn Fn(&LedgerRow) -> Option<f64>| -> ArrayRef {
+        Arc::new(Float64Array::from_iter(rows.iter().map(f)))
+    };
+    let ints = |f: &dyn Fn(&LedgerRow) -> i64| -> ArrayRef {
+        Arc::new(Int64Array::from_iter_values(rows.iter().map(f)))
+    };
+    let batch = RecordBatch::try_new(
+        schema(),
+        vec![
+            strings(&|r| r.granularity.as_str()),
+            ints(&|r| r.t_ms),
+            strings(&|r| r.measure.as_str()),
+            strings(&|r| r.agg.as_str()),
+            floats(&|r| r.speed),
+            floats(&|r| r.batch),
+            floats(&|r| r.abs_error),
+            floats(&|r| Some(r.rel_error)),
+            ints(&|r| r.groups as i64),
+            floats(&|r| r.group_p99_rel_error),
+            floats(&|r| r.group_max_rel_error),
+            strings(&|r| r.run_id.as_str()),
+            ints(&|r| r.settled_ms),
+        ],
+    )?;
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(buf)
+}
+
+/// A ledger file's rows.
+pub fn decode(path: &str, bytes: Bytes) -> Result<Vec<LedgerRow>, LedgerError> {
+    let layout = |what: &str| LedgerError::Layout {
+        path: path.to_string(),
+        what: what.to_string(),
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch?;
+        let col = |name: &str| {
+            batch
+                .column_by_name(name)
+                .ok_or_else(|| layout(&format!("no column {name}")))
+        };
+        let s = |name: &str| {
+            col(name)?
+                .as_string_opt::<i32>()
+                .cloned()
+                .ok_or_else(|| layout(&format!("{name} is not text")))
+        };
+        let f = |name: &str| {
+            col(name)?
+                .as_primitive_opt::<Float64Type>()
+                .cloned()
+                .ok_or_else(|| layout(&format!("{name} is not a float")))
+        };
+        let i = |name: &str| {
+            col(name)?
+                .as_primitive_opt::<Int64Type>()
+                .cloned()
+                .ok_or_else(|| layout(&format!("{name} is not an integer")))
+        };
+        let (gran, t, measure, agg) = (s("granularity")?, i("t")?, s("measure")?, s("agg")?);
+        let (speed, batch_v, abs, rel) =
+            (f("speed")?, f("batch")?, f("abs_error")?, f("rel_error")?);
+        let (groups, p99, max) = (
+            i("groups")?,
+            f("group_p99_rel_error")?,
+            f("group_max_rel_error")?,
+        );
+        let (run_id, settled) = (s("run_id")?, i("settled_ms")?);
+        let opt = |a: &Float64Array, row: usize| (!a.is_null(row)).then(|| a.value(row));
+        for row in 0..batch.num_rows() {
+            let granularity = gran
+                .value(row)
+                .parse::<Granularity>()
+                .map_err(|_| layout("unknown granularity"))?;
+            let agg: AggKind =
+                serde_json::from_value(serde_json::Value::String(agg.value(row).to_string()))
+                    .map_err(|_| layout("unknown aggregate"))?;
+            out.push(LedgerRow {
+                granularity,
+                t_ms: t.value(row),
+                measure: measure.value(row).to_string(),
+                agg,
+                speed: opt(&speed, row),
+                batch: opt(&batch_v, row),
+                abs_error: opt(&abs, row),
+                rel_error: rel.value(row),
+                groups: groups.value(row).max(0) as u64,
+                group_p99_rel_error: opt(&p99, row),
+                group_max_rel_error: opt(&max, row),
+                run_id: run_id.value(row).to_string(),
+                settled_ms: settled.value(row),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_relative_to_the_batch_and_float_noise_is_not_an_error() {
+        assert_eq!(error(AggKind::Count, Some(118.0), Some(120.0)).0, Some(2.0));
+        let (_, rel) = error(AggKind::Count, Some(118.0), Some(120.0));
+        assert!((rel - 2.0 / 120.0).abs() < 1e-12);
+        assert_eq!(
+            error(AggKind::Count, Some(0.0), Some(0.0)),
+            (Some(0.0), 0.0)
+        );
+        assert_eq!(
+            error(AggKind::Count, Some(3.0), Some(0.0)),
+            (Some(3.0), 1.0)
+        );
+        assert_eq!(error(AggKind::Min, None, Some(2.5)), (Some(2.5), 1.0));
+        assert_eq!(error(AggKind::Min, None, None), (None, 0.0));
+        assert_eq!(
+            error(AggKind::Sum, Some(0.1 + 0.2), Some(0.3)),
+            (Some(0.0), 0.0)
+        );
+        assert!(error(AggKind::Count, Some(0.1 + 0.2), Some(0.3)).1 > 0.0);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(percentile(&v, 0.99), Some(198.0));
+        assert_eq!(percentile(&[0.5], 0.99), Some(0.5));
+        assert_eq!(percentile(&[], 0.99), None);
+    }
+
+    #[test]
+    fn rows_round_trip_through_parquet() {
+        let row = LedgerRow {
+            granularity: Granularity::Hour,
+            t_ms: 1_763_719_200_000,
+            measure: "buyers".into(),
+            agg: AggKind::CountDistinct,
+            speed: Some(101.0),
+            batch: Some(100.0),
+            abs_error: Some(1.0),
+            rel_error: 0.01,
+            groups: 12,
+            group_p99_rel_error: Some(0.05),
+            group_max_rel_error: None,
+            run_id: "r1".into(),
+            settled_ms: 1_763_722_800_000,
+        };
+        let bytes = encode(std::slice::from_ref(&row)).unwrap_or_default();
+        let back = decode("x", Bytes::from(bytes)).unwrap_or_default();
+        assert_eq!(back, vec![row]);
+    }
+}
