@@ -164,6 +164,7 @@ impl Settle<'_> {
         let Some(horizon) = self.manifest.horizon_ms else {
             return Ok(Vec::new());
         };
+        let started = std::time::Instant::now();
         let config = self.config;
         let keys = RedisKeys::new(config.redis.key_prefix.clone());
         let client =
@@ -249,7 +250,14 @@ impl Settle<'_> {
             .filter(|r| sketch_bound(r.agg).is_none() && r.rel_error > 0.0)
             .count();
         let files = self.write(rows).await?;
-        tracing::info!(view = %name, rows = compared, exact_measures_off = wrong, files = files.len(), "accuracy ledger written");
+        tracing::info!(
+            view = %name,
+            rows = compared,
+            exact_measures_off = wrong,
+            files = files.len(),
+            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            "accuracy ledger written"
+        );
         Ok(files)
     }
 

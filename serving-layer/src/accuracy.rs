@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 use tributary_batch_layer::ledger::{LedgerRow, percentile, sketch_bound};
 use tributary_batch_layer::read::Manifest;
+use tributary_shared::Granularity;
 use tributary_shared::bucket::format_rfc3339;
-use tributary_shared::config::AggKind;
 use tributary_shared::view::ViewPlan;
 use utoipa::ToSchema;
 
@@ -153,11 +153,22 @@ pub async fn accuracy(
 }
 
 /// Bucket names listed in a warning at most.
-const NAMED: usize = 5;
+const NAMED: usize = 3;
+
+/// A value as an operator reads it: at most 6 decimals, no float noise.
+fn number(v: Option<f64>) -> String {
+    match v {
+        None => "none".into(),
+        Some(v) => {
+            let s = format!("{v:.6}");
+            s.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
+    }
+}
 
 /// `/v1/status` warnings from the ledger of the view's two newest settled dates: a measure
-/// speed computes exactly that shows any error (events lost, doubled or late: the buckets are
-/// named), a sketch measure outside 3× its bound in more than 1 % of its buckets.
+/// speed computes exactly that shows any error (events lost, doubled or late: the first
+/// buckets are named), a sketch measure outside 3× its bound in more than 1 % of its buckets.
 pub async fn warnings(src: &Sources, view: &ViewPlan, manifest: &Manifest) -> Vec<String> {
     let Some(newest) = manifest.accuracy.keys().next_back() else {
         return Vec::new();
@@ -175,60 +186,74 @@ pub async fn warnings(src: &Sources, view: &ViewPlan, manifest: &Manifest) -> Ve
             )];
         }
     };
-    // A quantile's sketch bound is about the value at the quantile's rank (the speed layer
-    // estimates the lower closest rank within 1 %); the batch's exact value interpolates
-    // between the two closest ranks, which in a bucket of few values differ by far more than
-    // 1 % without any error anywhere. So quantiles are judged at the view's coarsest
-    // granularity only, where buckets hold the most values.
-    let coarsest = view.granularities.iter().max().copied();
-    let mut per_measure: BTreeMap<(&str, String), Vec<&LedgerRow>> = BTreeMap::new();
-    for r in rows
-        .iter()
-        .filter(|r| r.agg != AggKind::Quantile || Some(r.granularity) == coarsest)
-    {
-        per_measure
-            .entry((r.measure.as_str(), r.granularity.to_string()))
-            .or_default()
-            .push(r);
+    let mut per_measure: BTreeMap<&str, Vec<&LedgerRow>> = BTreeMap::new();
+    for r in &rows {
+        per_measure.entry(r.measure.as_str()).or_default().push(r);
     }
+    // One warning per measure, whatever the granularities it shows at.
     let mut out = Vec::new();
-    for ((measure, g), rs) in per_measure {
+    for (measure, rs) in per_measure {
         let Some(first) = rs.first() else { continue };
-        let off: Vec<&&LedgerRow> = rs.iter().filter(|r| off(r)).collect();
+        let agg = first.agg.as_str();
         match sketch_bound(first.agg) {
-            None if !off.is_empty() => {
-                let named: Vec<String> = off
+            None => {
+                let mut wrong: Vec<&&LedgerRow> = rs.iter().filter(|r| off(r)).collect();
+                if wrong.is_empty() {
+                    continue;
+                }
+                // Coarsest granularity first, then time.
+                wrong.sort_by_key(|r| (std::cmp::Reverse(r.granularity), r.t_ms));
+                let mut per_g: BTreeMap<std::cmp::Reverse<Granularity>, usize> = BTreeMap::new();
+                for r in &wrong {
+                    *per_g.entry(std::cmp::Reverse(r.granularity)).or_default() += 1;
+                }
+                let counts: Vec<String> =
+                    per_g.iter().map(|(g, n)| format!("{n} {}", g.0)).collect();
+                let named: Vec<String> = wrong
                     .iter()
                     .take(NAMED)
                     .map(|r| {
                         format!(
-                            "{} (speed {}, batch {})",
+                            "{} {} (speed {}, batch {})",
+                            r.granularity,
                             format_rfc3339(r.t_ms),
-                            r.speed.map_or("none".into(), |v| v.to_string()),
-                            r.batch.map_or("none".into(), |v| v.to_string())
+                            number(r.speed),
+                            number(r.batch)
                         )
                     })
                     .collect();
                 out.push(format!(
-                    "view {}: {measure} ({}) differed between speed and batch in {} settled {g} bucket(s): {}{}; events were lost, doubled or late in the speed path (docs/runbooks/accuracy-ledger.md)",
+                    "view {}: {measure} ({agg}) differed between speed and batch in {} settled bucket(s), e.g. {}; events were lost, doubled or late in the speed path (docs/runbooks/accuracy-ledger.md)",
                     view.name,
-                    first.agg.as_str(),
-                    off.len(),
-                    named.join(", "),
-                    if off.len() > NAMED { ", …" } else { "" }
+                    counts.join(" and "),
+                    named.join(", ")
                 ));
             }
-            Some(bound) if off.len() as f64 > 0.01 * rs.len() as f64 => {
-                out.push(format!(
-                    "view {}: {measure} ({}) was outside 3x its sketch bound ({:.2} %) in {} of {} settled {g} buckets (docs/runbooks/accuracy-ledger.md)",
-                    view.name,
-                    first.agg.as_str(),
-                    bound * 100.0,
-                    off.len(),
-                    rs.len()
-                ));
+            Some(bound) => {
+                // Judged at the coarsest granularity with data: a quantile's bound is about
+                // the value at its rank (the speed layer estimates the lower closest rank
+                // within 1 %), while the batch's exact value interpolates between the two
+                // closest ranks, which in a bucket of few values differ by far more than 1 %
+                // without any error anywhere.
+                let Some(g) = rs
+                    .iter()
+                    .filter(|r| r.batch.is_some_and(|b| b != 0.0))
+                    .map(|r| r.granularity)
+                    .max()
+                else {
+                    continue;
+                };
+                let judged: Vec<&&LedgerRow> = rs.iter().filter(|r| r.granularity == g).collect();
+                let wrong = judged.iter().filter(|r| off(r)).count();
+                if wrong as f64 > 0.01 * judged.len() as f64 {
+                    out.push(format!(
+                        "view {}: {measure} ({agg}) was outside 3x its sketch bound ({:.2} %) in {wrong} of {} settled {g} buckets (docs/runbooks/accuracy-ledger.md)",
+                        view.name,
+                        bound * 100.0,
+                        judged.len()
+                    ));
+                }
             }
-            _ => {}
         }
     }
     out
