@@ -243,7 +243,11 @@ pub async fn warnings(src: &Sources, view: &ViewPlan, manifest: &Manifest) -> Ve
                 else {
                     continue;
                 };
-                let judged: Vec<&&LedgerRow> = rs.iter().filter(|r| r.granularity == g).collect();
+                // Buckets without data in the batch say nothing about a sketch.
+                let judged: Vec<&&LedgerRow> = rs
+                    .iter()
+                    .filter(|r| r.granularity == g && r.batch.is_some_and(|b| b != 0.0))
+                    .collect();
                 let wrong = judged.iter().filter(|r| off(r)).count();
                 if wrong as f64 > 0.01 * judged.len() as f64 {
                     out.push(format!(
