@@ -178,12 +178,11 @@ async fn versions(app: &App, name: &str, batch: Option<&BatchInfo>) -> Vec<Versi
         .batch
         .history(name, None)
         .await
-        .map(|e| e.as_ref().clone())
         .unwrap_or_default();
-    let at_cutoff = tributary_batch_layer::history::current_at(&entries, cutoff).cloned();
+    let at_cutoff = tributary_batch_layer::history::current_at(&entries, cutoff);
     let mut out: Vec<VersionInfo> = entries
         .iter()
-        .filter(|e| e.landed_ms >= cutoff || Some(*e) == at_cutoff.as_ref())
+        .filter(|e| e.landed_ms >= cutoff || Some(*e) == at_cutoff)
         .map(|e| VersionInfo {
             version: e.version,
             landed_at: format_rfc3339(e.landed_ms),

@@ -24,13 +24,17 @@ pub(super) struct CachedHistory {
 /// reads one).
 const MAX_CACHED_VERSIONS: usize = 32;
 
+/// Ledger files kept in memory (a few per date; the dashboard and `/v1/status` read the
+/// newest dates over and over).
+const MAX_CACHED_LEDGER_FILES: usize = 512;
+
 /// A version may be written this long after the instant it counts from (the object store's
 /// put): a listing taken less than this after an `as_of` instant is taken again.
 const LANDING_SLACK_MS: i64 = 5_000;
 
 impl BatchReader {
     /// The accuracy ledger's rows of the buckets starting in `[from_ms, to_ms)` (ledger files
-    /// never change: cached by path, dropped with the files no manifest names).
+    /// never change: cached by path, at most [`MAX_CACHED_LEDGER_FILES`] of them).
     pub async fn ledger(
         &self,
         manifest: &Manifest,
@@ -65,10 +69,13 @@ impl BatchReader {
                             crate::ledger::decode(&f.path, bytes)
                                 .map_err(|e| ReadError::Ledger(e.to_string()))?,
                         );
-                        self.ledgers
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(f.path.clone(), rows.clone());
+                        let mut cache = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+                        // Files stay named as long as the view: the cache must not grow with
+                        // every date ever asked for.
+                        if cache.len() >= MAX_CACHED_LEDGER_FILES {
+                            cache.clear();
+                        }
+                        cache.insert(f.path.clone(), rows.clone());
                         rows
                     }
                 };

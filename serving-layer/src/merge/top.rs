@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::Granularity;
 use tributary_shared::bucket::format_rfc3339;
-use tributary_shared::config::AggKind;
 use tributary_shared::series::Partial;
 use tributary_shared::view::ViewPlan;
 use tributary_speed_layer::read::SpeedQuery;
@@ -46,7 +45,7 @@ pub async fn top(
         ));
     }
     let measure = &view.measures[p.measure];
-    let sketched = matches!(measure.agg, AggKind::CountDistinct | AggKind::Quantile);
+    let sketched = measure.agg.merges_by_sketch();
     if p.range.exact && sketched && g.count(from, to) > 1 {
         return Err(ApiError::param(
             "exact",

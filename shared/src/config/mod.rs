@@ -347,6 +347,27 @@ impl AggKind {
             AggKind::Quantile => "quantile",
         }
     }
+
+    /// The kind named by [`AggKind::as_str`].
+    pub fn parse(name: &str) -> Option<AggKind> {
+        [
+            AggKind::Count,
+            AggKind::Sum,
+            AggKind::Min,
+            AggKind::Max,
+            AggKind::Avg,
+            AggKind::CountDistinct,
+            AggKind::Quantile,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == name)
+    }
+
+    /// Whether parts of it merge through a sketch (never exactly): distinct counts and
+    /// quantiles.
+    pub fn merges_by_sketch(self) -> bool {
+        matches!(self, AggKind::CountDistinct | AggKind::Quantile)
+    }
 }
 
 impl Config {
