@@ -4,8 +4,10 @@
 #   bench/run.sh [--quick]      (BENCH_EVENTS, BENCH_RUNS override the sizes)
 # Figures: the speed layer and the archive through the broker (each vs a bare rdkafka consumer
 # on the same topic), the speed engine alone (`speed-layer replay`), the batch recompute of one
-# day (vs DuckDB over the same Parquet files, with peak memory), and the serving layer's
-# `series` at 64 clients (next to redis-benchmark GET). Writes bench/results/latest.json.
+# day (vs DuckDB over the same Parquet files, with peak memory; and again with the speed side
+# of that day in Redis, which the accuracy ledger compares), and the serving layer's `series`
+# at 64 clients, plain and `as_of` (next to redis-benchmark GET). Writes
+# bench/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=0
@@ -45,15 +47,30 @@ done
 echo "[bench] batch recompute of one day ($batch_events events) vs DuckDB over the same files"
 py=${TRIBUTARY_VENV:-.stack/venv}/bin/python
 master=$work/master
-date=$(target/release/bench-master --events "$batch_events" --dir "$master")
+date=$(target/release/bench-master --events "$batch_events" --dir "$master" --jsonl "$work/day.jsonl")
+# The speed side of the same day in Redis (replayed), so the runs "with ledger" compare every
+# settled bucket; the runs without read a prefix holding nothing (the ledger finds no state).
+ledger_prefix=bench-ledger-$$
+TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX=$ledger_prefix \
+  TRIBUTARY__SPEED__FLUSH_MAX_EVENTS=100000 RUST_LOG=warn \
+  target/release/speed-layer --config infra/tributary.toml replay --file "$work/day.jsonl" >/dev/null
+rm -f "$work/day.jsonl"
 for i in $(seq "$runs"); do
   rm -rf "$master/views" "$master/_batch"
-  TRIBUTARY__STORE__URL="file://$master" RUST_LOG=warn \
+  TRIBUTARY__STORE__URL="file://$master" TRIBUTARY__REDIS__URL="$redis_url" \
+    TRIBUTARY__REDIS__KEY_PREFIX=bench-noledger-$$ RUST_LOG=warn \
     /usr/bin/time -f '%e %M' -o "$work/batch-time-$i" \
     target/release/batch-layer --config infra/tributary.toml run >/dev/null
   /usr/bin/time -f '%e %M' -o "$work/duck-time-$i" \
     "$py" bench/duckdb_views.py "$master" events "$date" >"$work/duck-out-$i"
-  echo "  run $i: batch-layer $(cat "$work/batch-time-$i") / duckdb $(cat "$work/duck-time-$i") (seconds, peak KiB)"
+  rm -rf "$master/views" "$master/_batch"
+  TRIBUTARY__STORE__URL="file://$master" TRIBUTARY__REDIS__URL="$redis_url" \
+    TRIBUTARY__REDIS__KEY_PREFIX=$ledger_prefix RUST_LOG=info \
+    /usr/bin/time -f '%e %M' -o "$work/ledger-time-$i" \
+    target/release/batch-layer --config infra/tributary.toml run 2>"$work/ledger-log-$i" >/dev/null
+  # The ledger's own line: rows compared and its seconds (ANSI colours stripped).
+  { grep 'accuracy ledger written' "$work/ledger-log-$i" || true; } | sed 's/\x1b\[[0-9;]*m//g' >"$work/ledger-line-$i"
+  echo "  run $i: batch-layer $(cat "$work/batch-time-$i") / duckdb $(cat "$work/duck-time-$i") / with the ledger $(cat "$work/ledger-time-$i") (seconds, peak KiB)"
 done
 
 echo "[bench] batch at scale: one day within batch.memory_limit vs DuckDB within its memory_limit, and on Ballista"
@@ -103,10 +120,13 @@ url="http://127.0.0.1:$serve_port/v1/views/checkouts/series?measures=events,reve
 curl -fsS "$url" | python3 -c 'import json, sys
 d = json.load(sys.stdin)
 print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))'
+# The same query as the batch views stood a moment ago (as_of: the manifest then, no Redis).
+as_of_url="$url&as_of=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 for i in $(seq "$runs"); do
   target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
+  target/release/bench-serve --url "$as_of_url" --clients 64 --seconds "$serve_seconds" >"$work/serve-asof-$i.json"
   redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
-  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s"
+  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / as_of $(python3 -c "import json;d=json.load(open('$work/serve-asof-$i.json'));print(f\"p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s"
 done
 kill $serve_pid 2>/dev/null || true
 
@@ -136,6 +156,15 @@ def pairs(name_a, name_b):
         out.append((float(a[0]), int(a[1]), float(b[0]), int(b[1])))
     return out
 batch = pairs("batch-time", "duck-time")
+ledger = pairs("ledger-time", "batch-time")
+def ledger_line(i):
+    import re
+    line = open(f"{work}/ledger-line-{i}").read()
+    rows = re.search(r"rows=(\d+)", line)
+    secs = re.search(r'seconds="?([0-9.]+)', line)
+    return (int(rows.group(1)) if rows else 0, float(secs.group(1)) if secs else 0.0)
+ledger_lines = [ledger_line(i) for i in range(1, runs + 1)]
+serve_as_of = [json.load(open(f"{work}/serve-asof-{i}.json")) for i in range(1, runs + 1)]
 serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
 def redis_row(i):
     cols = [c.strip('"') for c in open(f"{work}/redis-{i}.csv").read().strip().split(",")]
@@ -159,6 +188,14 @@ result = {
         "batch_peak_mib": stats([b[1] / 1024 for b in batch]),
         "duckdb_peak_mib": stats([b[3] / 1024 for b in batch]),
     },
+    "ledger_one_day": {
+        "events": batch_events,
+        "batch_with_ledger_seconds": stats([l[0] for l in ledger]),
+        "batch_without_seconds": stats([l[2] for l in ledger]),
+        "ratio_with_to_without": stats([l[0] / l[2] for l in ledger]),
+        "ledger_rows": [l[0] for l in ledger_lines],
+        "ledger_own_seconds": stats([l[1] for l in ledger_lines]),
+    },
     "batch_at_scale": scale,
     "freshness_ms": {
         "rate_events_per_sec": fresh[0]["rate_events_per_sec"],
@@ -170,6 +207,9 @@ result = {
         "p50_ms": stats([s["p50_ms"] for s in serve]),
         "p99_ms": stats([s["p99_ms"] for s in serve]),
         "errors": sum(s["errors"] for s in serve),
+        "as_of_p99_ms": stats([s["p99_ms"] for s in serve_as_of]),
+        "as_of_requests_per_sec": stats([s["requests_per_sec"] for s in serve_as_of]),
+        "ratio_as_of_to_plain_p99": stats([a["p99_ms"] / s["p99_ms"] for a, s in zip(serve_as_of, serve)]),
         "redis_benchmark_get_rps": stats([r["rps"] for r in redis_get]),
         "redis_benchmark_get_p99_ms": stats([r["p99_ms"] for r in redis_get]),
     },
@@ -206,6 +246,9 @@ rows += [
     row("  ratio batch / DuckDB (target <= 1.0)", bd["ratio_batch_to_duckdb"], "{:.2f}"),
     row("  peak memory batch-layer (MiB)", bd["batch_peak_mib"], "{:.0f}"),
     row("  peak memory DuckDB (MiB)", bd["duckdb_peak_mib"], "{:.0f}"),
+    row("batch-layer run, same day, speed side in Redis (s)", result["ledger_one_day"]["batch_with_ledger_seconds"], "{:.2f}"),
+    row("  ratio with / without the ledger (target <= 1.10)", result["ledger_one_day"]["ratio_with_to_without"], "{:.2f}"),
+    row("  the ledger's own time (s)", result["ledger_one_day"]["ledger_own_seconds"], "{:.2f}"),
     row(f"batch-layer run, {scale['events']:,} events, memory_limit {scale['memory_limit']} (s)", scale["local_seconds"], "{:.1f}"),
     row("  peak memory batch-layer (MiB, target <= 2560)", scale["local_peak_mib"], "{:.0f}"),
 ]
@@ -223,6 +266,8 @@ rows += [
     row("serving series, 64 clients (req/s)", sv["requests_per_sec"], "{:,.0f}"),
     row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
     row("  p99 (ms, target < 20)", sv["p99_ms"], "{:.2f}"),
+    row("  same query with as_of, p99 (ms)", sv["as_of_p99_ms"], "{:.2f}"),
+    row("  ratio as_of / plain p99 (target <= 2.0)", sv["ratio_as_of_to_plain_p99"], "{:.2f}"),
     row("redis-benchmark -P 1 GET, 64 clients (peer, req/s)", sv["redis_benchmark_get_rps"], "{:,.0f}"),
     row("freshness p50, produce to visible in series (ms)", result["freshness_ms"]["p50"], "{:.0f}"),
     row("freshness p99 (ms, target < 1000)", result["freshness_ms"]["p99"], "{:.0f}"),

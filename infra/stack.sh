@@ -19,6 +19,7 @@ S3_BUCKET=${TRIBUTARY_S3_BUCKET:-tributary}
 TANSU_VERSION=0.6.0
 MOTO_VERSION=5.2.5
 DUCKDB_VERSION=2.0.0
+SCHEMATHESIS_VERSION=4.32.5
 TANSU_ROOT=$CACHE/tansu-$TANSU_VERSION
 TANSU_BIN=$TANSU_ROOT/bin/tansu
 VENV=$STATE/venv
@@ -77,10 +78,12 @@ install_python() {
     log "creating virtualenv $VENV"
     python3 -m venv "$VENV" || { apt_install python3-venv; python3 -m venv "$VENV"; }
   fi
-  if ! "$VENV/bin/python" -c 'import moto, duckdb' 2>/dev/null; then
-    log "pip install moto[server]==$MOTO_VERSION duckdb==$DUCKDB_VERSION"
+  # schemathesis: the OpenAPI fuzzing of the serving layer in the e2e tests.
+  if ! "$VENV/bin/python" -c 'import moto, duckdb' 2>/dev/null ||
+    [ "$("$VENV/bin/schemathesis" --version 2>/dev/null)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+    log "pip install moto[server]==$MOTO_VERSION duckdb==$DUCKDB_VERSION schemathesis==$SCHEMATHESIS_VERSION"
     "$VENV/bin/pip" install -q --disable-pip-version-check "moto[server]==$MOTO_VERSION" \
-      "duckdb==$DUCKDB_VERSION" || die "pip install into $VENV failed"
+      "duckdb==$DUCKDB_VERSION" "schemathesis==$SCHEMATHESIS_VERSION" || die "pip install into $VENV failed"
   fi
 }
 

@@ -289,6 +289,23 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+/// A program of the stack's Python virtualenv (`TRIBUTARY_VENV`, from `infra/stack.sh env`;
+/// `make up` installs it): fails, saying how to get it, when it is not there.
+pub fn venv_program(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let venv = std::env::var("TRIBUTARY_VENV").map_err(|_| {
+        anyhow::anyhow!(
+            "TRIBUTARY_VENV is not set: run `make up`, then `eval \"$(infra/stack.sh env)\"`"
+        )
+    })?;
+    let path = std::path::Path::new(&venv).join("bin").join(name);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} is missing: run `make up` (infra/stack.sh installs the virtualenv's tools)",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// All fields of a Redis hash.
 pub async fn hgetall(
     con: &mut redis::aio::MultiplexedConnection,

@@ -88,6 +88,21 @@ pub struct DaySpec {
     pub seed: u64,
 }
 
+impl DaySpec {
+    /// The generator of the day's events, in order (1% producer duplicates, none late).
+    pub fn generator(&self) -> crate::generator::Generator {
+        crate::generator::Generator::new(crate::generator::GeneratorOptions {
+            seed: self.seed,
+            late: 0.0,
+            malformed: 0.0,
+            duplicates: 0.01,
+            start_ms: self.day_ms,
+            span_ms: tributary_shared::bucket::DAY_MS,
+            count: self.events,
+        })
+    }
+}
+
 /// Writes a day of generated events (1% producer duplicates) into `store`, laid out exactly as
 /// `batch-layer archive` writes it (hour files per partition, committed `_state` files with
 /// the watermark at the day's end), so a batch run can be tested or timed on millions of
@@ -102,19 +117,9 @@ pub async fn write_day(
     use tributary_batch_layer::state::{PartitionState, StateStore};
     use tributary_shared::bucket::HOUR_MS;
 
-    use crate::generator::{Generator, GeneratorOptions};
-
     let schema = tributary_shared::EventSchema::from_config(config);
     let arrow = master_schema(&schema);
-    let mut g = Generator::new(GeneratorOptions {
-        seed: spec.seed,
-        late: 0.0,
-        malformed: 0.0,
-        duplicates: 0.01,
-        start_ms: spec.day_ms,
-        span_ms: tributary_shared::bucket::DAY_MS,
-        count: spec.events,
-    });
+    let mut g = spec.generator();
     let parts = spec.partitions.max(1);
     // A day added to a dataset continues its partitions' offsets (the state commits them).
     let states = StateStore::new(store.clone(), topic);

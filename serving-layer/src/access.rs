@@ -15,7 +15,6 @@ use subtle::{Choice, ConstantTimeEq};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tributary_shared::secret::Secret;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
 
 use crate::api::App;
 use crate::error::ApiError;
@@ -238,15 +237,7 @@ impl utoipa::Modify for BearerSecurity {
                 )]);
                 op.responses.responses.insert(
                     "401".into(),
-                    ResponseBuilder::new()
-                        .description("No API key, or one the server does not know")
-                        .content(
-                            "application/json",
-                            ContentBuilder::new()
-                                .schema(Some(Ref::from_schema_name("ErrorBody")))
-                                .build(),
-                        )
-                        .build()
+                    crate::openapi::error_response("No API key, or one the server does not know")
                         .into(),
                 );
             }

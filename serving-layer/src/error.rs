@@ -43,9 +43,10 @@ impl ApiError {
         }
     }
 
+    /// A 404: the path names a view this server does not have.
     pub fn unknown_view(view: &str, known: &[String]) -> Self {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
+            status: StatusCode::NOT_FOUND,
             code: "unknown_view",
             message: format!("unknown view {view:?}; views: {}", known.join(", ")),
             parameter: Some("view"),

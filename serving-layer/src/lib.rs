@@ -7,7 +7,8 @@
 //! - [`points`]: rendered points and their byte-bounded cache;
 //! - [`status`]: the `/v1/status` page; [`accuracy`]: the speed accuracy ledger's endpoint
 //!   and warnings;
-//! - [`api`]: routes, handlers, OpenAPI; [`dashboard`]: the page at `/`;
+//! - [`api`]: routes and handlers; [`openapi`]: the document built from the configuration;
+//!   [`dashboard`]: the page at `/`;
 //! - [`access`]: API keys and CORS; [`tls`]: HTTPS;
 //! - [`metrics`]: Prometheus metrics.
 
@@ -18,6 +19,7 @@ pub mod dashboard;
 pub mod error;
 pub mod merge;
 pub mod metrics;
+pub mod openapi;
 pub mod points;
 pub mod query;
 pub mod response;
@@ -48,8 +50,10 @@ pub async fn serve(
     let keys = access::ApiKeys::new(&config.serving.api_keys);
     let sources = sources::Sources::new(config)?;
     sources.check_redis().await?;
+    let openapi = openapi::document(&sources.config, &sources.views, !keys.is_open());
     let app = Arc::new(api::App {
         keys,
+        openapi,
         sources,
         metrics: metrics::ServingMetrics::new(),
     });

@@ -128,6 +128,19 @@ pub fn hour_of_day(ts_ms: i64) -> u32 {
 
 /// Parses `YYYY-MM-DD` into the epoch milliseconds of its midnight UTC.
 pub fn parse_date(s: &str) -> Option<i64> {
+    // RFC 3339's full-date exactly: chrono's `%Y` and `%m` would also take a sign or one digit.
+    let b = s.as_bytes();
+    let shape = b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        });
+    if !shape {
+        return None;
+    }
     let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").ok()?;
     Some(d.and_hms_opt(0, 0, 0)?.and_utc().timestamp_millis())
 }

@@ -20,6 +20,10 @@ struct Args {
     /// Topic name in the layout.
     #[arg(long, default_value = "events")]
     topic: String,
+    /// Also write the same events, in order, as JSON lines here (for `speed-layer replay`, so
+    /// the speed side of the day is in Redis too: the ledger's cost in `make bench`).
+    #[arg(long)]
+    jsonl: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -37,18 +41,23 @@ async fn main() -> anyhow::Result<()> {
     })?;
     // Yesterday, UTC: a whole day, complete.
     let day = (chrono::Utc::now().timestamp_millis() / DAY_MS - 1) * DAY_MS;
-    let written = tributary_it::master::write_day(
-        &store,
-        &config,
-        &args.topic,
-        &tributary_it::master::DaySpec {
-            day_ms: day,
-            events: args.events,
-            partitions: args.partitions,
-            seed: 4242,
-        },
-    )
-    .await?;
+    let spec = tributary_it::master::DaySpec {
+        day_ms: day,
+        events: args.events,
+        partitions: args.partitions,
+        seed: 4242,
+    };
+    let written = tributary_it::master::write_day(&store, &config, &args.topic, &spec).await?;
+    if let Some(path) = &args.jsonl {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let mut g = spec.generator();
+        for i in 0..spec.events {
+            out.write_all(g.event(i).as_bytes())?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+    }
     eprintln!(
         "wrote {written} rows of {} into {}",
         tributary_shared::bucket::date_string(day),

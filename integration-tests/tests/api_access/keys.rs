@@ -202,9 +202,10 @@ async fn openapi_declares_the_bearer_scheme() -> anyhow::Result<()> {
     assert_eq!(scheme["scheme"], "bearer", "{scheme}");
     let protected = [
         "/v1/views",
-        "/v1/views/{view}",
-        "/v1/views/{view}/series",
-        "/v1/views/{view}/top",
+        "/v1/views/checkouts",
+        "/v1/views/checkouts/series",
+        "/v1/views/checkouts/top",
+        "/v1/views/checkouts/accuracy",
         "/v1/status",
         "/metrics",
     ];

@@ -23,6 +23,7 @@ use tributary_shared::{Config, Granularity};
 use crate::accuracy::{self, Ledger};
 use crate::exact_as_of::{self, After, Before};
 use crate::first_run::{self, BadRequest, Bounded, Degraded, Ops, Series};
+use crate::openapi::{self, Fuzzed};
 use crate::second_run::{self, Dlq};
 
 const SETTINGS: &str = r#"
@@ -99,6 +100,7 @@ pub struct Fixture {
     pub degraded: Seen<Degraded>,
     pub second_run: Seen<(u16, Value)>,
     pub dlq: Seen<Dlq>,
+    pub openapi: Seen<Fuzzed>,
     pub shutdown: Seen<()>,
 }
 
@@ -241,6 +243,8 @@ async fn run() -> anyhow::Result<Fixture> {
         Ok(_) => seen(second_run::observe_dlq(&ctx).await),
         Err(_) => Err("not run: the second-run phase failed before it".into()),
     };
+    // Last: it changes nothing, and finds the most to answer with once both runs landed.
+    let openapi = seen(openapi::observe(&ctx).await);
 
     let Ctx { server, .. } = ctx;
     let shutdown = seen(
@@ -272,6 +276,7 @@ async fn run() -> anyhow::Result<Fixture> {
         degraded,
         second_run: second,
         dlq,
+        openapi,
         shutdown,
     })
 }

@@ -2,7 +2,7 @@
 //! parameter and says what would be accepted.
 
 use tributary_shared::Granularity;
-use tributary_shared::bucket::{format_rfc3339, parse_time};
+use tributary_shared::bucket::{TIME_FORMATS, format_rfc3339, parse_time};
 use tributary_shared::event::MAX_EVENT_TIME_MS;
 use tributary_shared::selection::Selection;
 use tributary_shared::view::ViewPlan;
@@ -51,6 +51,9 @@ pub struct SeriesParams {
     pub group_by: Vec<usize>,
     pub range: Range,
 }
+
+/// The largest `k` of `top`.
+pub const MAX_K: usize = 1000;
 
 /// A validated `top` query.
 #[derive(Debug, Clone)]
@@ -143,27 +146,31 @@ impl Limits {
 /// Times a query may name: the range events may have (bucket arithmetic stays in range).
 const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=MAX_EVENT_TIME_MS + 1;
 
+/// A parameter given with no value: refused rather than read as absent, so a client that
+/// meant to send something learns it did not (the OpenAPI document allows no empty value).
+fn empty(key: &'static str) -> ApiError {
+    ApiError::param(
+        key,
+        "bad_parameter",
+        format!("{key} is empty: give a value, or leave {key} out for its default"),
+    )
+}
+
+/// An RFC 3339 time or a date, clamped to the calendar events can have (1970 ..= 9999): no
+/// event lies outside it, so a range reaching past it asks for nothing more.
 fn time(pairs: &[(String, String)], key: &'static str) -> Result<Option<i64>, ApiError> {
     match one(pairs, key) {
-        None | Some("") => Ok(None),
+        None => Ok(None),
+        Some("") => Err(empty(key)),
         Some(s) => {
-            let t = parse_time(s)
-                .or_else(|| s.parse::<i64>().ok())
-                .ok_or_else(|| {
-                    ApiError::param(
-                        key,
-                        "bad_parameter",
-                        format!("{key}={s:?} is not a time: use RFC 3339 (2026-11-21T10:00:00Z), a date, or epoch milliseconds"),
-                    )
-                })?;
-            if !TIME_RANGE.contains(&t) {
-                return Err(ApiError::param(
+            let t = parse_time(s).ok_or_else(|| {
+                ApiError::param(
                     key,
                     "bad_parameter",
-                    format!("{key}={s:?} is outside 1970-01-01 ..= 9999-12-31"),
-                ));
-            }
-            Ok(Some(t))
+                    format!("{key}={s:?} is not a time: use {TIME_FORMATS}"),
+                )
+            })?;
+            Ok(Some(t.clamp(*TIME_RANGE.start(), *TIME_RANGE.end())))
         }
     }
 }
@@ -204,8 +211,9 @@ fn measure(view: &ViewPlan, param: &'static str, name: &str) -> Result<usize, Ap
 /// `exact=true|false` (default false).
 fn exact(pairs: &[(String, String)]) -> Result<bool, ApiError> {
     match one(pairs, "exact") {
-        None | Some("") | Some("false") => Ok(false),
+        None | Some("false") => Ok(false),
         Some("true") => Ok(true),
+        Some("") => Err(empty("exact")),
         Some(other) => Err(ApiError::param(
             "exact",
             "bad_parameter",
@@ -358,13 +366,16 @@ impl SeriesParams {
     ) -> Result<SeriesParams, ApiError> {
         reject_unknown(pairs, KNOWN_SERIES)?;
         let max_buckets = limits.max_buckets;
+        // An empty list is refused like any empty value: `measures=` could mean no measure
+        // or all, and is what both an empty list and a list of one empty name look like.
         let measures = match one(pairs, "measures") {
-            None | Some("") => (0..view.measures.len()).collect(),
+            None => (0..view.measures.len()).collect(),
+            Some("") => return Err(empty("measures")),
             Some(list) => {
                 // A measure named twice is read and answered once.
                 let mut measures = Vec::new();
                 for m in list.split(',') {
-                    let m = measure(view, "measures", m.trim())?;
+                    let m = measure(view, "measures", m)?;
                     if !measures.contains(&m) {
                         measures.push(m);
                     }
@@ -373,7 +384,8 @@ impl SeriesParams {
             }
         };
         let granularity = match one(pairs, "granularity") {
-            None | Some("") => *view
+            Some("") => return Err(empty("granularity")),
+            None => *view
                 .granularities
                 .first()
                 .ok_or_else(|| ApiError::internal("view without granularities"))?,
@@ -397,11 +409,12 @@ impl SeriesParams {
             }
         };
         let group_by = match one(pairs, "group_by") {
-            None | Some("") => Vec::new(),
+            None => Vec::new(),
+            Some("") => return Err(empty("group_by")),
             Some(list) => {
                 let mut dims = Vec::new();
                 for name in list.split(',') {
-                    let d = dimension(view, "group_by", name.trim())?;
+                    let d = dimension(view, "group_by", name)?;
                     if !dims.contains(&d) {
                         dims.push(d);
                     }
@@ -469,8 +482,9 @@ impl TopParams {
     ) -> Result<TopParams, ApiError> {
         reject_unknown(pairs, KNOWN_TOP)?;
         let dimension = match one(pairs, "dimension") {
-            Some(d) if !d.is_empty() => dimension(view, "dimension", d)?,
-            _ => {
+            Some("") => return Err(empty("dimension")),
+            Some(d) => dimension(view, "dimension", d)?,
+            None => {
                 return Err(ApiError::param(
                     "dimension",
                     "missing_parameter",
@@ -479,8 +493,9 @@ impl TopParams {
             }
         };
         let measure = match one(pairs, "measure") {
-            Some(m) if !m.is_empty() => measure(view, "measure", m)?,
-            _ => {
+            Some("") => return Err(empty("measure")),
+            Some(m) => measure(view, "measure", m)?,
+            None => {
                 return Err(ApiError::param(
                     "measure",
                     "missing_parameter",
@@ -489,13 +504,19 @@ impl TopParams {
             }
         };
         let k = match one(pairs, "k") {
-            None | Some("") => 10,
-            Some(k) => k
-                .parse::<usize>()
-                .ok()
-                .filter(|k| (1..=1000).contains(k))
+            None => 10,
+            Some("") => return Err(empty("k")),
+            // Digits only: `parse` would also take a sign, which the document does not allow.
+            Some(k) => Some(k)
+                .filter(|k| k.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|k| k.parse::<usize>().ok())
+                .filter(|k| (1..=MAX_K).contains(k))
                 .ok_or_else(|| {
-                    ApiError::param("k", "bad_parameter", format!("k={k:?}: expected 1..1000"))
+                    ApiError::param(
+                        "k",
+                        "bad_parameter",
+                        format!("k={k:?}: expected 1..{MAX_K}"),
+                    )
                 })?,
         };
         let range = range(view, pairs, now_ms, limits)?;

@@ -82,17 +82,54 @@ fn bad_parameters_are_named() {
         (1_763_632_800_000, Some(1_763_632_800_000)),
         "to defaults to as_of"
     );
-    // Times outside the calendar the platform keeps are refused, not overflowed.
+    // Times are RFC 3339 or a date, nothing else (no epoch numbers, no sign, no short
+    // fields); an empty value is refused, not read as absent.
     for q in [
         "to=9223372036854775807",
         "from=-9223372036854775808",
-        "from=-1&to=5",
-        "to=253402300800001",
+        "from=1763719200000",
+        "from=2026-1-1",
+        "from=+2026-01-01",
+        "to=",
+        "from=",
+        "as_of=",
     ] {
         let (p, code, _) = err(q);
-        assert!(p == Some("from") || p == Some("to"), "{q}: {p:?}");
+        assert!(
+            p == Some("from") || p == Some("to") || p == Some("as_of"),
+            "{q}: {p:?}"
+        );
         assert_eq!(code, "bad_parameter", "{q}");
     }
+    for q in ["granularity=", "exact=", "measures=", "group_by="] {
+        assert_eq!(err(q).1, "bad_parameter", "{q}");
+    }
+    // Times outside the calendar events can have are clamped to it, not overflowed.
+    let clamped = SeriesParams::parse(
+        &plan(),
+        &pairs(Some(
+            "granularity=day&from=0001-01-01T00:00:00Z&to=1970-01-03T00:00:00%2B05:00",
+        )),
+        1_763_719_200_000,
+        limits(),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(
+        (clamped.range.from_ms, clamped.range.to_ms),
+        (0, 2 * 86_400_000 - 5 * 3_600_000)
+    );
+    let late = SeriesParams::parse(
+        &plan(),
+        &pairs(Some(
+            "granularity=day&from=9999-12-30&to=9999-12-31T23:59:59-05:00",
+        )),
+        1_763_719_200_000,
+        limits(),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.message));
+    assert_eq!(late.range.to_ms, MAX_EVENT_TIME_MS + 1);
+    // Names are exact: no spaces around them.
+    assert_eq!(err("measures=events,%20revenue").0, Some("measures"));
     let (p, code, _) = err("filter=country:a|b|c&filter=device:d|e|f");
     assert_eq!((p, code.as_str()), (Some("filter"), "too_many_values"));
     let dup = SeriesParams::parse(
@@ -122,13 +159,17 @@ fn bad_parameters_are_named() {
     );
     assert_eq!(ok.group_by, vec![0]);
     assert!(TopParams::parse(&plan(), &pairs(Some("measure=events")), 0, limits()).is_err());
-    assert!(
-        TopParams::parse(
+    for q in ["k=0", "k=1001", "k=%2B5", "k=", "k=-1"] {
+        let top = TopParams::parse(
             &plan(),
-            &pairs(Some("dimension=country&measure=events&k=0")),
+            &pairs(Some(&format!("dimension=country&measure=events&{q}"))),
             0,
-            limits()
-        )
-        .is_err()
-    );
+            limits(),
+        );
+        assert_eq!(top.err().and_then(|e| e.parameter), Some("k"), "{q}");
+    }
+    for q in ["dimension=&measure=events", "dimension=country&measure="] {
+        let top = TopParams::parse(&plan(), &pairs(Some(q)), 0, limits());
+        assert!(top.is_err(), "{q}");
+    }
 }
