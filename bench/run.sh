@@ -37,6 +37,7 @@ RUST_LOG=warn target/release/bench-speed --mode cluster --events "$events" --run
 echo "[bench] speed layer engine alone: replay of $events generated events"
 target/release/tributary-gen --count "$events" --out "$work/events.jsonl" --span-secs 7200 2>/dev/null
 redis_url=${TRIBUTARY_TEST_REDIS:-redis://127.0.0.1:16379/0}
+redis_port=${redis_url#redis://127.0.0.1:}; redis_port=${redis_port%%/*}
 for i in $(seq "$runs"); do
   # The shipped example config (its checkouts view), pointed at this run's Redis keys.
   TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX="bench-replay-$$-$i" \
@@ -50,11 +51,22 @@ master=$work/master
 date=$(target/release/bench-master --events "$batch_events" --dir "$master" --jsonl "$work/day.jsonl")
 # The speed side of the same day in Redis (replayed), so the runs "with ledger" compare every
 # settled bucket; the runs without read a prefix holding nothing (the ledger finds no state).
-ledger_prefix=bench-ledger-$$
+export ledger_prefix=bench-ledger-$$
 TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX=$ledger_prefix \
   TRIBUTARY__SPEED__FLUSH_MAX_EVENTS=100000 RUST_LOG=warn \
   target/release/speed-layer --config infra/tributary.toml replay --file "$work/day.jsonl" >/dev/null
 rm -f "$work/day.jsonl"
+# Replay is not a consumer and writes no offsets; give the view the consumer state a speed
+# layer that read the same records would hold (each partition's offset and newest event time,
+# from the master's committed _state files), so its watermark seals the day as it would.
+python3 - "$master" <<'PY' | redis-cli -p "$redis_port" >/dev/null
+import glob, json, os, sys
+for f in sorted(glob.glob(sys.argv[1] + "/master/events/_state/p*.json")):
+    s = json.load(open(f))
+    p = os.path.basename(f)[1:-5]
+    print(f"HSET {os.environ['ledger_prefix']}:{{checkouts}}:offsets:events {p} {s['committed_offset']}:{s['max_event_time_ms']}")
+print(f"SET {os.environ['ledger_prefix']}:speed:events:partitions {len(glob.glob(sys.argv[1] + '/master/events/_state/p*.json'))}")
+PY
 for i in $(seq "$runs"); do
   rm -rf "$master/views" "$master/_batch"
   TRIBUTARY__STORE__URL="file://$master" TRIBUTARY__REDIS__URL="$redis_url" \
@@ -67,7 +79,7 @@ for i in $(seq "$runs"); do
   TRIBUTARY__STORE__URL="file://$master" TRIBUTARY__REDIS__URL="$redis_url" \
     TRIBUTARY__REDIS__KEY_PREFIX=$ledger_prefix RUST_LOG=info \
     /usr/bin/time -f '%e %M' -o "$work/ledger-time-$i" \
-    target/release/batch-layer --config infra/tributary.toml run 2>"$work/ledger-log-$i" >/dev/null
+    target/release/batch-layer --config infra/tributary.toml run >"$work/ledger-log-$i" 2>&1
   # The ledger's own line: rows compared and its seconds (ANSI colours stripped).
   { grep 'accuracy ledger written' "$work/ledger-log-$i" || true; } | sed 's/\x1b\[[0-9;]*m//g' >"$work/ledger-line-$i"
   echo "  run $i: batch-layer $(cat "$work/batch-time-$i") / duckdb $(cat "$work/duck-time-$i") / with the ledger $(cat "$work/ledger-time-$i") (seconds, peak KiB)"
@@ -95,7 +107,6 @@ env "${serve_env[@]}" target/release/speed-layer --config infra/tributary.toml r
 speed_pid=$!
 env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive &
 archive_pid=$!
-redis_port=${redis_url#redis://127.0.0.1:}; redis_port=${redis_port%%/*}
 for _ in $(seq 300); do
   applied=$(redis-cli -p "$redis_port" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
     awk -F: '{s += $1} END {print s + 0}')

@@ -58,8 +58,8 @@ async fn main() -> anyhow::Result<()> {
             let now = chrono::Utc::now().timestamp_millis();
             let url = format!(
                 "{base}/v1/views/checkouts/series?measures=events&granularity=minute&filter=device:{device}&from={}&to={}",
-                now - 600_000,
-                now + 120_000
+                tributary_shared::bucket::format_rfc3339(now - 600_000),
+                tributary_shared::bucket::format_rfc3339(now + 120_000)
             );
             let body: serde_json::Value = client.get(&url).send().await?.json().await?;
             let n: f64 = body["series"][0]["points"]
