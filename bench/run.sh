@@ -59,7 +59,7 @@ rm -f "$work/day.jsonl"
 # Replay is not a consumer and writes no offsets; give the view the consumer state a speed
 # layer that read the same records would hold (each partition's offset and newest event time,
 # from the master's committed _state files), so its watermark seals the day as it would.
-python3 - "$master" <<'PY' | redis-cli -p "$redis_port" >/dev/null
+python3 - "$master" <<'PY' | redis-cli -u "$redis_url" >/dev/null
 import glob, json, os, sys
 for f in sorted(glob.glob(sys.argv[1] + "/master/events/_state/p*.json")):
     s = json.load(open(f))
@@ -70,7 +70,7 @@ PY
 for i in $(seq "$runs"); do
   rm -rf "$master/views" "$master/_batch"
   TRIBUTARY__STORE__URL="file://$master" TRIBUTARY__REDIS__URL="$redis_url" \
-    TRIBUTARY__REDIS__KEY_PREFIX=bench-noledger-$$ RUST_LOG=warn \
+    TRIBUTARY__REDIS__KEY_PREFIX=bench-noledger-$$ RUST_LOG=info \
     /usr/bin/time -f '%e %M' -o "$work/batch-time-$i" \
     target/release/batch-layer --config infra/tributary.toml run >/dev/null
   /usr/bin/time -f '%e %M' -o "$work/duck-time-$i" \
@@ -108,7 +108,7 @@ speed_pid=$!
 env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive &
 archive_pid=$!
 for _ in $(seq 300); do
-  applied=$(redis-cli -p "$redis_port" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
+  applied=$(redis-cli -u "$redis_url" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
     awk -F: '{s += $1} END {print s + 0}')
   archived=$(python3 -c 'import glob, json, sys
 print(sum(json.load(open(f))["committed_offset"] for f in glob.glob(sys.argv[1] + "/master/*/_state/p*.json")))' "$serve_store")
@@ -133,6 +133,7 @@ d = json.load(sys.stdin)
 print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))'
 # The same query as the batch views stood a moment ago (as_of: the manifest then, no Redis).
 as_of_url="$url&as_of=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+curl -fsS "$as_of_url" >/dev/null || { echo "[bench] the as_of query fails: $as_of_url" >&2; exit 1; }
 for i in $(seq "$runs"); do
   target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
   target/release/bench-serve --url "$as_of_url" --clients 64 --seconds "$serve_seconds" >"$work/serve-asof-$i.json"
@@ -173,7 +174,9 @@ def ledger_line(i):
     line = open(f"{work}/ledger-line-{i}").read()
     rows = re.search(r"rows=(\d+)", line)
     secs = re.search(r'seconds="?([0-9.]+)', line)
-    return (int(rows.group(1)) if rows else 0, float(secs.group(1)) if secs else 0.0)
+    if not rows or int(rows.group(1)) == 0 or not secs:
+        sys.exit(f"run {i}: the ledger compared nothing (no 'accuracy ledger written' line with rows in {work}/ledger-log-{i}): the figure would be meaningless")
+    return (int(rows.group(1)), float(secs.group(1)))
 ledger_lines = [ledger_line(i) for i in range(1, runs + 1)]
 serve_as_of = [json.load(open(f"{work}/serve-asof-{i}.json")) for i in range(1, runs + 1)]
 serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
@@ -218,6 +221,7 @@ result = {
         "p50_ms": stats([s["p50_ms"] for s in serve]),
         "p99_ms": stats([s["p99_ms"] for s in serve]),
         "errors": sum(s["errors"] for s in serve),
+        "as_of_errors": sum(s["errors"] for s in serve_as_of),
         "as_of_p99_ms": stats([s["p99_ms"] for s in serve_as_of]),
         "as_of_requests_per_sec": stats([s["requests_per_sec"] for s in serve_as_of]),
         "ratio_as_of_to_plain_p99": stats([a["p99_ms"] / s["p99_ms"] for a, s in zip(serve_as_of, serve)]),

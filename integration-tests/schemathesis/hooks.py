@@ -12,6 +12,7 @@ Needs TRIBUTARY_API (the server's base URL) to read the views' granularities and
 
 import json
 import os
+import re
 import urllib.request
 from datetime import date, datetime, timezone
 
@@ -19,9 +20,13 @@ import schemathesis
 
 MINUTE = 60_000
 GRANULARITY_MS = {"minute": MINUTE, "hour": 60 * MINUTE, "day": 24 * 60 * MINUTE}
-MAX_TIME = 253_402_300_799_999 + 1  # 9999-12-31T23:59:59.999Z, exclusive
+MAX_TIME = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the server clamps times to it
 SKETCHES = {"count_distinct", "quantile"}
 _cache = {}
+# The shapes the server reads (chrono's RFC 3339, and YYYY-MM-DD); Python's `fromisoformat`
+# alone would also take ISO 8601 forms the server refuses (weeks, no seconds, basic format).
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
 def _get(path):
@@ -41,7 +46,7 @@ def _limits():
 
 def _parse(value):
     """Epoch ms of a time the server accepts, clamped as it clamps; None if it is not one."""
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not (_DATE.fullmatch(value) or _DATE_TIME.fullmatch(value)):
         return None
     try:
         if len(value) == 10:

@@ -225,7 +225,10 @@ fn rules(operation: &str, config: &Config) -> String {
         "A dimension is filtered once; at most {} filter values in all (`serving.max_filter_values`).",
         s.max_filter_values
     );
-    let as_of = format!("`as_of` lies within the last {retention} (`batch.history_retention`).");
+    let as_of = format!(
+        "`as_of` lies within the last {retention} (`batch.history_retention`). An answer has at most {} groups (`serving.max_groups`).",
+        s.max_groups
+    );
     match operation {
         "series" => format!(
             "{range} {filters} {as_of} With `exact=true`, distinct counts and quantiles take one value per filter."

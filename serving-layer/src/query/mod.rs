@@ -143,8 +143,9 @@ impl Limits {
     }
 }
 
-/// Times a query may name: the range events may have (bucket arithmetic stays in range).
-const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=MAX_EVENT_TIME_MS + 1;
+/// Times a query may name: the range events may have (bucket arithmetic stays in range, and
+/// every time an answer repeats prints as a four-digit-year RFC 3339 time).
+const TIME_RANGE: std::ops::RangeInclusive<i64> = 0..=MAX_EVENT_TIME_MS;
 
 /// A parameter given with no value: refused rather than read as absent, so a client that
 /// meant to send something learns it did not (the OpenAPI document allows no empty value).
