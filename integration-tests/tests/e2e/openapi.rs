@@ -4,7 +4,8 @@
 //! request accepted, every invalid one refused. Runs after both batch runs, so the answers
 //! carry batch, speed, `as_of` history and ledger rows. `integration-tests/schemathesis/
 //! hooks.py` keeps generated queries to the rules between parameters the document states in
-//! words (from before to, the limits); `TRIBUTARY_FUZZ_SEED` replays or varies a run.
+//! words (from before to, the limits); `TRIBUTARY_FUZZ_SEED` replays or varies a run and
+//! `TRIBUTARY_FUZZ_SECONDS` makes schemathesis repeat fuzzing until that much time is spent.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,6 +38,15 @@ pub async fn observe(ctx: &Ctx) -> anyhow::Result<Fuzzed> {
         Ok(s) => s.parse().context("TRIBUTARY_FUZZ_SEED")?,
         Err(_) => SEED,
     };
+    let budget: Vec<String> = match std::env::var("TRIBUTARY_FUZZ_SECONDS") {
+        Ok(s) => vec![
+            "--max-time".into(),
+            s.parse::<u32>()
+                .context("TRIBUTARY_FUZZ_SECONDS")?
+                .to_string(),
+        ],
+        Err(_) => Vec::new(),
+    };
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemathesis/hooks.py");
     let work = tempfile::tempdir()?;
     let start = Instant::now();
@@ -46,6 +56,7 @@ pub async fn observe(ctx: &Ctx) -> anyhow::Result<Fuzzed> {
         .env("TRIBUTARY_API", url)
         .args(["run", &format!("{url}/openapi.json")])
         .args(["--checks", "all", "--max-examples", "100", "--workers", "2"])
+        .args(&budget)
         .args(["--seed", &seed.to_string(), "--generation-database", "none"])
         .args(["--request-timeout", "10", "--no-color", "--report", "junit"])
         .arg("--report-junit-path")
