@@ -192,25 +192,12 @@ fn time() -> RefOr<Schema> {
 
 /// `dimension:value` or `dimension:v1|v2`, repeatable, one per dimension.
 fn filter(dimensions: &[&str]) -> RefOr<Schema> {
-    let alternatives: Vec<String> = dimensions.iter().map(|d| regex_escape(d)).collect();
+    let alternatives: Vec<String> = dimensions.iter().map(|d| regex::escape(d)).collect();
     let item = ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(format!("^(?:{}):", alternatives.join("|"))))
         .build();
     ArrayBuilder::new().items(item).build().into()
-}
-
-/// `s` with the characters a regular expression gives meaning to escaped (view, measure and
-/// dimension names are validated identifiers; this keeps the pattern right should that widen).
-fn regex_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if !c.is_ascii_alphanumeric() && c != '_' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// What an operation's parameters must satisfy together, in words.

@@ -1,6 +1,8 @@
 //! Parameter validation: every refusal names its parameter.
 
 use super::*;
+use tributary_shared::bucket::format_rfc3339;
+use tributary_shared::event::MAX_EVENT_TIME_MS;
 use tributary_shared::{Config, EventSchema};
 
 fn plan() -> ViewPlan {
