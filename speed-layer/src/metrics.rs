@@ -25,6 +25,10 @@ pub struct SpeedMetrics {
     pub group_rejoins: Counter,
     pub rebuild_remaining: Family<Labels, Gauge>,
     pub flush_seconds: Histogram,
+    /// Record's Kafka timestamp to the consumer receiving it (producer linger, broker, fetch).
+    pub fetch_delay_seconds: Histogram,
+    /// First buffered record received to its flush starting.
+    pub buffer_wait_seconds: Histogram,
     pub lag_offsets: Family<Labels, Gauge>,
     pub lag_event_seconds: Family<Labels, Gauge<f64, AtomicU64>>,
     registry: Registry,
@@ -44,6 +48,8 @@ impl SpeedMetrics {
         let group_rejoins = Counter::default();
         let rebuild_remaining = Family::<Labels, Gauge>::default();
         let flush_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let fetch_delay_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        let buffer_wait_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         let lag_offsets = Family::<Labels, Gauge>::default();
         let lag_event_seconds = Family::<Labels, Gauge<f64, AtomicU64>>::default();
         registry.register("events_in", "Records consumed", events_in.clone());
@@ -90,6 +96,16 @@ impl SpeedMetrics {
             flush_seconds.clone(),
         );
         registry.register(
+            "fetch_delay_seconds",
+            "A record's Kafka timestamp to the speed layer receiving it (producer, broker, fetch wait)",
+            fetch_delay_seconds.clone(),
+        );
+        registry.register(
+            "buffer_wait_seconds",
+            "A flush's first buffered record received to the flush starting",
+            buffer_wait_seconds.clone(),
+        );
+        registry.register(
             "lag_offsets",
             "Records behind the partition's end",
             lag_offsets.clone(),
@@ -110,6 +126,8 @@ impl SpeedMetrics {
             rebuilds,
             group_rejoins,
             rebuild_remaining,
+            fetch_delay_seconds,
+            buffer_wait_seconds,
             flush_seconds,
             lag_offsets,
             lag_event_seconds,

@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_shared::bucket::date_string;
 use tributary_shared::config::AggKind;
@@ -22,7 +24,7 @@ use tributary_shared::redis_client::RedisClient;
 use tributary_shared::selection::Selection;
 use tributary_shared::series::Series;
 use tributary_shared::{Config, Granularity, ViewPlan};
-use tributary_speed_layer::read::{SpeedQuery, read, read_view_state};
+use tributary_speed_layer::read::{SpeedQuery, read_view_state, read_with_totals};
 
 use crate::manifest::{Manifest, ViewFile};
 use crate::metrics::BatchMetrics;
@@ -39,8 +41,21 @@ pub const HLL_STANDARD_ERROR: f64 = 0.008125;
 /// order, the batch rounds the exact sum once; they differ in the last bits only.
 const FLOAT_TOLERANCE: f64 = 1e-9;
 
-/// Buckets read from each layer at once.
-const CHUNK: usize = 500;
+/// Buckets read from each layer at once (four hours of minutes).
+const CHUNK: usize = 240;
+
+/// Chunks read at once, each on its own Redis connection.
+const READERS: usize = 2;
+
+/// One chunk of buckets read from both layers: (totals, finest grouping set) each.
+struct ChunkRead {
+    granularity: Granularity,
+    buckets: Vec<i64>,
+    speed: (Series, Series),
+    batch: (Series, Series),
+    speed_time: Duration,
+    batch_time: Duration,
+}
 
 /// One settled bucket's comparison for one measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,45 +219,90 @@ impl Settle<'_> {
             group_by: (0..self.plan.dimensions.len()).collect(),
             measures,
         };
-        let mut rows = Vec::new();
-        for (g, buckets) in todo {
-            for chunk in buckets.chunks(CHUNK) {
-                let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-                    continue;
-                };
-                let mut read_both = async |selection: &Selection| {
+        // Chunks read READERS at a time, each reader on a connection of its own: Redis
+        // answers one while this process decodes another (replies are decoded by each
+        // connection's own task), on different cores.
+        let mut cons = vec![con];
+        for _ in 1..READERS {
+            cons.push(
+                client
+                    .connect()
+                    .await
+                    .map_err(|e| LedgerError::Redis(e.to_string()))?,
+            );
+        }
+        let jobs: Vec<(Granularity, Vec<i64>)> = todo
+            .iter()
+            .flat_map(|(g, buckets)| buckets.chunks(CHUNK).map(|c| (*g, c.to_vec())))
+            .collect();
+        let (keys, reader, state) = (&keys, &reader, &state);
+        let (totals, finest) = (&totals, &finest);
+        let mut reads = futures::stream::iter(jobs.into_iter().enumerate())
+            .map(|(i, (g, chunk))| {
+                let mut con = cons[i % cons.len()].clone();
+                async move {
+                    let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                        return Ok(None);
+                    };
+                    let (from_ms, to_ms) = (*first, g.end(*last));
+                    // The speed side in one read of the finest cells, totals merged from
+                    // them; the batch side from its own totals and finest grouping set.
                     let q = SpeedQuery {
                         granularity: g,
-                        buckets: chunk.to_vec(),
-                        selection: selection.clone(),
+                        buckets: chunk.clone(),
+                        selection: finest.clone(),
                         epoch: state.epoch.clone(),
                         max_groups: usize::MAX,
                     };
-                    let speed = read(&mut con, &keys, self.plan, &q)
-                        .await
-                        .map_err(|e| LedgerError::Redis(e.to_string()))?;
-                    let bq = BatchQuery {
-                        granularity: g,
-                        from_ms: *first,
-                        to_ms: g.end(*last),
-                        selection: selection.clone(),
+                    let t = std::time::Instant::now();
+                    let (speed_groups, speed_totals) =
+                        read_with_totals(&mut con, keys, self.plan, &q)
+                            .await
+                            .map_err(|e| LedgerError::Redis(e.to_string()))?;
+                    let speed_time = t.elapsed();
+                    let t = std::time::Instant::now();
+                    let batch_read = async |selection: &Selection| {
+                        let bq = BatchQuery {
+                            granularity: g,
+                            from_ms,
+                            to_ms,
+                            selection: selection.clone(),
+                        };
+                        reader.read(self.plan, self.manifest, &bq).await
                     };
-                    let batch = reader.read(self.plan, self.manifest, &bq).await?;
-                    Ok::<_, LedgerError>((speed, batch))
-                };
-                let (speed_totals, batch_totals) = read_both(&totals).await?;
-                let (speed_groups, batch_groups) = read_both(&finest).await?;
-                for &b in chunk {
-                    self.compare_bucket(
-                        g,
-                        b,
-                        (&speed_totals, &batch_totals),
-                        (&speed_groups, &batch_groups),
-                        &mut rows,
-                    );
+                    let batch_totals = batch_read(totals).await?;
+                    let batch_groups = batch_read(finest).await?;
+                    Ok::<_, LedgerError>(Some(ChunkRead {
+                        granularity: g,
+                        buckets: chunk,
+                        speed: (speed_totals, speed_groups),
+                        batch: (batch_totals, batch_groups),
+                        speed_time,
+                        batch_time: t.elapsed(),
+                    }))
                 }
+            })
+            .buffered(READERS);
+        let mut rows = Vec::new();
+        // Where the ledger's time goes, for its log line (summed over the readers).
+        let (mut speed_time, mut batch_time) = (Duration::ZERO, Duration::ZERO);
+        while let Some(read) = reads.next().await {
+            let Some(r) = read? else {
+                continue;
+            };
+            speed_time += r.speed_time;
+            batch_time += r.batch_time;
+            for &b in &r.buckets {
+                self.compare_bucket(
+                    r.granularity,
+                    b,
+                    (&r.speed.0, &r.batch.0),
+                    (&r.speed.1, &r.batch.1),
+                    &mut rows,
+                );
             }
         }
+        drop(reads);
         let compared = rows.len();
         let wrong: usize = rows
             .iter()
@@ -255,6 +315,8 @@ impl Settle<'_> {
             exact_measures_off = wrong,
             files = files.len(),
             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            speed_read_seconds = format!("{:.2}", speed_time.as_secs_f64()),
+            batch_read_seconds = format!("{:.2}", batch_time.as_secs_f64()),
             "accuracy ledger written"
         );
         Ok(files)

@@ -1,7 +1,11 @@
 //! `bench-fresh`: end-to-end freshness, from the moment an event is produced to the moment the
 //! serving layer's `series` shows it, at a fixed background rate. The speed layer and the
 //! serving layer run in-process on the real broker and Redis; probes are events with a
-//! device value of their own, polled through HTTP until counted. Prints JSON.
+//! device value of their own, polled through HTTP (every 2 ms) until counted. Prints JSON: the
+//! end-to-end percentiles, and where the time went, stage by stage: the speed layer's own
+//! histograms (record timestamp to received: producer, broker and fetch wait; received to its
+//! flush starting: the buffer; the flush's Redis write), scraped from its `/metrics` at the
+//! end, and the serving layer's answer time of the polls that saw a probe.
 
 use std::time::{Duration, Instant};
 
@@ -33,6 +37,10 @@ async fn main() -> anyhow::Result<()> {
     let topic = unique("bench-fresh");
     create_topic(&topic, 4).await?;
     let store = tempfile::tempdir()?;
+    // A port of our own for the speed layer's metrics, scraped for the stage breakdown.
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let config = example_config(&[
         ("SOURCE__BROKERS", brokers()),
         ("SOURCE__TOPIC", topic.clone()),
@@ -40,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
         ("REDIS__URL", redis_url()),
         ("REDIS__KEY_PREFIX", unique("fresh")),
         ("STORE__URL", format!("file://{}", store.path().display())),
-        ("SPEED__METRICS_LISTEN", "127.0.0.1:0".into()),
+        ("SPEED__METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
         ("SERVING__LISTEN", "127.0.0.1:0".into()),
     ])?;
     let (stop, rx) = watch::channel(false);
@@ -132,37 +140,121 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
             loop {
+                let asked = Instant::now();
                 if visible(device.clone()).await? {
-                    return Ok::<f64, anyhow::Error>(sent.elapsed().as_secs_f64() * 1000.0);
+                    let serving_ms = asked.elapsed().as_secs_f64() * 1000.0;
+                    return Ok::<_, anyhow::Error>((
+                        sent.elapsed().as_secs_f64() * 1000.0,
+                        serving_ms,
+                    ));
                 }
                 anyhow::ensure!(
                     sent.elapsed() < Duration::from_secs(30),
                     "probe never visible"
                 );
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut lat = Vec::new();
+    let mut serving_ms = Vec::new();
     for p in probes {
-        lat.push(p.await??);
+        let (total, serving) = p.await??;
+        lat.push(total);
+        serving_ms.push(serving);
     }
     let _ = bg_stop.send(true);
     bg.await?;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await?
+        .text()
+        .await?;
     let _ = stop.send(true);
     speed.await??;
     serving.await??;
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |v: &[f64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+    serving_ms.sort_by(f64::total_cmp);
+    let stage = |name: &str| -> anyhow::Result<serde_json::Value> {
+        let h = Histogram::parse(&metrics, name)
+            .with_context(|| format!("the speed layer's /metrics has no histogram {name}"))?;
+        Ok(serde_json::json!({
+            "count": h.count,
+            "mean_ms": h.sum / h.count.max(1) as f64 * 1000.0,
+            "p50_at_most_ms": h.quantile_bound(0.5) * 1000.0,
+            "p99_at_most_ms": h.quantile_bound(0.99) * 1000.0,
+        }))
+    };
     let out = serde_json::json!({
         "rate_events_per_sec": args.rate,
         "probes": lat.len(),
-        "p50_ms": pct(0.5),
-        "p99_ms": pct(0.99),
+        "p50_ms": pct(&lat, 0.5),
+        "p99_ms": pct(&lat, 0.99),
         "max_ms": lat.last(),
         "flush_interval_ms": config.speed.flush_interval.as_millis() as u64,
+        "idle_flush_ms": config.speed.idle_flush.as_millis() as u64,
+        "fetch_wait_ms": config.speed.fetch_wait.as_millis() as u64,
+        "stages": {
+            "produce_to_received": stage("tributary_speed_fetch_delay_seconds")?,
+            "received_to_flush": stage("tributary_speed_buffer_wait_seconds")?,
+            "flush_write": stage("tributary_speed_flush_seconds")?,
+            "serving_answer": {
+                "count": serving_ms.len(),
+                "p50_ms": pct(&serving_ms, 0.5),
+                "p99_ms": pct(&serving_ms, 0.99),
+            },
+        },
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// A Prometheus histogram read back from the text exposition.
+struct Histogram {
+    /// (upper bound, cumulative count), ascending.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn parse(text: &str, name: &str) -> Option<Histogram> {
+        let (mut buckets, mut sum, mut count) = (Vec::new(), None, None);
+        for line in text.lines() {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            if let Some(le) = key
+                .strip_prefix(name)
+                .and_then(|k| k.strip_prefix("_bucket{le=\""))
+                .and_then(|k| k.strip_suffix("\"}"))
+            {
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                buckets.push((bound, value.parse().ok()?));
+            } else if key == format!("{name}_sum") {
+                sum = value.parse().ok();
+            } else if key == format!("{name}_count") {
+                count = value.parse().ok();
+            }
+        }
+        Some(Histogram {
+            buckets,
+            sum: sum?,
+            count: count?,
+        })
+    }
+
+    /// The upper bound of the bucket holding the `q` quantile (an "at most" figure).
+    fn quantile_bound(&self, q: f64) -> f64 {
+        let rank = (q * self.count as f64).ceil() as u64;
+        self.buckets
+            .iter()
+            .find(|(_, c)| *c >= rank.max(1))
+            .map_or(f64::NAN, |(b, _)| *b)
+    }
 }

@@ -114,6 +114,18 @@ pub struct SpeedConfig {
     pub flush_interval: Duration,
     /// Size bound of one flush, in events; whichever of this and `flush_interval` comes first.
     pub flush_max_events: usize,
+    /// A flush also starts once no record has arrived for this long while events are buffered
+    /// (the consumer has caught up): what keeps an event's wait short at low rates, where the
+    /// tick would dominate. Under load records keep coming and the size and tick bounds rule.
+    /// "0s" turns it off.
+    #[serde(with = "duration_str")]
+    pub idle_flush: Duration,
+    /// Longest the broker may hold the speed consumer's fetch when it has nothing new
+    /// (librdkafka's `fetch.wait.max.ms`, set on top of `[source.librdkafka]`): the longest a
+    /// record can wait at the broker before the speed layer sees it. Smaller costs more fetch
+    /// requests on an idle topic, one per partition leader per this interval.
+    #[serde(with = "duration_str")]
+    pub fetch_wait: Duration,
     #[serde(with = "duration_str")]
     pub dedup_window: Duration,
     pub metrics_listen: String,
@@ -127,6 +139,8 @@ impl Default for SpeedConfig {
             retention: Duration::from_secs(48 * 3600),
             flush_interval: Duration::from_millis(200),
             flush_max_events: 50_000,
+            idle_flush: Duration::from_millis(2),
+            fetch_wait: Duration::from_millis(10),
             dedup_window: Duration::ZERO,
             metrics_listen: "127.0.0.1:9101".into(),
         }

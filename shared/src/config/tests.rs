@@ -18,6 +18,8 @@ fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn the_design_example_loads() {
     let c = load(FULL).expect("the full example config is valid");
     assert_eq!(c.speed.flush_interval, Duration::from_millis(200));
+    assert_eq!(c.speed.idle_flush, Duration::from_millis(2));
+    assert_eq!(c.speed.fetch_wait, Duration::from_millis(10));
     assert_eq!(c.speed.retention, Duration::from_secs(48 * 3600));
     assert_eq!(c.speed.dedup_window, Duration::ZERO);
     assert_eq!(c.views[0].measures.len(), 5);
@@ -164,6 +166,12 @@ fn every_bad_key_is_named() {
             "flush_interval = \"0s\"",
             "speed.flush_interval",
             "greater than 0",
+        ),
+        (
+            "flush_interval = \"200ms\"",
+            "flush_interval = \"200ms\"\nfetch_wait = \"10m\"",
+            "speed.fetch_wait",
+            "at most 300s",
         ),
         (
             "listen = \"127.0.0.1:8080\"",

@@ -53,6 +53,11 @@ impl Config {
             "must be greater than 0".into(),
         );
         check(
+            self.speed.fetch_wait <= Duration::from_secs(300),
+            "speed.fetch_wait".into(),
+            "must be at most 300s (librdkafka's fetch.wait.max.ms range)".into(),
+        );
+        check(
             self.speed.flush_max_events > 0,
             "speed.flush_max_events".into(),
             "must be greater than 0".into(),

@@ -18,9 +18,15 @@ impl SpeedConsumer {
     /// Writes what is buffered. Order: dead letters confirmed by the broker → Redis (atomic
     /// per view, with offsets) → advisory Kafka commit → progress for `/v1/status`.
     pub(super) async fn flush(&mut self) -> anyhow::Result<()> {
+        let buffered_since = self.buffered_since.take();
         let Some(flush) = self.pipeline.take_flush() else {
             return Ok(());
         };
+        if let Some(t) = buffered_since {
+            self.metrics
+                .buffer_wait_seconds
+                .observe(t.elapsed().as_secs_f64());
+        }
         let started = Instant::now();
         self.flush_count += 1;
         if let Err(e) = self.dead_letters.confirm(&self.shutdown).await {
@@ -75,9 +81,27 @@ impl SpeedConsumer {
                     .inc_by(vf.data.late_dropped);
             }
         }
-        self.commit_advisory(&flush);
-        self.publish_progress().await;
+        // Progress and the advisory commit at most once per `flush_interval`: idle flushes can
+        // come every few milliseconds, and neither needs to be fresher (the tick publishes
+        // what a quiet spell left behind).
+        for (p, next) in flush.positions {
+            self.unpublished.insert(p, next);
+        }
+        if self
+            .last_published
+            .is_none_or(|t| t.elapsed() >= self.config.speed.flush_interval)
+        {
+            self.publish().await;
+        }
         Ok(())
+    }
+
+    /// The advisory Kafka commit of the positions flushed since the last one, and the
+    /// progress report.
+    pub(super) async fn publish(&mut self) {
+        self.last_published = Some(Instant::now());
+        self.commit_advisory();
+        self.publish_progress().await;
     }
 
     /// Retries what can be retried (Redis unreachable, loading, failing over) for as long as
@@ -110,10 +134,10 @@ impl SpeedConsumer {
         }
     }
 
-    pub(super) fn commit_advisory(&self, flush: &Flush) {
+    fn commit_advisory(&mut self) {
         let mut tpl = TopicPartitionList::new();
-        for (p, next) in &flush.positions {
-            let _ = tpl.add_partition_offset(&self.config.source.topic, *p, Offset::Offset(*next));
+        for (p, next) in self.unpublished.drain() {
+            let _ = tpl.add_partition_offset(&self.config.source.topic, p, Offset::Offset(next));
         }
         if tpl.count() > 0
             && let Err(e) = self.consumer.commit(&tpl, CommitMode::Async)

@@ -63,6 +63,12 @@ pub struct SpeedConsumer {
     dlq_counts: HashMap<&'static str, u64>,
     crash: Option<(CrashPoint, u64)>,
     flush_count: u64,
+    /// Next offset per partition flushed to Redis but not yet committed to Kafka (advisory).
+    unpublished: HashMap<i32, i64>,
+    /// When the first record buffered since the last flush arrived.
+    buffered_since: Option<Instant>,
+    /// When progress was last published (see `flush`).
+    last_published: Option<Instant>,
     membership: Membership,
     last_topic_check: Option<Instant>,
     /// The events topic's partition count as last seen.
@@ -132,6 +138,10 @@ impl SpeedConsumer {
         // Bounded prefetch: a slow Redis slows consumption instead of growing memory.
         .set("queued.max.messages.kbytes", "32768")
         .set("fetch.max.bytes", "16777216")
+        .set(
+            "fetch.wait.max.ms",
+            config.speed.fetch_wait.as_millis().to_string(),
+        )
         .create_with_context(context)
         .context("create kafka consumer")?;
         consumer
@@ -159,6 +169,9 @@ impl SpeedConsumer {
             dlq_counts: HashMap::new(),
             crash: CrashPoint::from_env(),
             flush_count: 0,
+            unpublished: HashMap::new(),
+            last_published: None,
+            buffered_since: None,
             last_topic_check: None,
             topic_partitions: partitions,
             shutdown,
@@ -166,12 +179,21 @@ impl SpeedConsumer {
     }
 
     /// Consumes until shutdown, then flushes what is buffered and returns.
+    ///
+    /// A flush starts on the tick, when `flush_max_events` are buffered, or when the consumer
+    /// has caught up: no record for `idle_flush` while events are buffered. The idle timer is
+    /// armed once per quiet spell, not per record (a record only notes its arrival time).
     pub async fn run(mut self) -> anyhow::Result<()> {
         let mut tick = tokio::time::interval(self.config.speed.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut housekeeping = tokio::time::interval(HOUSEKEEPING);
         housekeeping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let max_events = self.config.speed.flush_max_events;
+        let idle_after = self.config.speed.idle_flush;
+        let idle = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(idle);
+        let mut idle_armed = false;
+        let mut last_record = tokio::time::Instant::now();
         let mut shutdown = self.shutdown.clone();
         loop {
             tokio::select! {
@@ -180,6 +202,9 @@ impl SpeedConsumer {
                 _ = tick.tick() => {
                     self.sync_assignment().await?;
                     self.flush().await?;
+                    if !self.unpublished.is_empty() {
+                        self.publish().await;
+                    }
                 }
                 _ = housekeeping.tick() => self.housekeeping().await?,
                 msg = self.consumer.recv() => {
@@ -191,6 +216,16 @@ impl SpeedConsumer {
                         }
                     };
                     let (partition, offset) = (msg.partition(), msg.offset());
+                    if self.buffered_since.is_none() {
+                        // The first record of a flush: where its wait started (freshness).
+                        self.buffered_since = Some(Instant::now());
+                        if let Some(ts) = msg.timestamp().to_millis() {
+                            let waited = chrono::Utc::now().timestamp_millis() - ts;
+                            self.metrics
+                                .fetch_delay_seconds
+                                .observe(waited.max(0) as f64 / 1000.0);
+                        }
+                    }
                     let payload = msg.payload().unwrap_or_default().to_vec();
                     let key = msg.key().map(<[u8]>::to_vec);
                     drop(msg);
@@ -199,13 +234,39 @@ impl SpeedConsumer {
                     if self.pipeline.pending() >= max_events {
                         self.flush().await?;
                     }
+                    if !idle_after.is_zero() {
+                        last_record = tokio::time::Instant::now();
+                        if !idle_armed {
+                            idle.as_mut().reset(last_record + idle_after);
+                            idle_armed = true;
+                        }
+                    }
+                }
+                // Polled only when no record is ready (`biased`): the consumer is idle.
+                _ = &mut idle, if idle_armed => {
+                    let quiet_until = last_record + idle_after;
+                    if tokio::time::Instant::now() < quiet_until {
+                        // A record came since the timer was armed: wait from that one.
+                        idle.as_mut().reset(quiet_until);
+                    } else {
+                        idle_armed = false;
+                        self.sync_assignment().await?;
+                        self.flush().await?;
+                    }
                 }
             }
         }
         tracing::info!("shutting down: flushing what is buffered");
         // Bounded drain, shorter than the session timeout; nothing is lost if it cannot
         // finish (the offsets in Redis did not move: the records are read again).
-        match tokio::time::timeout(Duration::from_secs(8), self.flush()).await {
+        let drain = async {
+            self.flush().await?;
+            if !self.unpublished.is_empty() {
+                self.publish().await;
+            }
+            Ok::<_, anyhow::Error>(())
+        };
+        match tokio::time::timeout(Duration::from_secs(8), drain).await {
             Ok(r) => r,
             Err(_) => anyhow::bail!(
                 "final flush did not finish within 8 s (Redis or the broker unreachable); nothing is lost: the unflushed records are read again on the next start"
@@ -226,6 +287,8 @@ impl SpeedConsumer {
             (state.generation, state.partitions.clone(), state.reload)
         };
         self.generation = generation;
+        // Positions of partitions this consumer may no longer own: their new owner commits.
+        self.unpublished.clear();
         self.pipeline.reset(partitions);
         if reload {
             self.reload_and_seek().await?;

@@ -76,6 +76,15 @@ struct Num {
     max: f64,
 }
 
+impl Num {
+    const EMPTY: Num = Num {
+        sum: 0.0,
+        n: 0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
+}
+
 #[derive(Debug, Default)]
 struct Merged {
     count: u64,
@@ -83,6 +92,77 @@ struct Merged {
     /// Member cells (bucket, group encoding), for the distinct union.
     members: Vec<(i64, String)>,
     sketches: HashMap<String, QuantileSketch>,
+}
+
+impl Merged {
+    /// The numeric stats of a measure's field, when any value was seen.
+    fn stats(&self, measure: &tributary_shared::view::Measure) -> Option<&Num> {
+        let f = measure.field_name.as_ref()?;
+        self.numeric.get(f).filter(|n| n.n > 0)
+    }
+
+    /// Adds another point's cells to this one.
+    fn absorb(&mut self, other: &Merged) {
+        self.count += other.count;
+        for (field, o) in &other.numeric {
+            let e = self.numeric.entry(field.clone()).or_insert(Num::EMPTY);
+            e.sum += o.sum;
+            e.n += o.n;
+            e.min = e.min.min(o.min);
+            e.max = e.max.max(o.max);
+        }
+        self.members.extend(other.members.iter().cloned());
+        for (field, sketch) in &other.sketches {
+            self.sketches
+                .entry(field.clone())
+                .or_default()
+                .merge(sketch);
+        }
+    }
+}
+
+/// A number held in a hash field's reply (absent, or not a number: none).
+fn number<T: std::str::FromStr>(reply: Option<&redis::Value>) -> Option<T> {
+    match reply? {
+        redis::Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
+        redis::Value::Int(i) => i.to_string().parse().ok(),
+        redis::Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn unexpected(command: &str, reply: &redis::Value) -> ReadError {
+    ReadError::Reply(redis::ParsingError::from(format!(
+        "{command} replied {reply:?}"
+    )))
+}
+
+/// Adds a sketch hash's `HGETALL` reply (bucket field → count) to a sketch: pairs in an
+/// array (RESP2) or a map (RESP3). Fields that are not sketch buckets are ignored.
+fn add_sketch_reply(sketch: &mut QuantileSketch, reply: redis::Value) -> Result<(), ReadError> {
+    let mut add = |field: &redis::Value, count: &redis::Value| {
+        if let redis::Value::BulkString(field) = field
+            && let Ok(field) = std::str::from_utf8(field)
+            && let Some(count) = number::<u64>(Some(count))
+        {
+            sketch.add_field(field, count);
+        }
+    };
+    match reply {
+        redis::Value::Array(items) => {
+            for pair in items.chunks_exact(2) {
+                add(&pair[0], &pair[1]);
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (field, count) in &pairs {
+                add(field, count);
+            }
+        }
+        redis::Value::Nil => {}
+        other => return Err(unexpected("HGETALL", &other)),
+    }
+    Ok(())
 }
 
 /// Steps 1-3 of a read: the cells passing the filters, merged per output group and bucket
@@ -160,66 +240,45 @@ async fn gather<C: ConnectionLike>(
     let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
     let state = replies.split_off(replies.len().saturating_sub(2));
     check_state(q, &state)?;
-    let per_cell = 1 + quantile_fields.len();
-    let mut hashes: Vec<HashMap<String, String>> = Vec::with_capacity(replies.len());
-    for (i, reply) in replies.into_iter().enumerate() {
-        hashes.push(if i % per_cell == 0 {
-            let values: Vec<Option<String>> = redis::from_redis_value(reply)?;
-            hash_fields
-                .iter()
-                .zip(values)
-                .filter_map(|(f, v)| Some((f.clone(), v?)))
-                .collect()
-        } else {
-            redis::from_redis_value(reply)?
-        });
-    }
+    // Replies are read in place (no map of strings per hash): a ledger run reads tens of
+    // thousands of sketch hashes of a few hundred fields each, and allocating for each field
+    // was most of its time.
+    let mut replies = replies.into_iter();
     let mut merged: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
-    for (i, (b, enc, out)) in cells.iter().enumerate() {
-        let Some(h) = hashes.get(i * per_cell) else {
-            continue;
-        };
+    for (b, enc, out) in &cells {
         let key_bucket = if fold {
             q.buckets.first().copied().unwrap_or(*b)
         } else {
             *b
         };
         let m = merged.entry((out.clone(), key_bucket)).or_default();
-        m.count += h
-            .get("count")
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0);
-        for (field, value) in h {
-            let Some((stat, name)) = field.split_once(':') else {
+        let Some(hash) = replies.next() else {
+            break;
+        };
+        let mut values = match hash {
+            redis::Value::Array(values) => values.into_iter(),
+            other => return Err(unexpected("HMGET", &other)),
+        };
+        m.count += number::<u64>(values.next().as_ref()).unwrap_or(0);
+        for f in &numeric {
+            let mut stat = || number::<f64>(values.next().as_ref());
+            let (sum, n, min, max) = (stat(), stat(), stat(), stat());
+            if sum.is_none() && n.is_none() && min.is_none() && max.is_none() {
                 continue;
-            };
-            let Ok(x) = value.parse::<f64>() else {
-                continue;
-            };
-            let e = m.numeric.entry(name.to_string()).or_insert(Num {
-                sum: 0.0,
-                n: 0,
-                min: f64::INFINITY,
-                max: f64::NEG_INFINITY,
-            });
-            match stat {
-                "sum" => e.sum += x,
-                "n" => e.n += x as u64,
-                "min" => e.min = e.min.min(x),
-                "max" => e.max = e.max.max(x),
-                _ => {}
             }
+            let e = m.numeric.entry(f.clone()).or_insert(Num::EMPTY);
+            e.sum += sum.unwrap_or(0.0);
+            e.n += n.map_or(0, |n| n as u64);
+            e.min = e.min.min(min.unwrap_or(f64::INFINITY));
+            e.max = e.max.max(max.unwrap_or(f64::NEG_INFINITY));
         }
         m.members.push((*b, enc.clone()));
-        for (j, f) in quantile_fields.iter().enumerate() {
-            if let Some(sk) = hashes.get(i * per_cell + 1 + j) {
-                let sketch = m.sketches.entry(f.clone()).or_default();
-                for (bucket, c) in sk {
-                    if let Ok(c) = c.parse::<u64>() {
-                        sketch.add_field(bucket, c);
-                    }
-                }
-            }
+        for f in &quantile_fields {
+            let Some(reply) = replies.next() else {
+                break;
+            };
+            let sketch = m.sketches.entry(f.clone()).or_default();
+            add_sketch_reply(sketch, reply)?;
         }
     }
 
@@ -233,23 +292,59 @@ pub async fn read<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
 ) -> Result<SpeedSeries, ReadError> {
-    let g = q.granularity;
     let merged = gather(con, keys, view, q, false).await?;
+    let [series] = evaluate(con, keys, view, q, [merged]).await?;
+    Ok(series)
+}
+
+/// Reads a query's points and, from the same cells, each bucket's total over all of the
+/// query's groups (under the empty group): what the accuracy ledger compares, for the cost of
+/// one read instead of two. A total is merged from the groups' partial values (counts and
+/// numeric stats added, sketches merged) and its distinct count is one `PFCOUNT` over every
+/// member cell of the bucket, so it equals what `read` answers for a query without `group_by`.
+pub async fn read_with_totals<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &ViewPlan,
+    q: &SpeedQuery,
+) -> Result<(SpeedSeries, SpeedSeries), ReadError> {
+    let merged = gather(con, keys, view, q, false).await?;
+    let mut totals: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
+    for ((_, b), m) in &merged {
+        totals.entry((Vec::new(), *b)).or_default().absorb(m);
+    }
+    let [groups, totals] = evaluate(con, keys, view, q, [merged, totals]).await?;
+    Ok((groups, totals))
+}
+
+/// Steps 4-5 of a read, for several sets of merged points at once: distinct counts (one
+/// `PFCOUNT` over every member cell of each point, all sets in one round trip), then each
+/// point's value per measure.
+async fn evaluate<C: ConnectionLike, const N: usize>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &ViewPlan,
+    q: &SpeedQuery,
+    sets: [BTreeMap<(Vec<Option<String>>, i64), Merged>; N],
+) -> Result<[SpeedSeries; N], ReadError> {
+    let g = q.granularity;
     // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
     let distinct_fields = q.selection.fields(view, AggKind::CountDistinct);
-    let mut distinct: HashMap<(usize, String), u64> = HashMap::new();
-    if !distinct_fields.is_empty() && !merged.is_empty() {
+    let mut distinct: HashMap<(usize, usize, String), u64> = HashMap::new();
+    if !distinct_fields.is_empty() && sets.iter().any(|s| !s.is_empty()) {
         let mut pipe = redis::pipe();
         let mut order = Vec::new();
-        for (i, (_, m)) in merged.iter().enumerate() {
-            for f in &distinct_fields {
-                let hkeys: Vec<String> = m
-                    .members
-                    .iter()
-                    .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
-                    .collect();
-                pipe.cmd("PFCOUNT").arg(hkeys);
-                order.push((i, f.clone()));
+        for (s, merged) in sets.iter().enumerate() {
+            for (i, (_, m)) in merged.iter().enumerate() {
+                for f in &distinct_fields {
+                    let hkeys: Vec<String> = m
+                        .members
+                        .iter()
+                        .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
+                        .collect();
+                    pipe.cmd("PFCOUNT").arg(hkeys);
+                    order.push((s, i, f.clone()));
+                }
             }
         }
         let counts: Vec<u64> = pipe.query_async(con).await?;
@@ -257,54 +352,55 @@ pub async fn read<C: ConnectionLike>(
     }
 
     // 5. Values per measure.
-    let mut series = SpeedSeries::new();
-    for (i, ((out, b), m)) in merged.into_iter().enumerate() {
-        if m.count == 0 {
-            continue;
-        }
-        let mut values = BTreeMap::new();
-        let mut exact = true;
-        for mi in &q.selection.measures {
-            let Some(measure) = view.measures.get(*mi) else {
+    let mut s = 0;
+    Ok(sets.map(|merged| {
+        let set = s;
+        s += 1;
+        let mut series = SpeedSeries::new();
+        for (i, ((out, b), m)) in merged.into_iter().enumerate() {
+            if m.count == 0 {
                 continue;
-            };
-            let num = measure
-                .field_name
-                .as_ref()
-                .and_then(|f| m.numeric.get(f))
-                .filter(|n| n.n > 0);
-            let v = match measure.agg {
-                AggKind::Count => Some(m.count as f64),
-                AggKind::Sum => num.map(|n| n.sum),
-                AggKind::Min => num.map(|n| n.min),
-                AggKind::Max => num.map(|n| n.max),
-                AggKind::Avg => num.map(|n| n.sum / n.n as f64),
-                AggKind::CountDistinct => {
-                    exact = false;
-                    measure
-                        .field_name
-                        .as_ref()
-                        .and_then(|f| distinct.get(&(i, f.clone())))
-                        .map(|c| *c as f64)
-                }
-                AggKind::Quantile => {
-                    exact = false;
-                    let q = measure.q.unwrap_or(0.5);
-                    measure
-                        .field_name
-                        .as_ref()
-                        .and_then(|f| m.sketches.get(f))
-                        .and_then(|s| s.quantile(q))
-                }
-            };
-            values.insert(measure.name.clone(), v);
+            }
+            let mut values = BTreeMap::new();
+            let mut exact = true;
+            for mi in &q.selection.measures {
+                let Some(measure) = view.measures.get(*mi) else {
+                    continue;
+                };
+                let num = m.stats(measure);
+                let v = match measure.agg {
+                    AggKind::Count => Some(m.count as f64),
+                    AggKind::Sum => num.map(|n| n.sum),
+                    AggKind::Min => num.map(|n| n.min),
+                    AggKind::Max => num.map(|n| n.max),
+                    AggKind::Avg => num.map(|n| n.sum / n.n as f64),
+                    AggKind::CountDistinct => {
+                        exact = false;
+                        measure
+                            .field_name
+                            .as_ref()
+                            .and_then(|f| distinct.get(&(set, i, f.clone())))
+                            .map(|c| *c as f64)
+                    }
+                    AggKind::Quantile => {
+                        exact = false;
+                        let q = measure.q.unwrap_or(0.5);
+                        measure
+                            .field_name
+                            .as_ref()
+                            .and_then(|f| m.sketches.get(f))
+                            .and_then(|s| s.quantile(q))
+                    }
+                };
+                values.insert(measure.name.clone(), v);
+            }
+            series
+                .entry(out)
+                .or_default()
+                .insert(b, SpeedPoint { values, exact });
         }
         series
-            .entry(out)
-            .or_default()
-            .insert(b, SpeedPoint { values, exact });
-    }
-    Ok(series)
+    }))
 }
 
 /// Mergeable totals per output group over all of the query's buckets (`top`): additive
@@ -350,11 +446,7 @@ pub async fn read_totals<C: ConnectionLike>(
             .iter()
             .filter_map(|mi| view.measures.get(*mi))
         {
-            let num = measure
-                .field_name
-                .as_ref()
-                .and_then(|f| m.numeric.get(f))
-                .filter(|n| n.n > 0);
+            let num = m.stats(measure);
             let v = match measure.agg {
                 AggKind::Count => PartialValue::Count(m.count),
                 AggKind::Sum => PartialValue::Sum(num.map(|n| n.sum)),
