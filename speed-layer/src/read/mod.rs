@@ -94,6 +94,9 @@ struct Merged {
     sketches: HashMap<String, QuantileSketch>,
 }
 
+/// Merged cells per (output group, bucket).
+type Points = BTreeMap<(Vec<Option<String>>, i64), Merged>;
+
 impl Merged {
     /// The numeric stats of a measure's field, when any value was seen.
     fn stats(&self, measure: &tributary_shared::view::Measure) -> Option<&Num> {
@@ -173,7 +176,7 @@ async fn gather<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
     fold: bool,
-) -> Result<BTreeMap<(Vec<Option<String>>, i64), Merged>, ReadError> {
+) -> Result<Points, ReadError> {
     let g = q.granularity;
     // 1. Which groups have data in each bucket (and the view's state, before).
     let mut pipe = redis::pipe();
@@ -244,7 +247,7 @@ async fn gather<C: ConnectionLike>(
     // thousands of sketch hashes of a few hundred fields each, and allocating for each field
     // was most of its time.
     let mut replies = replies.into_iter();
-    let mut merged: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
+    let mut merged: Points = BTreeMap::new();
     for (b, enc, out) in &cells {
         let key_bucket = if fold {
             q.buckets.first().copied().unwrap_or(*b)
@@ -309,7 +312,7 @@ pub async fn read_with_totals<C: ConnectionLike>(
     q: &SpeedQuery,
 ) -> Result<(SpeedSeries, SpeedSeries), ReadError> {
     let merged = gather(con, keys, view, q, false).await?;
-    let mut totals: BTreeMap<(Vec<Option<String>>, i64), Merged> = BTreeMap::new();
+    let mut totals: Points = BTreeMap::new();
     for ((_, b), m) in &merged {
         totals.entry((Vec::new(), *b)).or_default().absorb(m);
     }
@@ -325,7 +328,7 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
     keys: &RedisKeys,
     view: &ViewPlan,
     q: &SpeedQuery,
-    sets: [BTreeMap<(Vec<Option<String>>, i64), Merged>; N],
+    sets: [Points; N],
 ) -> Result<[SpeedSeries; N], ReadError> {
     let g = q.granularity;
     // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
