@@ -117,7 +117,7 @@ pub struct SpeedConfig {
     /// A flush also starts once no record has arrived for this long while events are buffered
     /// (the consumer has caught up): what keeps an event's wait short at low rates, where the
     /// tick would dominate. Under load records keep coming and the size and tick bounds rule.
-    /// "0s" turns it off.
+    /// "0s" (the default) turns it off.
     #[serde(with = "duration_str")]
     pub idle_flush: Duration,
     /// Longest the broker may hold the speed consumer's fetch when it has nothing new
@@ -139,8 +139,8 @@ impl Default for SpeedConfig {
             retention: Duration::from_secs(48 * 3600),
             flush_interval: Duration::from_millis(200),
             flush_max_events: 50_000,
-            idle_flush: Duration::from_millis(2),
-            fetch_wait: Duration::from_millis(10),
+            idle_flush: Duration::ZERO,
+            fetch_wait: Duration::from_millis(500),
             dedup_window: Duration::ZERO,
             metrics_listen: "127.0.0.1:9101".into(),
         }
