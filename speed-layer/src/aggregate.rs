@@ -113,6 +113,8 @@ pub struct ViewFlush {
     pub offsets: Vec<(i32, Option<Stored>, Stored)>,
     /// Event-id hashes first seen in this flush: (partition, slot, expire at ms, ids).
     pub dedup: Vec<(i32, i64, i64, Vec<u64>)>,
+    /// Slots the watermark passed in this flush, whose id sets are deleted: (partition, slot).
+    pub dedup_dropped: Vec<(i32, i64)>,
 }
 
 /// What one flush writes.
@@ -145,6 +147,8 @@ pub struct Pipeline {
     max_future_skew_ms: i64,
     /// 0: no duplicate filter.
     dedup_window_ms: i64,
+    /// How long after its slot ends a dedup set outlives a consumer that stops dropping it.
+    dedup_keep_ms: i64,
     partitions: HashMap<i32, PartitionProgress>,
     buffers: Vec<ViewBuffer>,
     touched: BTreeSet<i32>,
@@ -169,6 +173,7 @@ impl Pipeline {
             allowed_lateness_ms,
             max_future_skew_ms,
             dedup_window_ms: 0,
+            dedup_keep_ms: 0,
             partitions: HashMap::new(),
             buffers,
             touched: BTreeSet::new(),
@@ -178,9 +183,11 @@ impl Pipeline {
         }
     }
 
-    /// Turns on the producer-duplicate filter (see `dedup`).
-    pub fn with_dedup_window(mut self, window_ms: i64) -> Self {
+    /// Turns on the producer-duplicate filter (see `dedup`); `retention_ms` is the speed
+    /// layer's retention, the dedup sets' safety-net TTL after their slot.
+    pub fn with_dedup_window(mut self, window_ms: i64, retention_ms: i64) -> Self {
         self.dedup_window_ms = window_ms.max(0);
+        self.dedup_keep_ms = retention_ms.max(self.allowed_lateness_ms + self.dedup_window_ms);
         self
     }
 
@@ -305,6 +312,7 @@ impl Pipeline {
         for vi in 0..self.views.len() {
             let mut offsets = Vec::new();
             let mut dedup = Vec::new();
+            let mut dedup_dropped = Vec::new();
             for &p in &self.touched {
                 let Some(pp) = self.partitions.get_mut(&p) else {
                     continue;
@@ -323,11 +331,11 @@ impl Pipeline {
                     let w = self.dedup_window_ms;
                     let watermark = vp.watermark(self.allowed_lateness_ms);
                     for (slot, ids) in vp.dedup.take_fresh() {
-                        // Kept until the watermark has passed the slot, plus one window of slack.
-                        let expire = (slot + 1) * w + self.allowed_lateness_ms + w;
-                        dedup.push((p, slot, expire, ids));
+                        // Deleted when the watermark passes the slot (see `dedup`); this is
+                        // the safety net: as long as the aggregates of the slot's time.
+                        dedup.push((p, slot, (slot + 1) * w + self.dedup_keep_ms, ids));
                     }
-                    vp.dedup.evict(w, watermark);
+                    dedup_dropped.extend(vp.dedup.evict(w, watermark).into_iter().map(|s| (p, s)));
                 }
             }
             let data = std::mem::take(&mut self.buffers[vi]);
@@ -336,6 +344,7 @@ impl Pipeline {
                 data,
                 offsets,
                 dedup,
+                dedup_dropped,
             });
         }
         let records = std::mem::take(&mut self.records);

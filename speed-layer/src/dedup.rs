@@ -6,6 +6,12 @@
 //! anyway). New ids are written to Redis in the same script as the aggregates and offsets and
 //! are loaded back on assignment, so the filter survives restarts exactly like the counts.
 //!
+//! A slot's Redis set is deleted by the flush that drops it from memory, not by a TTL counted
+//! from its event time: the watermark moves with the data, not the clock, so events an hour
+//! old (a backfill, a consumer that lags, a stream paused for a while) need their ids as long
+//! as fresh ones do. The TTL is only the safety net for sets no consumer drops any more (the
+//! view's retention, like the aggregates of the same time).
+//!
 //! Cost: one 64-bit hash per event in memory and about 20 bytes in Redis per event of the
 //! last `allowed_lateness + dedup_window`, per view; and duplicates are only caught within a
 //! partition (producers key events, so a retried event lands on the same partition).
@@ -44,10 +50,12 @@ impl DedupSet {
         self.slots.entry(slot).or_default().extend(ids);
     }
 
-    /// Drops slots that end before `watermark_ms`.
-    pub fn evict(&mut self, window_ms: i64, watermark_ms: i64) {
+    /// Drops slots that end before `watermark_ms`; returns them (their Redis sets go too).
+    pub fn evict(&mut self, window_ms: i64, watermark_ms: i64) -> Vec<i64> {
         let keep_from = watermark_ms.div_euclid(window_ms);
-        self.slots = self.slots.split_off(&keep_from);
+        let kept = self.slots.split_off(&keep_from);
+        let dropped = std::mem::replace(&mut self.slots, kept);
+        dropped.into_keys().collect()
     }
 
     /// Ids added since the last call, by slot.
@@ -90,8 +98,9 @@ mod tests {
         assert_eq!(fresh.get(&0).map(Vec::len), Some(2));
         assert_eq!(fresh.get(&1).map(Vec::len), Some(1));
         assert!(d.take_fresh().is_empty());
-        d.evict(w, 60_000);
+        assert_eq!(d.evict(w, 60_000), vec![0]);
         assert_eq!(d.len(), 1);
+        assert!(d.evict(w, 60_000).is_empty());
         d.restore(0, [id_hash("a")]);
         assert!(d.check_and_insert(w, 2_000, id_hash("a")));
         assert_eq!(slots_to_restore(w, 59_999, 180_000), 0..=3);

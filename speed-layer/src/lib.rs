@@ -45,7 +45,10 @@ pub fn build_pipeline(config: &Config) -> anyhow::Result<Pipeline> {
         config.speed.allowed_lateness.as_millis() as i64,
         config.speed.max_future_skew.as_millis() as i64,
     )
-    .with_dedup_window(config.speed.dedup_window.as_millis() as i64))
+    .with_dedup_window(
+        config.speed.dedup_window.as_millis() as i64,
+        config.speed.retention.as_millis() as i64,
+    ))
 }
 
 /// `speed-layer run`: serves metrics and consumes until `shutdown` turns true.

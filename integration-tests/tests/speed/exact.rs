@@ -4,11 +4,13 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use tributary_it::scenario::{Resend, add_ends, produce};
+use tributary_it::scenario::{Resend, add_ends, exact_events, produce};
 use tributary_it::{
-    binary, create_topic, hgetall, redis, test_config, unique, wait_speed_applied, write_config,
+    binary, create_topic, hgetall, now_ms, redis, test_config, unique, wait_speed_applied,
+    write_config,
 };
 use tributary_shared::Granularity;
+use tributary_shared::bucket::MINUTE_MS;
 use tributary_shared::layout::{RedisKeys, encode_group};
 
 use crate::{check_against_truth, ground_truth, recent_events, speed_section, start, stop};
@@ -175,7 +177,9 @@ async fn a_rebalance_between_two_consumers_keeps_totals_exact() -> anyhow::Resul
 }
 
 /// Producer duplicates (same event_id and time) are applied once with `dedup_window` on, even
-/// when the copy arrives after a restart.
+/// when the copy arrives after a restart, and when the events are older than the dedup window
+/// and the lateness by the clock (a backfill, a lagging consumer: the ids outlive wall-clock
+/// time; with a TTL counted from event time they were gone before the restart).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn producer_duplicates_are_applied_once_across_a_restart() -> anyhow::Result<()> {
     let topic = unique("speed-dedup");
@@ -187,7 +191,8 @@ async fn producer_duplicates_are_applied_once_across_a_restart() -> anyhow::Resu
         &speed_section("5m", "dedup_window = \"10m\""),
     )?;
     let keys = RedisKeys::new(prefix.clone());
-    let events = recent_events(11, 400);
+    // 400 events 6 s apart, from two hours to one hour and 20 minutes ago.
+    let events = exact_events(11, 400, now_ms() - 120 * MINUTE_MS, 40 * MINUTE_MS);
     let checkouts = events.iter().filter(|e| e.checkout).count() as i64;
     // First run: every event, and every tenth one twice.
     let ends = produce(&topic, &events, 10, Resend::SamePartition, 1, &[]).await?;
@@ -216,6 +221,25 @@ async fn producer_duplicates_are_applied_once_across_a_restart() -> anyhow::Resu
         stats.get("duplicates").map(String::as_str),
         Some((dup_checkouts + again_checkouts).to_string().as_str())
     );
+    // The id sets the watermark passed are deleted (not left to a TTL); the others are there.
+    let window = 10 * MINUTE_MS;
+    let max_time = events.iter().map(|e| e.ts).max().context("no events")?;
+    let kept_from = (max_time - 5 * MINUTE_MS).div_euclid(window);
+    let first_slot = events.iter().map(|e| e.ts).min().context("no events")? / window;
+    for slot in first_slot..=max_time.div_euclid(window) {
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(keys.dedup("checkouts", &topic, 0, slot))
+            .query_async(&mut con)
+            .await?;
+        let had_checkouts = events
+            .iter()
+            .any(|e| e.checkout && e.ts.div_euclid(window) == slot);
+        assert_eq!(
+            exists,
+            had_checkouts && slot >= kept_from,
+            "dedup set of slot {slot}"
+        );
+    }
     let g = Granularity::Hour;
     check_against_truth(
         &keys,

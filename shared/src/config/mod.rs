@@ -117,13 +117,14 @@ pub struct SpeedConfig {
     /// A flush also starts once no record has arrived for this long while events are buffered
     /// (the consumer has caught up): what keeps an event's wait short at low rates, where the
     /// tick would dominate. Under load records keep coming and the size and tick bounds rule.
-    /// "0s" (the default) turns it off.
+    /// Default "2ms"; "0s" turns it off.
     #[serde(with = "duration_str")]
     pub idle_flush: Duration,
     /// Longest the broker may hold the speed consumer's fetch when it has nothing new
     /// (librdkafka's `fetch.wait.max.ms`, set on top of `[source.librdkafka]`): the longest a
     /// record can wait at the broker before the speed layer sees it. Smaller costs more fetch
-    /// requests on an idle topic, one per partition leader per this interval.
+    /// requests on an idle topic, one per partition leader per this interval. Default "10ms"
+    /// (librdkafka's own is 500 ms).
     #[serde(with = "duration_str")]
     pub fetch_wait: Duration,
     #[serde(with = "duration_str")]
@@ -139,8 +140,8 @@ impl Default for SpeedConfig {
             retention: Duration::from_secs(48 * 3600),
             flush_interval: Duration::from_millis(200),
             flush_max_events: 50_000,
-            idle_flush: Duration::ZERO,
-            fetch_wait: Duration::from_millis(500),
+            idle_flush: Duration::from_millis(2),
+            fetch_wait: Duration::from_millis(10),
             dedup_window: Duration::ZERO,
             metrics_listen: "127.0.0.1:9101".into(),
         }

@@ -18,8 +18,8 @@ fn load_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
 fn the_design_example_loads() {
     let c = load(FULL).expect("the full example config is valid");
     assert_eq!(c.speed.flush_interval, Duration::from_millis(200));
-    assert_eq!(c.speed.idle_flush, Duration::ZERO);
-    assert_eq!(c.speed.fetch_wait, Duration::from_millis(500));
+    assert_eq!(c.speed.idle_flush, Duration::from_millis(2));
+    assert_eq!(c.speed.fetch_wait, Duration::from_millis(10));
     assert_eq!(c.speed.retention, Duration::from_secs(48 * 3600));
     assert_eq!(c.speed.dedup_window, Duration::ZERO);
     assert_eq!(c.views[0].measures.len(), 5);

@@ -197,3 +197,31 @@ fn restored_progress_skips_applied_offsets_and_keeps_the_watermark() {
     assert_eq!(expected.map(|s| s.next_offset), Some(10));
     assert_eq!(new.next_offset, 13);
 }
+
+#[test]
+fn dedup_sets_are_kept_for_the_retention_and_dropped_when_the_watermark_passes_them() {
+    let window = 10 * MIN;
+    let retention = 48 * 60 * MIN;
+    let mut p = pipeline().with_dedup_window(window, retention);
+    // Events an hour old or more: their ids must not expire by the clock (a backfill).
+    let t0 = 1_000 * window;
+    let now = t0 + 2 * 60 * MIN;
+    let first = ev(1, t0 + 1_000, "checkout", "DE", 1.0, "u1");
+    assert!(matches!(p.process(0, 0, &first, now), Outcome::Processed));
+    assert!(matches!(p.process(0, 1, &first, now), Outcome::Processed));
+    let flush = p.take_flush().expect("a flush");
+    let co = &flush.views[0];
+    assert_eq!((co.data.applied, co.data.duplicates), (1, 1));
+    assert_eq!(co.dedup.len(), 1);
+    let (partition, slot, expire_at, ids) = &co.dedup[0];
+    assert_eq!((*partition, *slot, ids.len()), (0, 1_000, 1));
+    assert_eq!(*expire_at, 1_001 * window + retention);
+    assert!(co.dedup_dropped.is_empty());
+
+    // The watermark passes slot 1000 (an event 20 minutes later, lateness 5): its set goes.
+    let later = ev(2, t0 + 2 * window, "checkout", "DE", 1.0, "u1");
+    assert!(matches!(p.process(0, 2, &later, now), Outcome::Processed));
+    let flush = p.take_flush().expect("a flush");
+    assert_eq!(flush.views[0].dedup_dropped, vec![(0, 1_000)]);
+    assert_eq!(flush.views[1].dedup_dropped, vec![(0, 1_000)]);
+}

@@ -229,7 +229,11 @@ impl SpeedConsumer {
                     let payload = msg.payload().unwrap_or_default().to_vec();
                     let key = msg.key().map(<[u8]>::to_vec);
                     drop(msg);
-                    self.sync_assignment().await?;
+                    if self.sync_assignment().await?.contains(&partition) {
+                        // Fetched before the seek, so received again after it: handled then
+                        // (handled now too, it would count twice).
+                        continue;
+                    }
                     self.handle(partition, offset, &payload, key.as_deref()).await;
                     if self.pipeline.pending() >= max_events {
                         self.flush().await?;
@@ -275,14 +279,15 @@ impl SpeedConsumer {
     }
 
     /// Applies a rebalance that happened inside `recv`: drop the buffer, take the new progress.
-    async fn sync_assignment(&mut self) -> anyhow::Result<()> {
+    /// Returns the partitions it had to seek (see `reload_and_seek`).
+    async fn sync_assignment(&mut self) -> anyhow::Result<Vec<i32>> {
         let (generation, partitions, reload) = {
             let state = self
                 .assignment
                 .lock()
                 .map_err(|_| anyhow::anyhow!("assignment lock poisoned"))?;
             if state.generation == self.generation {
-                return Ok(());
+                return Ok(Vec::new());
             }
             (state.generation, state.partitions.clone(), state.reload)
         };
@@ -291,9 +296,9 @@ impl SpeedConsumer {
         self.unpublished.clear();
         self.pipeline.reset(partitions);
         if reload {
-            self.reload_and_seek().await?;
+            return self.reload_and_seek().await;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     async fn handle(&mut self, partition: i32, offset: i64, payload: &[u8], key: Option<&[u8]>) {

@@ -40,7 +40,7 @@ impl SpeedConsumer {
         if let Err(e) = self.sink.set_topic_partitions(self.topic_partitions).await {
             tracing::debug!(error = %e, "cannot record the topic's partition count");
         }
-        self.reload_and_seek().await
+        self.reload_and_seek().await.map(drop)
     }
 
     /// Rebuilds every view from scratch (a refused flush: the state cannot be trusted).
@@ -60,7 +60,7 @@ impl SpeedConsumer {
             })
             .await?;
         }
-        self.reload_and_seek().await
+        self.reload_and_seek().await.map(drop)
     }
 
     /// Runs a Redis operation until it succeeds; errs only when shutting down.
@@ -86,8 +86,9 @@ impl SpeedConsumer {
     }
 
     /// Re-reads every view's epoch and the offsets Redis holds for the assigned partitions,
-    /// and seeks there; the buffer is dropped (its records are read again).
-    pub(super) async fn reload_and_seek(&mut self) -> anyhow::Result<()> {
+    /// and seeks there; the buffer is dropped (its records are read again). Returns the
+    /// partitions sought: a record of theirs received before the seek comes again after it.
+    pub(super) async fn reload_and_seek(&mut self) -> anyhow::Result<Vec<i32>> {
         let partitions: Vec<i32> = {
             let state = self
                 .assignment
@@ -152,16 +153,21 @@ impl SpeedConsumer {
             })
             .await?;
         self.epochs = epochs;
+        let mut sought = Vec::new();
         for (p, pp) in &progress {
-            if let Some(o) = pp.resume_offset()
-                && let Err(e) = self.consumer.seek(
-                    &self.config.source.topic,
-                    *p,
-                    Offset::Offset(o),
-                    Duration::from_secs(10),
-                )
-            {
-                tracing::warn!(partition = p, offset = o, error = %e, "seek failed");
+            let Some(o) = pp.resume_offset() else {
+                continue;
+            };
+            match self.consumer.seek(
+                &self.config.source.topic,
+                *p,
+                Offset::Offset(o),
+                Duration::from_secs(10),
+            ) {
+                Ok(()) => sought.push(*p),
+                Err(e) => {
+                    tracing::warn!(partition = p, offset = o, error = %e, "seek failed")
+                }
             }
         }
         self.pipeline.reset(progress.clone());
@@ -169,6 +175,6 @@ impl SpeedConsumer {
             state.partitions = progress;
             state.reload = false;
         }
-        Ok(())
+        Ok(sought)
     }
 }

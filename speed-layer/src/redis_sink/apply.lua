@@ -34,6 +34,8 @@ while i <= n do
     i = i + 3
   elseif op == 'A' then
     i = i + 3 + tonumber(ARGV[i + 2])
+  elseif op == 'D' then
+    i = i + 2
   else
     return redis.error_reply('REFUSED bad op ' .. tostring(op))
   end
@@ -57,6 +59,8 @@ while i <= n do
   elseif op == 'A' then
     local cnt = tonumber(ARGV[i + 2])
     redis.call('SADD', ARGV[i + 1], unpack(ARGV, i + 3, i + 2 + cnt)); i = i + 3 + cnt
+  elseif op == 'D' then
+    redis.call('DEL', ARGV[i + 1]); i = i + 2
   else
     redis.call('PEXPIREAT', ARGV[i + 1], ARGV[i + 2]); i = i + 3
   end

@@ -49,6 +49,10 @@ pub(super) fn build_args(
         }
         push(&mut args, ["X", &key, &expire_at.to_string()]);
     }
+    // After the adds: a slot can gain ids and be passed by the watermark in one flush.
+    for (p, slot) in &vf.dedup_dropped {
+        push(&mut args, ["D", &keys.dedup(&plan.name, topic, *p, *slot)]);
+    }
     if vf.data.late_dropped > 0 {
         push(
             &mut args,

@@ -19,7 +19,7 @@ use args::{build_args, hll_pipeline};
 /// ARGV: the epoch this consumer holds, now (ms), the partition count, (partition, expected,
 /// new) triples, then ops until the end: `I key field n` HINCRBY · `F key field x`
 /// HINCRBYFLOAT · `m`/`M key field x` keep min/max · `S key member` SADD · `A key n m1..mn`
-/// SADD many · `X key ms` PEXPIREAT.
+/// SADD many · `X key ms` PEXPIREAT · `D key` DEL.
 ///
 /// Redis does not roll back a script that fails halfway, so everything that could fail is
 /// checked before the first write: the epoch (`LOST` when the view's state is gone, `FENCED`
@@ -139,6 +139,7 @@ impl RedisSink {
                 && vf.data.cells.is_empty()
                 && vf.data.late_dropped == 0
                 && vf.dedup.is_empty()
+                && vf.dedup_dropped.is_empty()
             {
                 continue;
             }
