@@ -5,13 +5,18 @@
 //! end-to-end percentiles, and where the time went, stage by stage: the speed layer's own
 //! histograms (record timestamp to received: producer, broker and fetch wait; received to its
 //! flush starting: the buffer; the flush's Redis write), scraped from its `/metrics` at the
-//! end, and the serving layer's answer time of the polls that saw a probe.
+//! end, and the serving layer's answer time of the polls that saw a probe. The peer, run
+//! first under the same background load: a bare rdkafka consumer on the same topic, with the
+//! same `fetch.wait.max.ms`, timing each of its own probes from record timestamp to arrival
+//! (the broker's share of the freshness).
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use rdkafka::producer::FutureRecord;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{oneshot, watch};
 use tributary_it::{brokers, create_topic, example_config, producer, redis_url, unique};
 
@@ -31,11 +36,13 @@ fn event(id: &str, device: &str, now: i64) -> String {
     )
 }
 
+const PARTITIONS: i32 = 4;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let topic = unique("bench-fresh");
-    create_topic(&topic, 4).await?;
+    create_topic(&topic, PARTITIONS).await?;
     let store = tempfile::tempdir()?;
     // A port of our own for the speed layer's metrics, scraped for the stage breakdown.
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -51,52 +58,7 @@ async fn main() -> anyhow::Result<()> {
         ("SPEED__METRICS_LISTEN", format!("127.0.0.1:{metrics_port}")),
         ("SERVING__LISTEN", "127.0.0.1:0".into()),
     ])?;
-    let (stop, rx) = watch::channel(false);
-    let speed = tokio::spawn(tributary_speed_layer::run(config.clone(), rx.clone()));
-    let (tx, bound) = oneshot::channel();
-    let serving = tokio::spawn(tributary_serving_layer::serve(config.clone(), rx, Some(tx)));
-    let base = format!("http://{}", bound.await.context("serving did not bind")?);
     let producer = producer()?;
-
-    // Wait until the speed layer owns its partitions: a first probe must become visible.
-    let client = reqwest::Client::new();
-    let visible = move |device: String| {
-        let (client, base) = (client.clone(), base.clone());
-        async move {
-            let now = chrono::Utc::now().timestamp_millis();
-            let url = format!(
-                "{base}/v1/views/checkouts/series?measures=events&granularity=minute&filter=device:{device}&from={}&to={}",
-                tributary_shared::bucket::format_rfc3339(now - 600_000),
-                tributary_shared::bucket::format_rfc3339(now + 120_000)
-            );
-            let body: serde_json::Value = client.get(&url).send().await?.json().await?;
-            let n: f64 = body["series"][0]["points"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|p| p["values"]["events"].as_f64())
-                .sum();
-            Ok::<bool, anyhow::Error>(n >= 1.0)
-        }
-    };
-    let warm = unique("warm");
-    let now = chrono::Utc::now().timestamp_millis();
-    producer
-        .send(
-            FutureRecord::<(), String>::to(&topic).payload(&event(&warm, &warm, now)),
-            Duration::from_secs(10),
-        )
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
-    let t = Instant::now();
-    while !visible(warm.clone()).await? {
-        anyhow::ensure!(
-            t.elapsed() < Duration::from_secs(60),
-            "warm-up probe never visible"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
     // Background load at a fixed rate.
     let (bg_stop, mut bg_rx) = watch::channel(false);
     let bg = {
@@ -121,6 +83,61 @@ async fn main() -> anyhow::Result<()> {
             }
         })
     };
+
+    // The peer first, alone on the broker under the same load: beside the speed layer it would
+    // double the fetches Tansu serves (one storage worker for every request) and slow both.
+    let peer_ms = peer_phase(&config, &producer, &topic, args.probes).await?;
+
+    let (stop, rx) = watch::channel(false);
+    let speed = tokio::spawn(tributary_speed_layer::run(config.clone(), rx.clone()));
+    let (tx, bound) = oneshot::channel();
+    let serving = tokio::spawn(tributary_serving_layer::serve(config.clone(), rx, Some(tx)));
+    let base = format!("http://{}", bound.await.context("serving did not bind")?);
+
+    // Wait until the speed layer owns its partitions: a first probe must become visible.
+    let client = reqwest::Client::new();
+    let visible = move |device: String| {
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let now = chrono::Utc::now().timestamp_millis();
+            let url = format!(
+                "{base}/v1/views/checkouts/series?measures=events&granularity=minute&filter=device:{device}&from={}&to={}",
+                tributary_shared::bucket::format_rfc3339(now - 600_000),
+                tributary_shared::bucket::format_rfc3339(now + 120_000)
+            );
+            let body: serde_json::Value = client.get(&url).send().await?.json().await?;
+            let n: f64 = body["series"][0]["points"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p["values"]["events"].as_f64())
+                .sum();
+            Ok::<bool, anyhow::Error>(n >= 1.0)
+        }
+    };
+    // One warm-up record per partition, each counted: every partition has caught up with the
+    // backlog the peer's run left (one alone would say so of its own partition only).
+    for partition in 0..PARTITIONS {
+        let warm = unique("warm");
+        let now = chrono::Utc::now().timestamp_millis();
+        producer
+            .send(
+                FutureRecord::<(), String>::to(&topic)
+                    .partition(partition)
+                    .payload(&event(&warm, &warm, now)),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+        let t = Instant::now();
+        while !visible(warm.clone()).await? {
+            anyhow::ensure!(
+                t.elapsed() < Duration::from_secs(60),
+                "warm-up probe of partition {partition} never visible"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 
     let mut probes = Vec::new();
     for n in 0..args.probes {
@@ -199,6 +216,12 @@ async fn main() -> anyhow::Result<()> {
             "produce_to_received": stage("tributary_speed_fetch_delay_seconds")?,
             "received_to_flush": stage("tributary_speed_buffer_wait_seconds")?,
             "flush_write": stage("tributary_speed_flush_seconds")?,
+            "peer_bare_consumer_produce_to_received": {
+                "count": peer_ms.len(),
+                "p50_ms": pct(&peer_ms, 0.5),
+                "p99_ms": pct(&peer_ms, 0.99),
+                "max_ms": peer_ms.last(),
+            },
             "serving_answer": {
                 "count": serving_ms.len(),
                 "p50_ms": pct(&serving_ms, 0.5),
@@ -208,6 +231,102 @@ async fn main() -> anyhow::Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())
+}
+
+/// The peer's run: a bare consumer joins, then `probes` probes, one every 200 ms; per probe,
+/// record timestamp to arrival in ms, sorted.
+async fn peer_phase(
+    config: &tributary_shared::Config,
+    producer: &FutureProducer,
+    topic: &str,
+    probes: u64,
+) -> anyhow::Result<Vec<f64>> {
+    let warm = unique("peer-warm");
+    let (ready, ready_rx) = oneshot::channel();
+    let (stop, stop_rx) = watch::channel(false);
+    let peer = tokio::spawn(bare_consumer(
+        config.source.clone(),
+        config.speed.fetch_wait,
+        warm.clone(),
+        ready,
+        stop_rx,
+    ));
+    let send = |payload: String| async move {
+        producer
+            .send(
+                FutureRecord::<(), String>::to(topic).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await
+            .map(drop)
+            .map_err(|(e, _)| anyhow::anyhow!("{e}"))
+    };
+    send(event(&warm, &warm, chrono::Utc::now().timestamp_millis())).await?;
+    tokio::time::timeout(Duration::from_secs(60), ready_rx)
+        .await
+        .context("the bare consumer never read the warm-up record")?
+        .context("the bare consumer stopped")?;
+    for n in 0..probes {
+        let device = format!("probe-peer-{n}-{}", unique("p"));
+        send(event(
+            &device,
+            &device,
+            chrono::Utc::now().timestamp_millis(),
+        ))
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = stop.send(true);
+    let mut delays = peer.await??;
+    delays.sort_by(f64::total_cmp);
+    anyhow::ensure!(
+        delays.len() as u64 == probes,
+        "the bare consumer saw {} of {probes} probes",
+        delays.len()
+    );
+    Ok(delays)
+}
+
+/// The peer: reads the topic with nothing but rdkafka (its own group, the speed layer's fetch
+/// wait) and returns, per probe, record timestamp to arrival in ms. `ready` fires at the
+/// warm-up record.
+async fn bare_consumer(
+    source: tributary_shared::config::SourceConfig,
+    fetch_wait: Duration,
+    warm: String,
+    ready: oneshot::Sender<()>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<f64>> {
+    let consumer: StreamConsumer = tributary_shared::kafka::client_config(&source)
+        .set("group.id", unique("fresh-bare"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
+        .create()
+        .context("create the bare consumer")?;
+    consumer.subscribe(&[source.topic.as_str()])?;
+    let mut ready = Some(ready);
+    let mut delays = Vec::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.changed() => break,
+            m = consumer.recv() => m?,
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let payload = msg.payload().unwrap_or_default();
+        let text = std::str::from_utf8(payload).unwrap_or_default();
+        if ready.is_some() && text.contains(&warm) {
+            if let Some(r) = ready.take() {
+                let _ = r.send(());
+            }
+        } else if text.contains(r#""device":"probe-"#)
+            && let Some(ts) = msg.timestamp().to_millis()
+        {
+            delays.push((now - ts).max(0) as f64);
+        }
+    }
+    Ok(delays)
 }
 
 /// A Prometheus histogram read back from the text exposition.
