@@ -18,7 +18,9 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::sync::{oneshot, watch};
-use tributary_it::{brokers, create_topic, example_config, producer, redis_url, unique};
+use tributary_it::{
+    brokers, create_topic, example_config, produce_all, producer, redis_url, unique,
+};
 
 #[derive(Parser)]
 struct Args {
@@ -120,15 +122,8 @@ async fn main() -> anyhow::Result<()> {
     for partition in 0..PARTITIONS {
         let warm = unique("warm");
         let now = chrono::Utc::now().timestamp_millis();
-        producer
-            .send(
-                FutureRecord::<(), String>::to(&topic)
-                    .partition(partition)
-                    .payload(&event(&warm, &warm, now)),
-                Duration::from_secs(10),
-            )
-            .await
-            .map_err(|(e, _)| anyhow::anyhow!("{e}"))?;
+        let payload = event(&warm, &warm, now).into_bytes();
+        produce_all(&producer, &topic, Some(partition), [payload]).await?;
         let t = Instant::now();
         while !visible(warm.clone()).await? {
             anyhow::ensure!(
@@ -251,16 +246,7 @@ async fn peer_phase(
         ready,
         stop_rx,
     ));
-    let send = |payload: String| async move {
-        producer
-            .send(
-                FutureRecord::<(), String>::to(topic).payload(&payload),
-                Duration::from_secs(10),
-            )
-            .await
-            .map(drop)
-            .map_err(|(e, _)| anyhow::anyhow!("{e}"))
-    };
+    let send = |payload: String| produce_all(producer, topic, None, [payload.into_bytes()]);
     send(event(&warm, &warm, chrono::Utc::now().timestamp_millis())).await?;
     tokio::time::timeout(Duration::from_secs(60), ready_rx)
         .await
@@ -316,10 +302,8 @@ async fn bare_consumer(
         let now = chrono::Utc::now().timestamp_millis();
         let payload = msg.payload().unwrap_or_default();
         let text = std::str::from_utf8(payload).unwrap_or_default();
-        if ready.is_some() && text.contains(&warm) {
-            if let Some(r) = ready.take() {
-                let _ = r.send(());
-            }
+        if let Some(r) = ready.take_if(|_| text.contains(&warm)) {
+            let _ = r.send(());
         } else if text.contains(r#""device":"probe-"#)
             && let Some(ts) = msg.timestamp().to_millis()
         {
