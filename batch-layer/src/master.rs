@@ -13,7 +13,8 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tributary_shared::config::FieldType;
 use tributary_shared::event::{Event, EventSchema, Value};
 
@@ -154,6 +155,12 @@ impl RowBuffer {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            // One value per row: a dictionary would only be built to be thrown away (the
+            // writer falls back to plain after a page), and the raw JSON's min/max prunes
+            // nothing. Profiled: interning and statistics were ~6 % of the archive's CPU.
+            .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
+            .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
+            .set_column_statistics_enabled(ColumnPath::from("payload"), EnabledStatistics::None)
             .build();
         let mut out = Vec::with_capacity(self.rows * 64);
         let mut writer = ArrowWriter::try_new(&mut out, schema, Some(props))?;

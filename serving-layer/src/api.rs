@@ -305,7 +305,7 @@ async fn series(
     State(app): State<AppState>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<SeriesResponse>, ApiError> {
+) -> Result<SeriesResponse, ApiError> {
     let plan = view(&app, &name)?;
     let now = now_ms();
     let params = SeriesParams::parse(
@@ -318,7 +318,7 @@ async fn series(
     if !out.unreadable.is_empty() {
         app.metrics.partial_answers.inc();
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
 /// The top `k` values of a dimension by a measure over a range.

@@ -64,11 +64,18 @@ impl RenderedPoint {
 /// One bucket's points per output group.
 pub type CachedPoints = Arc<Vec<(Vec<Option<String>>, RenderedPoint)>>;
 
+/// A batch answer over a run of buckets, assembled per output group: each group's points in
+/// bucket order. What a dashboard polling the same chart needs every time, so it is kept whole
+/// (profiled: regrouping the per-bucket entries on every request was most of a request's CPU).
+pub type BatchPart = BTreeMap<Vec<Option<String>>, Vec<(i64, RenderedPoint)>>;
+
 /// Rendered points of buckets whose answer can no longer change, keyed by query shape (view,
 /// granularity, filters, group-by, measures, and the source's version: a batch manifest
-/// version, or the speed epoch for sealed buckets) and bucket start.
+/// version, or the speed epoch for sealed buckets) and bucket start; and assembled batch
+/// parts, keyed by shape and their first and last bucket.
 pub struct PointCache {
     cache: moka::sync::Cache<(Arc<str>, i64), CachedPoints>,
+    parts: moka::sync::Cache<(Arc<str>, i64, i64), Arc<BatchPart>>,
 }
 
 /// Approximate memory of one entry: the rendered JSON, the group labels, and bookkeeping.
@@ -86,15 +93,45 @@ fn weight(key: &(Arc<str>, i64), points: &CachedPoints) -> u32 {
     (bytes + key.0.len() + 96).min(u32::MAX as usize) as u32
 }
 
+/// Approximate memory of an assembled part (as [`weight`]).
+fn part_weight(key: &(Arc<str>, i64, i64), part: &Arc<BatchPart>) -> u32 {
+    let bytes: usize = part
+        .iter()
+        .map(|(group, points)| {
+            64 + group
+                .iter()
+                .map(|v| 24 + v.as_ref().map_or(0, String::len))
+                .sum::<usize>()
+                + points.iter().map(|(_, p)| 32 + p.len()).sum::<usize>()
+        })
+        .sum();
+    (bytes + key.0.len() + 96).min(u32::MAX as usize) as u32
+}
+
 impl PointCache {
+    /// `max_bytes` bounds both: half for the per-bucket entries, half for assembled parts.
     pub fn new(ttl: Duration, max_bytes: u64) -> Self {
         PointCache {
             cache: moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
+                .max_capacity(max_bytes / 2)
                 .weigher(weight)
                 .time_to_live(ttl)
                 .build(),
+            parts: moka::sync::Cache::builder()
+                .max_capacity(max_bytes / 2)
+                .weigher(part_weight)
+                .time_to_live(ttl)
+                .build(),
         }
+    }
+
+    /// The assembled batch part of `first..=last` for one query shape.
+    pub fn part(&self, shape: &str, first: i64, last: i64) -> Option<Arc<BatchPart>> {
+        self.parts.get(&(shape.into(), first, last))
+    }
+
+    pub fn put_part(&self, shape: &str, first: i64, last: i64, part: Arc<BatchPart>) {
+        self.parts.insert((shape.into(), first, last), part);
     }
 
     /// The cached entries of `buckets` for one query shape.
@@ -113,10 +150,11 @@ impl PointCache {
         }
     }
 
-    /// Bytes held (approximate; the cache settles its accounting lazily).
+    /// Bytes held (approximate; the caches settle their accounting lazily).
     pub fn weighted_size(&self) -> u64 {
         self.cache.run_pending_tasks();
-        self.cache.weighted_size()
+        self.parts.run_pending_tasks();
+        self.cache.weighted_size() + self.parts.weighted_size()
     }
 }
 

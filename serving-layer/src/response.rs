@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -116,4 +118,39 @@ pub struct TopResponse {
     pub rebuilding: Vec<String>,
     pub unreadable: Vec<String>,
     pub errors: Vec<String>,
+}
+
+impl SeriesResponse {
+    /// About the bytes of its JSON: the rendered points plus a little per group and bucket.
+    fn size_hint(&self) -> usize {
+        let points: usize = self
+            .series
+            .iter()
+            .map(|g| 64 + g.points.iter().map(|p| p.len() + 1).sum::<usize>())
+            .sum();
+        let buckets =
+            self.missing.len() + self.pending.len() + self.rebuilding.len() + self.unreadable.len();
+        512 + points + 32 * buckets
+    }
+}
+
+/// A series answer serialized into a buffer of about its size at once (axum's `Json` grows
+/// its buffer from 128 bytes: profiled, the copies of a ~30 KB answer while it grew were
+/// ~8 % of a request's CPU).
+impl IntoResponse for SeriesResponse {
+    fn into_response(self) -> Response {
+        let mut body = Vec::with_capacity(self.size_hint());
+        match serde_json::to_writer(&mut body, &self) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => crate::error::ApiError::internal(format!("serializing the answer: {e}"))
+                .into_response(),
+        }
+    }
 }

@@ -132,9 +132,12 @@ impl Archiver {
                 _ = shutdown.changed() => break,
                 _ = tick.tick() => {
                     self.sync_assignment()?;
+                    // Measured from the last flush's start: from its end, a flush taking
+                    // longer than a tick's slack waited a whole extra tick (a 1 s interval
+                    // flushed every 2 s).
                     if last_flush.elapsed() >= interval {
-                        self.flush().await?;
                         last_flush = Instant::now();
+                        self.flush().await?;
                     }
                     self.housekeeping().await;
                 }
@@ -160,8 +163,8 @@ impl Archiver {
                     self.handle(p, o, &payload);
                     let buffered: usize = self.partitions.values().map(|b| b.rows).sum();
                     if buffered >= self.config.batch.archive_max_rows {
-                        self.flush().await?;
                         last_flush = Instant::now();
+                        self.flush().await?;
                     }
                 }
             }
@@ -214,8 +217,8 @@ impl Archiver {
         }
         buf.next_offset = offset + 1;
         buf.dirty = true;
-        buf.state.last_record_ms = Some(chrono::Utc::now().timestamp_millis());
         let now = chrono::Utc::now().timestamp_millis();
+        buf.state.last_record_ms = Some(now);
         let skew = self.config.speed.max_future_skew.as_millis() as i64;
         let event = match self.schema.parse(payload) {
             Ok(e) if check_future_skew(&e, now, skew).is_ok() => e,

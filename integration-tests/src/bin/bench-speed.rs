@@ -32,6 +32,13 @@ struct Args {
     /// single Redis).
     #[arg(long, default_value = "plain")]
     mode: String,
+    /// Read an existing topic holding exactly `--events` records instead of producing a new
+    /// one (to compare runs on the same broker store).
+    #[arg(long)]
+    topic: Option<String>,
+    /// `archive`: only the archive pairs (bare consumer, archive), not the speed layer's.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// Where one run reads and writes: Kafka as `[source]` says, and a Redis per key prefix.
@@ -160,6 +167,19 @@ async fn archive(source: &SourceConfig, n: u64) -> anyhow::Result<f64> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let secs = started.elapsed().as_secs_f64();
+    // Reading vs committing: when the last record arrived, and when the state took it in.
+    let last = states
+        .load_all()
+        .await?
+        .iter()
+        .filter_map(|(_, s)| s.last_record_ms)
+        .max()
+        .unwrap_or(0);
+    let started_ms = chrono::Utc::now().timestamp_millis() - (secs * 1000.0) as i64;
+    eprintln!(
+        "archive: last record received at {:.2} s, committed at {secs:.2} s",
+        (last - started_ms) as f64 / 1000.0
+    );
     tx.send(true).ok();
     handle.await??;
     Ok(secs)
@@ -179,7 +199,7 @@ fn stats(v: &[f64]) -> serde_json::Value {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let topic = unique("bench-speed");
+    let topic = args.topic.clone().unwrap_or_else(|| unique("bench-speed"));
     let target = match args.mode.as_str() {
         "plain" | "cluster" => Target {
             source: source_for(&brokers()),
@@ -196,15 +216,17 @@ async fn main() -> anyhow::Result<()> {
     };
     let mut source = target.source.clone();
     source.topic = topic.clone();
-    create_topic_via(&source, &topic, args.partitions, false).await?;
-    let t = Instant::now();
-    produce(&source, args.events).await?;
-    eprintln!(
-        "produced {} events in {:.1}s ({} mode)",
-        args.events,
-        t.elapsed().as_secs_f64(),
-        args.mode
-    );
+    if args.topic.is_none() {
+        create_topic_via(&source, &topic, args.partitions, false).await?;
+        let t = Instant::now();
+        produce(&source, args.events).await?;
+        eprintln!(
+            "produced {} events in {:.1}s ({} mode)",
+            args.events,
+            t.elapsed().as_secs_f64(),
+            args.mode
+        );
+    }
     let out = if args.mode == "cluster" {
         cluster_runs(&args, &source).await?
     } else {
@@ -223,16 +245,19 @@ async fn broker_runs(
     let n = args.events;
     let (mut bare, mut speed, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let (mut bare2, mut arch, mut aratio) = (Vec::new(), Vec::new(), Vec::new());
+    let archive_only = args.only.as_deref() == Some("archive");
     for run in 0..args.runs {
-        let b = n as f64 / bare_consumer(source, n).await?;
-        let s = n as f64 / speed_layer(source, (target.redis)(&unique("bench")), n).await?;
-        eprintln!(
-            "run {run}: bare {b:.0}/s, speed-layer {s:.0}/s, ratio {:.2}",
-            s / b
-        );
-        bare.push(b);
-        speed.push(s);
-        ratio.push(s / b);
+        if !archive_only {
+            let b = n as f64 / bare_consumer(source, n).await?;
+            let s = n as f64 / speed_layer(source, (target.redis)(&unique("bench")), n).await?;
+            eprintln!(
+                "run {run}: bare {b:.0}/s, speed-layer {s:.0}/s, ratio {:.2}",
+                s / b
+            );
+            bare.push(b);
+            speed.push(s);
+            ratio.push(s / b);
+        }
         if args.mode != "plain" {
             continue;
         }

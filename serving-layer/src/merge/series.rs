@@ -12,7 +12,7 @@ use tributary_speed_layer::read::SpeedQuery;
 
 use super::{Prologue, prologue, too_many_groups};
 use crate::error::ApiError;
-use crate::points::{CachedPoints, RenderedPoint};
+use crate::points::{BatchPart, CachedPoints, RenderedPoint};
 use crate::query::SeriesParams;
 use crate::response::{GroupSeries, SeriesResponse, SourceCounts};
 use crate::sources::{SourceError, Sources};
@@ -51,41 +51,59 @@ pub async fn series(
     );
 
     // Batch side. A manifest version's buckets never change, so their rendered points are
-    // cached per version; a new manifest is a new cache key.
-    let mut batch = Rendered::new();
+    // cached per version; a new manifest is a new cache key. The part a query needs, grouped
+    // per output group, is kept whole too: a chart polled again reuses it as is.
+    let mut batch: Option<Arc<BatchPart>> = None;
     if let (Some(m), Some(first), Some(last)) =
         (&manifest, batch_buckets.first(), batch_buckets.last())
     {
         let version_shape = format!("batch|{}|{}|{shape}", m.version, m.run_id);
-        let cached = src.points.get_many(&version_shape, &batch_buckets);
-        if cached.iter().all(Option::is_some) {
-            for (b, groups) in batch_buckets.iter().zip(cached.into_iter().flatten()) {
-                add_cached(&mut batch, *b, &groups);
-            }
+        if let Some(part) = src.points.part(&version_shape, *first, *last) {
+            batch = Some(part);
         } else {
-            let q = BatchQuery {
-                granularity: g,
-                from_ms: *first,
-                to_ms: g.end(*last),
-                selection: p.selection(),
-            };
-            match src.batch.read(view, m, &q).await {
-                Ok(s) if s.len() > max_groups => {
-                    return Err(too_many_groups("group_by", s.len(), max_groups));
+            let mut rendered = Rendered::new();
+            let cached = src.points.get_many(&version_shape, &batch_buckets);
+            let mut complete = true;
+            if cached.iter().all(Option::is_some) {
+                for (b, groups) in batch_buckets.iter().zip(cached.into_iter().flatten()) {
+                    add_cached(&mut rendered, *b, &groups);
                 }
-                Ok(s) => render_into(
-                    src,
-                    (&version_shape, &batch_buckets),
-                    "batch",
-                    &time,
-                    &s,
-                    &mut batch,
-                )?,
-                Err(e) => {
-                    errors.push(format!("batch view unreadable: {e}"));
-                    unreadable.extend(&batch_buckets);
+            } else {
+                let q = BatchQuery {
+                    granularity: g,
+                    from_ms: *first,
+                    to_ms: g.end(*last),
+                    selection: p.selection(),
+                };
+                match src.batch.read(view, m, &q).await {
+                    Ok(s) if s.len() > max_groups => {
+                        return Err(too_many_groups("group_by", s.len(), max_groups));
+                    }
+                    Ok(s) => render_into(
+                        src,
+                        (&version_shape, &batch_buckets),
+                        "batch",
+                        &time,
+                        &s,
+                        &mut rendered,
+                    )?,
+                    Err(e) => {
+                        errors.push(format!("batch view unreadable: {e}"));
+                        unreadable.extend(&batch_buckets);
+                        complete = false;
+                    }
                 }
             }
+            let part: BatchPart = rendered
+                .into_iter()
+                .map(|(group, points)| (group, points.into_iter().collect()))
+                .collect();
+            let part = Arc::new(part);
+            if complete {
+                src.points
+                    .put_part(&version_shape, *first, *last, part.clone());
+            }
+            batch = Some(part);
         }
     }
 
@@ -160,6 +178,8 @@ pub async fn series(
         }
     }
 
+    let no_batch = BatchPart::new();
+    let batch: &BatchPart = batch.as_deref().unwrap_or(&no_batch);
     let mut groups: BTreeSet<Vec<Option<String>>> =
         batch.keys().chain(speed.keys()).cloned().collect();
     if groups.len() > max_groups {
@@ -183,11 +203,14 @@ pub async fn series(
     }
     let mut out = Vec::with_capacity(groups.len());
     for group in groups {
-        let mut points: BTreeMap<i64, RenderedPoint> = speed.remove(&group).unwrap_or_default();
-        points.extend(batch.remove(&group).unwrap_or_default());
+        // Speed points and gaps, then merged in bucket order with the batch ones (a gap wins
+        // over both, as a batch point over a speed one; they never share a bucket).
+        let mut later: BTreeMap<i64, RenderedPoint> = speed.remove(&group).unwrap_or_default();
         for (t, pt) in &gaps {
-            points.insert(*t, pt.clone());
+            later.insert(*t, pt.clone());
         }
+        let batch_points: &[(i64, RenderedPoint)] =
+            batch.get(&group).map(Vec::as_slice).unwrap_or_default();
         out.push(GroupSeries {
             group: p
                 .group_by
@@ -195,7 +218,7 @@ pub async fn series(
                 .zip(group.iter())
                 .map(|(d, v)| (view.dimensions[*d].name.clone(), v.clone()))
                 .collect(),
-            points: points.into_values().collect(),
+            points: merge_points(batch_points, later),
         });
     }
     let served = |bs: &[i64]| {
@@ -229,6 +252,26 @@ pub async fn series(
         unreadable: unreadable.into_iter().map(format_rfc3339).collect(),
         errors,
     })
+}
+
+/// One group's points in bucket order: the batch ones (already in order) merged with the
+/// others (speed points and gaps); a gap in a batch bucket (its read failed) wins.
+fn merge_points(
+    batch: &[(i64, RenderedPoint)],
+    mut others: BTreeMap<i64, RenderedPoint>,
+) -> Vec<RenderedPoint> {
+    let mut out = Vec::with_capacity(batch.len() + others.len());
+    for (t, point) in batch {
+        loop {
+            match others.first_entry() {
+                Some(e) if e.key() < t => out.push(e.remove()),
+                _ => break,
+            }
+        }
+        out.push(others.remove(t).unwrap_or_else(|| point.clone()));
+    }
+    out.extend(others.into_values());
+    out
 }
 
 /// One output group's point in one bucket.
@@ -276,4 +319,51 @@ fn render_into(
             .collect(),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: i64, source: &'static str) -> RenderedPoint {
+        RenderedPoint::new(&t.to_string(), source, true, &BTreeMap::new())
+            .unwrap_or_else(|e| panic!("{}", e.message))
+    }
+
+    fn sources(points: &[RenderedPoint]) -> Vec<String> {
+        points
+            .iter()
+            .map(|p| serde_json::to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn points_are_merged_in_bucket_order_and_a_gap_wins_over_a_batch_point() {
+        let batch = vec![
+            (1, point(1, "batch")),
+            (2, point(2, "batch")),
+            (4, point(4, "batch")),
+        ];
+        let others: BTreeMap<i64, RenderedPoint> = [
+            (0, point(0, "missing")),
+            (2, point(2, "unreadable")),
+            (3, point(3, "speed")),
+            (5, point(5, "speed")),
+        ]
+        .into_iter()
+        .collect();
+        let want = [
+            point(0, "missing"),
+            point(1, "batch"),
+            point(2, "unreadable"),
+            point(3, "speed"),
+            point(4, "batch"),
+            point(5, "speed"),
+        ];
+        assert_eq!(sources(&merge_points(&batch, others)), sources(&want));
+        assert_eq!(
+            sources(&merge_points(&[], BTreeMap::new())),
+            Vec::<String>::new()
+        );
+    }
 }
