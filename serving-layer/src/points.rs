@@ -82,15 +82,17 @@ pub struct PointCache {
 fn weight(key: &(Arc<str>, i64), points: &CachedPoints) -> u32 {
     let bytes: usize = points
         .iter()
-        .map(|(group, point)| {
-            64 + point.len()
-                + group
-                    .iter()
-                    .map(|v| 24 + v.as_ref().map_or(0, String::len))
-                    .sum::<usize>()
-        })
+        .map(|(group, point)| 64 + point.len() + group_weight(group))
         .sum();
     (bytes + key.0.len() + 96).min(u32::MAX as usize) as u32
+}
+
+/// Approximate memory of a group's labels.
+fn group_weight(group: &[Option<String>]) -> usize {
+    group
+        .iter()
+        .map(|v| 24 + v.as_ref().map_or(0, String::len))
+        .sum()
 }
 
 /// Approximate memory of an assembled part (as [`weight`]).
@@ -98,11 +100,7 @@ fn part_weight(key: &(Arc<str>, i64, i64), part: &Arc<BatchPart>) -> u32 {
     let bytes: usize = part
         .iter()
         .map(|(group, points)| {
-            64 + group
-                .iter()
-                .map(|v| 24 + v.as_ref().map_or(0, String::len))
-                .sum::<usize>()
-                + points.iter().map(|(_, p)| 32 + p.len()).sum::<usize>()
+            64 + group_weight(group) + points.iter().map(|(_, p)| 32 + p.len()).sum::<usize>()
         })
         .sum();
     (bytes + key.0.len() + 96).min(u32::MAX as usize) as u32

@@ -37,7 +37,7 @@ struct Args {
     #[arg(long)]
     topic: Option<String>,
     /// `archive`: only the archive pairs (bare consumer, archive), not the speed layer's.
-    #[arg(long)]
+    #[arg(long, value_parser = ["archive"])]
     only: Option<String>,
 }
 

@@ -203,8 +203,9 @@ pub async fn series(
     }
     let mut out = Vec::with_capacity(groups.len());
     for group in groups {
-        // Speed points and gaps, then merged in bucket order with the batch ones (a gap wins
-        // over both, as a batch point over a speed one; they never share a bucket).
+        // Speed points and gaps (a gap wins), then merged in bucket order with the batch ones
+        // (a gap wins there too: a batch bucket whose read failed; speed and batch buckets
+        // never overlap).
         let mut later: BTreeMap<i64, RenderedPoint> = speed.remove(&group).unwrap_or_default();
         for (t, pt) in &gaps {
             later.insert(*t, pt.clone());
