@@ -38,11 +38,20 @@ echo "[bench] speed layer engine alone: replay of $events generated events"
 target/release/tributary-gen --count "$events" --out "$work/events.jsonl" --span-secs 7200 2>/dev/null
 redis_url=${TRIBUTARY_TEST_REDIS:-redis://127.0.0.1:16379/0}
 redis_port=${redis_url#redis://127.0.0.1:}; redis_port=${redis_port%%/*}
-for i in $(seq "$runs"); do
-  # The shipped example config (its checkouts view), pointed at this run's Redis keys.
-  TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX="bench-replay-$$-$i" \
-  TRIBUTARY__SPEED__ALLOWED_LATENESS=48h TRIBUTARY__SPEED__FLUSH_MAX_EVENTS=100000 \
-  RUST_LOG=warn target/release/speed-layer --config infra/tributary.toml replay --file "$work/events.jsonl" >"$work/replay-$i.json"
+# Redis's own CPU seconds (main thread and helpers), read around each replay.
+redis_cpu() { redis-cli -u "$redis_url" info cpu | awk -F: '/^used_cpu_(user|sys):/ {s += $2} END {printf "%.3f", s}'; }
+for config in tributary heavy; do
+  # The shipped example config (its checkouts view), then bench/heavy.toml (every event,
+  # every aggregate kind, three granularities), pointed at this run's Redis keys.
+  file=$([ "$config" = tributary ] && echo infra/tributary.toml || echo bench/heavy.toml)
+  for i in $(seq "$runs"); do
+    before=$(redis_cpu)
+    TRIBUTARY__REDIS__URL="$redis_url" TRIBUTARY__REDIS__KEY_PREFIX="bench-replay-$$-$config-$i" \
+    TRIBUTARY__SPEED__ALLOWED_LATENESS=48h TRIBUTARY__SPEED__FLUSH_MAX_EVENTS=100000 \
+    RUST_LOG=warn target/release/speed-layer --config "$file" replay --file "$work/events.jsonl" >"$work/replay-$config-$i.json"
+    echo "$before $(redis_cpu)" >"$work/replay-$config-$i.redis-cpu"
+    echo "  run $i, $config: $(python3 -c "import json;d=json.load(open('$work/replay-$config-$i.json'));print(f\"{d['events_per_second']:,.0f} ev/s\")")"
+  done
 done
 
 echo "[bench] batch recompute of one day ($batch_events events) vs DuckDB over the same files"
@@ -155,7 +164,15 @@ broker = json.load(open(f"{work}/broker.json"))
 secure = json.load(open(f"{work}/secure.json"))
 cluster = json.load(open(f"{work}/cluster.json"))
 scale = json.load(open(f"{work}/scale.json"))
-replay = [json.load(open(f"{work}/replay-{i}.json"))["events_per_second"] for i in range(1, runs + 1)]
+def replay_runs(config):
+    out = []
+    for i in range(1, runs + 1):
+        r = json.load(open(f"{work}/replay-{config}-{i}.json"))
+        before, after = map(float, open(f"{work}/replay-{config}-{i}.redis-cpu").read().split())
+        out.append((r["events_per_second"], (after - before) / r["lines"] * 1e6))
+    return out
+replay_shipped, replay_heavy = replay_runs("tributary"), replay_runs("heavy")
+replay = [r[0] for r in replay_shipped]
 def stats(v):
     s = sorted(v)
     return {"median": statistics.median(s), "min": s[0], "max": s[-1], "runs": v}
@@ -193,6 +210,9 @@ result = {
     "speed_secure_sasl_ssl_tls_redis": secure,
     "speed_redis_cluster_vs_single": cluster,
     "speed_replay_events_per_sec": stats(replay),
+    "speed_replay_redis_cpu_seconds_per_million": stats([r[1] for r in replay_shipped]),
+    "speed_replay_heavy_events_per_sec": stats([r[0] for r in replay_heavy]),
+    "speed_replay_heavy_redis_cpu_seconds_per_million": stats([r[1] for r in replay_heavy]),
     "archive_through_broker": broker.get("archive"),
     "batch_one_day": {
         "events": batch_events,
@@ -231,30 +251,35 @@ result = {
 }
 os.makedirs("bench/results", exist_ok=True)
 json.dump(result, open("bench/results/latest.json", "w"), indent=2)
+def row(name, d, fmt):
+    return (name, fmt.format(d["median"]), fmt.format(d["min"]) + "-" + fmt.format(d["max"]))
 b, s, r = broker["bare_consumer_events_per_sec"], broker["speed_layer_events_per_sec"], broker["ratio_speed_to_bare"]
 rows = [
     ("bare rdkafka consumer (peer)", f"{b['median']:,.0f} ev/s", f"{b['min']:,.0f}-{b['max']:,.0f}"),
     ("speed-layer run, through Tansu", f"{s['median']:,.0f} ev/s", f"{s['min']:,.0f}-{s['max']:,.0f}"),
-    ("  ratio to bare consumer (target >= 0.8)", f"{r['median']:.2f}x", f"{r['min']:.2f}-{r['max']:.2f}"),
+    ("  ratio to bare consumer (target >= 0.95)", f"{r['median']:.2f}x", f"{r['min']:.2f}-{r['max']:.2f}"),
     ("bare consumer over SASL_SSL (peer)", f"{secure['bare_consumer_events_per_sec']['median']:,.0f} ev/s", f"{secure['bare_consumer_events_per_sec']['min']:,.0f}-{secure['bare_consumer_events_per_sec']['max']:,.0f}"),
     ("speed-layer run, SASL_SSL Kafka + TLS/ACL Redis", f"{secure['speed_layer_events_per_sec']['median']:,.0f} ev/s", f"{secure['speed_layer_events_per_sec']['min']:,.0f}-{secure['speed_layer_events_per_sec']['max']:,.0f}"),
     ("  ratio to bare consumer (target >= 0.9)", f"{secure['ratio_speed_to_bare']['median']:.2f}x", f"{secure['ratio_speed_to_bare']['min']:.2f}-{secure['ratio_speed_to_bare']['max']:.2f}"),
     ("speed-layer run, single Redis (peer)", f"{cluster['single_redis_events_per_sec']['median']:,.0f} ev/s", f"{cluster['single_redis_events_per_sec']['min']:,.0f}-{cluster['single_redis_events_per_sec']['max']:,.0f}"),
     ("speed-layer run, 3-master Redis Cluster", f"{cluster['redis_cluster_events_per_sec']['median']:,.0f} ev/s", f"{cluster['redis_cluster_events_per_sec']['min']:,.0f}-{cluster['redis_cluster_events_per_sec']['max']:,.0f}"),
     ("  ratio cluster / single", f"{cluster['ratio_cluster_to_single']['median']:.2f}x", f"{cluster['ratio_cluster_to_single']['min']:.2f}-{cluster['ratio_cluster_to_single']['max']:.2f}"),
-    ("speed-layer replay, engine alone (target >= 300k)", f"{statistics.median(replay):,.0f} ev/s", f"{min(replay):,.0f}-{max(replay):,.0f}"),
+    ("speed-layer replay, engine alone (target >= 1M)", f"{statistics.median(replay):,.0f} ev/s", f"{min(replay):,.0f}-{max(replay):,.0f}"),
+]
+rows += [
+    row("  Redis CPU per million events (s)", result["speed_replay_redis_cpu_seconds_per_million"], "{:.2f}"),
+    row("speed-layer replay, heavy view (bench/heavy.toml)", result["speed_replay_heavy_events_per_sec"], "{:,.0f} ev/s"),
+    row("  Redis CPU per million events (s)", result["speed_replay_heavy_redis_cpu_seconds_per_million"], "{:.2f}"),
 ]
 a = broker.get("archive")
 if a:
     rows += [
         ("bare rdkafka consumer (peer, archive runs)", f"{a['bare_consumer_events_per_sec']['median']:,.0f} ev/s", f"{a['bare_consumer_events_per_sec']['min']:,.0f}-{a['bare_consumer_events_per_sec']['max']:,.0f}"),
         ("batch-layer archive, through Tansu", f"{a['archive_events_per_sec']['median']:,.0f} ev/s", f"{a['archive_events_per_sec']['min']:,.0f}-{a['archive_events_per_sec']['max']:,.0f}"),
-        ("  ratio to bare consumer (target >= 0.8)", f"{a['ratio_archive_to_bare']['median']:.2f}x", f"{a['ratio_archive_to_bare']['min']:.2f}-{a['ratio_archive_to_bare']['max']:.2f}"),
+        ("  ratio to bare consumer (target >= 0.95)", f"{a['ratio_archive_to_bare']['median']:.2f}x", f"{a['ratio_archive_to_bare']['min']:.2f}-{a['ratio_archive_to_bare']['max']:.2f}"),
     ]
 bd = result["batch_one_day"]
 sv = result["serving_series_64_clients"]
-def row(name, d, fmt):
-    return (name, fmt.format(d["median"]), fmt.format(d["min"]) + "-" + fmt.format(d["max"]))
 rows += [
     row(f"batch-layer run, one day of {batch_events:,} events (s)", bd["batch_seconds"], "{:.2f}"),
     row("DuckDB, same aggregates, same files (peer, s)", bd["duckdb_seconds"], "{:.2f}"),
@@ -280,12 +305,12 @@ rows += [
     ("  peak memory per executor (MiB)", " / ".join(f"{p:.0f}" for p in scale["ballista_executor_peak_mib"]), ""),
     row("serving series, 64 clients (req/s)", sv["requests_per_sec"], "{:,.0f}"),
     row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
-    row("  p99 (ms, target < 20)", sv["p99_ms"], "{:.2f}"),
+    row("  p99 (ms, target <= 5)", sv["p99_ms"], "{:.2f}"),
     row("  same query with as_of, p99 (ms)", sv["as_of_p99_ms"], "{:.2f}"),
     row("  ratio as_of / plain p99 (target <= 2.0)", sv["ratio_as_of_to_plain_p99"], "{:.2f}"),
     row("redis-benchmark -P 1 GET, 64 clients (peer, req/s)", sv["redis_benchmark_get_rps"], "{:,.0f}"),
-    row("freshness p50, produce to visible in series (ms)", result["freshness_ms"]["p50"], "{:.0f}"),
-    row("freshness p99 (ms, target < 1000)", result["freshness_ms"]["p99"], "{:.0f}"),
+    row("freshness p50, produce to visible in series (ms, target <= 50)", result["freshness_ms"]["p50"], "{:.0f}"),
+    row("freshness p99 (ms, target <= 100)", result["freshness_ms"]["p99"], "{:.0f}"),
 ]
 print(f"\n{'figure':<52} {'median':>16} {'min-max':>24}")
 for name, med, rng in rows:

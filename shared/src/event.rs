@@ -5,7 +5,6 @@
 //! undeclared fields without building them, because this is the hot path of both consumers.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -166,7 +165,7 @@ pub struct Event<'a> {
 #[derive(Debug, Clone)]
 pub struct EventSchema {
     fields: Vec<(String, FieldType)>,
-    index: HashMap<String, usize>,
+    index: foldhash::HashMap<String, usize>,
 }
 
 impl EventSchema {

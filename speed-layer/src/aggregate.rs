@@ -4,15 +4,16 @@
 //! Aggregates are kept per numeric *field* (sum, count of values, min, max), and one distinct
 //! set and one quantile sketch per field, so several measures on one field share storage.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+mod buffer;
 
+use std::collections::{BTreeSet, HashMap};
+
+use tributary_shared::Event;
 use tributary_shared::config::AggKind;
 use tributary_shared::event::{EventError, EventSchema, check_future_skew};
-use tributary_shared::layout::push_json_string;
-use tributary_shared::sketch::SketchBucket;
-use tributary_shared::view::{FieldRef, ViewPlan, field_f64, write_field_text};
-use tributary_shared::{Event, Granularity};
+use tributary_shared::view::{FieldRef, ViewPlan};
 
+pub use self::buffer::{Cell, NumAcc, Scratch, ViewBuffer, accumulate};
 use crate::dedup::id_hash;
 use crate::watermark::{PartitionProgress, Stored};
 
@@ -50,58 +51,6 @@ impl ViewInputs {
         }
         inputs
     }
-}
-
-/// Sum, count, min and max of one numeric field.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct NumAcc {
-    pub sum: f64,
-    pub n: u64,
-    pub min: f64,
-    pub max: f64,
-}
-
-impl Default for NumAcc {
-    fn default() -> Self {
-        NumAcc {
-            sum: 0.0,
-            n: 0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-        }
-    }
-}
-
-impl NumAcc {
-    fn add(&mut self, x: f64) {
-        self.sum += x;
-        self.n += 1;
-        self.min = self.min.min(x);
-        self.max = self.max.max(x);
-    }
-}
-
-/// Pre-aggregated state of one (granularity, bucket, group) since the last flush.
-#[derive(Debug, Clone, Default)]
-pub struct Cell {
-    pub count: u64,
-    pub numeric: Vec<NumAcc>,
-    pub distinct: Vec<HashSet<Box<str>>>,
-    pub sketches: Vec<HashMap<SketchBucket, u64>>,
-}
-
-/// Everything one view accumulated since the last flush.
-#[derive(Debug, Default)]
-pub struct ViewBuffer {
-    group_ids: HashMap<String, u32>,
-    /// Encoded groups (see `layout::encode_group`), by id.
-    pub groups: Vec<String>,
-    /// (granularity, bucket start ms, group id) → cell.
-    pub cells: HashMap<(Granularity, i64, u32), Cell>,
-    pub applied: u64,
-    pub late_dropped: u64,
-    /// Producer duplicates filtered out.
-    pub duplicates: u64,
 }
 
 /// One view's share of a flush: its cells and the offsets they bring it to.
@@ -153,8 +102,9 @@ pub struct Pipeline {
     buffers: Vec<ViewBuffer>,
     touched: BTreeSet<i32>,
     records: usize,
-    group: String,
-    text: String,
+    /// Reused by `process`: the views an event goes to, and `accumulate`'s strings.
+    accepted: Vec<usize>,
+    scratch: Scratch,
 }
 
 impl Pipeline {
@@ -178,8 +128,8 @@ impl Pipeline {
             buffers,
             touched: BTreeSet::new(),
             records: 0,
-            group: String::with_capacity(64),
-            text: String::with_capacity(64),
+            accepted: Vec::new(),
+            scratch: Scratch::default(),
         }
     }
 
@@ -234,13 +184,48 @@ impl Pipeline {
 
     /// Feeds one record.
     pub fn process(&mut self, partition: i32, offset: i64, payload: &[u8], now_ms: i64) -> Outcome {
+        if !self.take_offset(partition, offset) {
+            return Outcome::AlreadyApplied;
+        }
+        let event = match self.schema.parse(payload) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Invalid(e),
+        };
+        let mut accepted = std::mem::take(&mut self.accepted);
+        let outcome = match self.admit(partition, offset, &event, now_ms, &mut accepted) {
+            Ok(()) => {
+                for &vi in &accepted {
+                    accumulate(
+                        &self.views[vi],
+                        &self.inputs[vi],
+                        &mut self.buffers[vi],
+                        &event,
+                        &mut self.scratch,
+                    );
+                }
+                Outcome::Processed
+            }
+            Err(e) => Outcome::Invalid(e),
+        };
+        self.accepted = accepted;
+        outcome
+    }
+
+    /// The event schema records are parsed with (parsing is pure: see [`Pipeline::admit`]).
+    pub fn schema(&self) -> &EventSchema {
+        &self.schema
+    }
+
+    /// The first step of [`Pipeline::process`]: counts the record and moves its partition's
+    /// position; false when every view already applied this offset (a replay after a crash).
+    pub fn take_offset(&mut self, partition: i32, offset: i64) -> bool {
         let nviews = self.views.len();
         let progress = self
             .partitions
             .entry(partition)
             .or_insert_with(|| PartitionProgress::new(vec![None; nviews]));
         if progress.views.iter().all(|v| offset < v.skip_below) {
-            return Outcome::AlreadyApplied;
+            return false;
         }
         progress.next_offset = Some(
             progress
@@ -249,14 +234,27 @@ impl Pipeline {
         );
         self.touched.insert(partition);
         self.records += 1;
+        true
+    }
 
-        let event = match self.schema.parse(payload) {
-            Ok(e) => e,
-            Err(e) => return Outcome::Invalid(e),
+    /// The ordered step of [`Pipeline::process`] after parsing: the time-skew check, then per
+    /// view the watermark, the filter, lateness and duplicates. Fills `accepted` with the views
+    /// the event is to be [`accumulate`]d into (and counts it applied there); `process` does
+    /// that at once, `replay` on several threads into [`ViewBuffer`]s of their own.
+    pub fn admit(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        event: &Event<'_>,
+        now_ms: i64,
+        accepted: &mut Vec<usize>,
+    ) -> Result<(), EventError> {
+        accepted.clear();
+        check_future_skew(event, now_ms, self.max_future_skew_ms)?;
+        let Some(progress) = self.partitions.get_mut(&partition) else {
+            // `take_offset` creates it; a caller that skipped it admits nothing.
+            return Ok(());
         };
-        if let Err(e) = check_future_skew(&event, now_ms, self.max_future_skew_ms) {
-            return Outcome::Invalid(e);
-        }
         let mut id = None;
         for (vi, view) in self.views.iter().enumerate() {
             let vp = &mut progress.views[vi];
@@ -265,7 +263,7 @@ impl Pipeline {
             }
             let late = event.event_time_ms < vp.watermark(self.allowed_lateness_ms);
             vp.max_event_time_ms = vp.max_event_time_ms.max(event.event_time_ms);
-            if !view.matches(&event) {
+            if !view.matches(event) {
                 continue;
             }
             let buffer = &mut self.buffers[vi];
@@ -284,16 +282,16 @@ impl Pipeline {
                 }
             }
             buffer.applied += 1;
-            accumulate(
-                view,
-                &self.inputs[vi],
-                buffer,
-                &event,
-                &mut self.group,
-                &mut self.text,
-            );
+            accepted.push(vi);
         }
-        Outcome::Processed
+        Ok(())
+    }
+
+    /// Adds what other threads accumulated (see [`Pipeline::admit`]) to the next flush.
+    pub fn absorb(&mut self, buffers: &mut [ViewBuffer]) {
+        for (mine, theirs) in self.buffers.iter_mut().zip(buffers) {
+            mine.absorb(std::mem::take(theirs));
+        }
     }
 
     /// Hands over everything buffered, with the offsets each view moves to; `None` when
@@ -357,67 +355,5 @@ impl Pipeline {
     }
 }
 
-fn accumulate(
-    view: &ViewPlan,
-    inputs: &ViewInputs,
-    buffer: &mut ViewBuffer,
-    event: &Event<'_>,
-    group: &mut String,
-    text: &mut String,
-) {
-    group.clear();
-    group.push('[');
-    for i in 0..view.dimensions.len() {
-        if i > 0 {
-            group.push(',');
-        }
-        text.clear();
-        if view.write_dimension(i, event, text) {
-            push_json_string(group, text);
-        } else {
-            group.push_str("null");
-        }
-    }
-    group.push(']');
-    let gid = match buffer.group_ids.get(group.as_str()) {
-        Some(id) => *id,
-        None => {
-            let id = buffer.groups.len() as u32;
-            buffer.groups.push(group.clone());
-            buffer.group_ids.insert(group.clone(), id);
-            id
-        }
-    };
-    for g in &view.granularities {
-        let bucket = g.floor(event.event_time_ms);
-        let cell = buffer
-            .cells
-            .entry((*g, bucket, gid))
-            .or_insert_with(|| Cell {
-                count: 0,
-                numeric: vec![NumAcc::default(); inputs.numeric.len()],
-                distinct: vec![HashSet::new(); inputs.distinct.len()],
-                sketches: vec![HashMap::new(); inputs.quantile.len()],
-            });
-        cell.count += 1;
-        for (i, (_, field)) in inputs.numeric.iter().enumerate() {
-            if let Some(x) = field_f64(event, *field) {
-                cell.numeric[i].add(x);
-            }
-        }
-        for (i, (_, field)) in inputs.distinct.iter().enumerate() {
-            text.clear();
-            if write_field_text(event, *field, text) && !cell.distinct[i].contains(text.as_str()) {
-                cell.distinct[i].insert(text.as_str().into());
-            }
-        }
-        for (i, (_, field)) in inputs.quantile.iter().enumerate() {
-            if let Some(b) = field_f64(event, *field).and_then(SketchBucket::of) {
-                *cell.sketches[i].entry(b).or_insert(0) += 1;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -30,6 +30,8 @@ pub(super) struct PartitionBuf {
     pub(super) rows: usize,
     pub(super) invalid: u64,
     pub(super) dirty: bool,
+    /// Read to the broker's end (no record since the last end-of-partition event).
+    pub(super) at_end: bool,
 }
 
 /// Fault injection for tests: `TRIBUTARY_CRASH_AT=archive_before_state` exits after the data
@@ -191,6 +193,7 @@ impl Archiver {
                 rows: 0,
                 invalid: 0,
                 dirty: false,
+                at_end: false,
             },
         );
         Ok(())

@@ -1,4 +1,4 @@
-use tributary_shared::Config;
+use tributary_shared::{Config, Granularity};
 
 use super::*;
 
@@ -30,10 +30,11 @@ granularities = ["minute"]
 measures = [{ name = "events", agg = "count" }]
 "#;
 
-const MIN: i64 = 60_000;
+pub(crate) const MIN: i64 = 60_000;
 const LATENESS: i64 = 5 * MIN;
 
-fn pipeline() -> Pipeline {
+/// Also the replay tests' pipeline.
+pub(crate) fn pipeline() -> Pipeline {
     let config = Config::from_toml_str_with_env(CONFIG, "test", Vec::new()).expect("valid config");
     let schema = EventSchema::from_config(&config);
     let views = ViewPlan::compile_all(&config, &schema).expect("plan");
