@@ -251,6 +251,10 @@ impl Pipeline {
     ) -> Result<(), EventError> {
         accepted.clear();
         check_future_skew(event, now_ms, self.max_future_skew_ms)?;
+        debug_assert!(
+            self.partitions.contains_key(&partition),
+            "admit before take_offset"
+        );
         let Some(progress) = self.partitions.get_mut(&partition) else {
             // `take_offset` creates it; a caller that skipped it admits nothing.
             return Ok(());

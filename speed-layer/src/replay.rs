@@ -180,7 +180,9 @@ impl Chunk {
 /// (in order, on this thread: watermarks, lateness and duplicates depend on the order of the
 /// input), accumulate (in parallel, each thread into buffers of its own, absorbed by the
 /// pipeline before a flush). The result equals feeding the lines to `Pipeline::process` one
-/// by one.
+/// by one, up to the rounding of float sums added in per-thread parts (as flushes already
+/// add them in parts in Redis). A flush is checked for at chunk ends, so it may hold up to
+/// a chunk more than `speed.flush_max_events`.
 struct ChunkRun<'a> {
     pipeline: &'a mut Pipeline,
     summary: &'a mut ReplaySummary,
