@@ -100,32 +100,42 @@ BENCH_SCALE_EVENTS=${BENCH_SCALE_EVENTS:-$([ "$quick" = 1 ] && echo 5000000 || e
 
 echo "[bench] serving: series over 24 hourly buckets, group_by country, 64 clients, next to redis-benchmark"
 # A day of events through the real speed layer (its watermark seals the older buckets) and the
-# real archive + one batch run (so the settled hours come from the batch view, the newest from
-# Redis: what a dashboard's 24-hour chart reads).
+# real archive + one batch run, then the last one and a half hours through the speed layer only:
+# the 24-hour chart a dashboard reads an hour after the last batch run, 22 settled hours from
+# the batch view and the previous and current hours from Redis (issue 16's shape).
 serve_prefix=bench-serve-$$
 serve_topic=bench-serve-$$
 serve_store=$work/serve-store
 mkdir -p "$serve_store"
+now_s=$(date -u +%s)
+cut_ago=$((now_s - now_s / 3600 * 3600 + 1800))   # half an hour before the current hour began
+settled_count=$((300000 * (86400 - cut_ago) / 86400))
 target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" --create-partitions 4 \
-  --count 300000 --span-secs 86400 --seed 7 2>/dev/null
+  --count "$settled_count" --span-secs $((86400 - cut_ago)) --end-secs-ago "$cut_ago" --seed 7 2>/dev/null
 serve_env=(TRIBUTARY__SOURCE__BROKERS="$TRIBUTARY_TEST_BROKERS" TRIBUTARY__SOURCE__TOPIC=$serve_topic
   TRIBUTARY__SOURCE__GROUP_PREFIX=$serve_prefix TRIBUTARY__REDIS__URL="$redis_url"
   TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__STORE__URL="file://$serve_store"
   TRIBUTARY__SPEED__METRICS_LISTEN=127.0.0.1:0 TRIBUTARY__BATCH__METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn)
-env "${serve_env[@]}" target/release/speed-layer --config infra/tributary.toml run &
-speed_pid=$!
-env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive &
-archive_pid=$!
-for _ in $(seq 300); do
-  applied=$(redis-cli -u "$redis_url" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
-    awk -F: '{s += $1} END {print s + 0}')
-  archived=$(python3 -c 'import glob, json, sys
+# Runs the speed layer (and the archive, with `archive`) until both have read `$1` records.
+serve_read() {
+  env "${serve_env[@]}" target/release/speed-layer --config infra/tributary.toml run &
+  local pids=($!)
+  [ "${2:-}" = archive ] && { env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive & pids+=($!); }
+  for _ in $(seq 300); do
+    applied=$(redis-cli -u "$redis_url" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
+      awk -F: '{s += $1} END {print s + 0}')
+    archived=$(python3 -c 'import glob, json, sys
 print(sum(json.load(open(f))["committed_offset"] for f in glob.glob(sys.argv[1] + "/master/*/_state/p*.json")))' "$serve_store")
-  [ "$applied" -ge 300000 ] && [ "$archived" -ge 300000 ] && break
-  sleep 1
-done
-kill "$speed_pid" "$archive_pid"; wait "$speed_pid" "$archive_pid" 2>/dev/null || true
+    [ "$applied" -ge "$1" ] && { [ "${2:-}" != archive ] || [ "$archived" -ge "$1" ]; } && break
+    sleep 1
+  done
+  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
+}
+serve_read "$settled_count" archive
 env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml run >/dev/null
+target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" \
+  --count $((300000 - settled_count)) --span-secs "$cut_ago" --seed 8 2>/dev/null
+serve_read 300000
 serve_port=${BENCH_SERVE_PORT:-18080}
 env "${serve_env[@]}" TRIBUTARY__SERVING__LISTEN=127.0.0.1:$serve_port \
   target/release/serving-layer --config infra/tributary.toml serve &
@@ -133,18 +143,23 @@ serve_pid=$!
 trap 'kill $serve_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$serve_port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
 # The 24 hours up to the end of the current one: the settled hours from the batch view, the
-# newest from the speed layer (the current hour still open, read from Redis every time).
+# two newest from the speed layer (the current hour still open, read from Redis every time).
 to=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)
 from=$(date -u -d '-23 hours' +%Y-%m-%dT%H:00:00Z)
 url="http://127.0.0.1:$serve_port/v1/views/checkouts/series?measures=events,revenue,buyers&granularity=hour&group_by=country&from=$from&to=$to"
 curl -fsS "$url" | python3 -c 'import json, sys
 d = json.load(sys.stdin)
-print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))'
+print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))
+json.dump(d["buckets"], open(sys.argv[1], "w"))' "$work/serve-mix.json"
+# The server's CPU seconds (user + system), read around each plain run.
+server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$serve_pid/stat"; }
 # The same query as the batch views stood a moment ago (as_of: the manifest then, no Redis).
 as_of_url="$url&as_of=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 curl -fsS "$as_of_url" >/dev/null || { echo "[bench] the as_of query fails: $as_of_url" >&2; exit 1; }
 for i in $(seq "$runs"); do
+  before=$(server_cpu)
   target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
+  echo "$before $(server_cpu)" >"$work/serve-cpu-$i"
   target/release/bench-serve --url "$as_of_url" --clients 64 --seconds "$serve_seconds" >"$work/serve-asof-$i.json"
   redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
   echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / as_of $(python3 -c "import json;d=json.load(open('$work/serve-asof-$i.json'));print(f\"p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s"
@@ -197,6 +212,10 @@ def ledger_line(i):
 ledger_lines = [ledger_line(i) for i in range(1, runs + 1)]
 serve_as_of = [json.load(open(f"{work}/serve-asof-{i}.json")) for i in range(1, runs + 1)]
 serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
+def cpu_per_request(i):
+    before, after = map(float, open(f"{work}/serve-cpu-{i}").read().split())
+    return (after - before) / max(serve[i - 1]["requests"], 1) * 1e6
+serve_cpu_us = [cpu_per_request(i) for i in range(1, runs + 1)]
 def redis_row(i):
     cols = [c.strip('"') for c in open(f"{work}/redis-{i}.csv").read().strip().split(",")]
     return {"rps": float(cols[1]), "p50_ms": float(cols[4]), "p99_ms": float(cols[6])}
@@ -237,7 +256,9 @@ result = {
         "p99": stats([f["p99_ms"] for f in fresh]),
     },
     "serving_series_64_clients": {
+        "buckets_by_source": json.load(open(f"{work}/serve-mix.json")),
         "requests_per_sec": stats([s["requests_per_sec"] for s in serve]),
+        "server_cpu_us_per_request": stats(serve_cpu_us),
         "p50_ms": stats([s["p50_ms"] for s in serve]),
         "p99_ms": stats([s["p99_ms"] for s in serve]),
         "errors": sum(s["errors"] for s in serve),
@@ -288,7 +309,7 @@ rows += [
     row("  peak memory DuckDB (MiB)", bd["duckdb_peak_mib"], "{:.0f}"),
     row("batch-layer run, same day, speed side in Redis (s)", result["ledger_one_day"]["batch_with_ledger_seconds"], "{:.2f}"),
     row("  ratio with / without the ledger (target <= 1.10)", result["ledger_one_day"]["ratio_with_to_without"], "{:.2f}"),
-    row("  the ledger's own time (s)", result["ledger_one_day"]["ledger_own_seconds"], "{:.2f}"),
+    row("  the ledger's time after the dates are computed (s)", result["ledger_one_day"]["ledger_own_seconds"], "{:.2f}"),
     row(f"batch-layer run, {scale['events']:,} events, memory_limit {scale['memory_limit']} (s)", scale["local_seconds"], "{:.1f}"),
     row("  peak memory batch-layer (MiB, target <= 2560)", scale["local_peak_mib"], "{:.0f}"),
 ]
@@ -303,7 +324,9 @@ rows += [
     row("same day on Ballista, scheduler + 2 executors (s)", scale["ballista_seconds"], "{:.1f}"),
     row("  ratio Ballista / local engine", scale["ratio_ballista_to_local"], "{:.2f}"),
     ("  peak memory per executor (MiB)", " / ".join(f"{p:.0f}" for p in scale["ballista_executor_peak_mib"]), ""),
-    row("serving series, 64 clients (req/s)", sv["requests_per_sec"], "{:,.0f}"),
+    (f"serving series, 64 clients, buckets {sv['buckets_by_source']}", "", ""),
+    row("  req/s", sv["requests_per_sec"], "{:,.0f}"),
+    row("  server CPU per request (us)", sv["server_cpu_us_per_request"], "{:.0f}"),
     row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
     row("  p99 (ms, target <= 5)", sv["p99_ms"], "{:.2f}"),
     row("  same query with as_of, p99 (ms)", sv["as_of_p99_ms"], "{:.2f}"),

@@ -9,6 +9,10 @@
 //! cannot be read lands its views without the ledger rows (logged). A bucket is compared only
 //! once the speed layer has sealed it (its watermark is past the bucket), so a speed layer
 //! that is merely behind is never recorded as wrong.
+//!
+//! Two steps: [`read_speed`] reads the speed side, which depends only on the horizon the run
+//! will land and on Redis, while the engine computes the view's dates (`speed.rs`);
+//! [`Settle::run`] then reads the batch side from the files just written, compares and writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,20 +23,20 @@ use futures::StreamExt;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_shared::bucket::date_string;
 use tributary_shared::config::AggKind;
-use tributary_shared::layout::{RedisKeys, paths};
-use tributary_shared::redis_client::RedisClient;
+use tributary_shared::layout::paths;
 use tributary_shared::selection::Selection;
 use tributary_shared::series::Series;
-use tributary_shared::{Config, Granularity, ViewPlan};
-use tributary_speed_layer::read::{SpeedQuery, read_view_state, read_with_totals};
+use tributary_shared::{Granularity, ViewPlan};
 
 use crate::manifest::{Manifest, ViewFile};
 use crate::metrics::BatchMetrics;
 use crate::read::{BatchQuery, BatchReader};
 
 mod file;
+mod speed;
 
 pub use file::{decode, encode};
+pub use speed::{SpeedSide, read_speed};
 
 /// Redis's HyperLogLog (16,384 registers): its standard error, 1.04 / √16384.
 pub const HLL_STANDARD_ERROR: f64 = 0.008125;
@@ -41,21 +45,8 @@ pub const HLL_STANDARD_ERROR: f64 = 0.008125;
 /// order, the batch rounds the exact sum once; they differ in the last bits only.
 const FLOAT_TOLERANCE: f64 = 1e-9;
 
-/// Buckets read from each layer at once (four hours of minutes).
-const CHUNK: usize = 240;
-
-/// Chunks read at once, each on its own Redis connection.
-const READERS: usize = 2;
-
-/// One chunk of buckets read from both layers: (totals, finest grouping set) each.
-struct ChunkRead {
-    granularity: Granularity,
-    buckets: Vec<i64>,
-    speed: (Series, Series),
-    batch: (Series, Series),
-    speed_time: Duration,
-    batch_time: Duration,
-}
+/// Chunks of buckets read from the batch view at once.
+const BATCH_READERS: usize = 2;
 
 /// One settled bucket's comparison for one measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +81,8 @@ pub enum LedgerError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    #[error("the speed side's read stopped: {0}")]
+    Task(String),
     #[error("ledger file {path}: {what}")]
     Layout { path: String, what: String },
 }
@@ -160,53 +153,26 @@ pub fn buckets_to_settle(
 
 /// What a view's settlement reads and writes.
 pub struct Settle<'a> {
-    pub config: &'a Config,
     pub store: &'a Arc<dyn ObjectStore>,
     pub plan: &'a ViewPlan,
     /// The version about to land (its files are written).
     pub manifest: &'a Manifest,
-    pub previous_horizon: Option<i64>,
     pub run_id: &'a str,
     pub now_ms: i64,
     pub metrics: &'a BatchMetrics,
 }
 
 impl Settle<'_> {
-    /// Compares the buckets this version settles and writes their ledger files; returns them
-    /// by date. Nothing to compare (no horizon, speed state absent or rebuilding): none.
-    pub async fn run(&self) -> Result<Vec<(String, ViewFile)>, LedgerError> {
-        let Some(horizon) = self.manifest.horizon_ms else {
-            return Ok(Vec::new());
-        };
-        let started = std::time::Instant::now();
-        let config = self.config;
-        let keys = RedisKeys::new(config.redis.key_prefix.clone());
-        let client =
-            RedisClient::new(&config.redis).map_err(|e| LedgerError::Redis(e.to_string()))?;
-        let mut con = tokio::time::timeout(Duration::from_secs(5), client.connect())
-            .await
-            .map_err(|_| LedgerError::Redis("connect timed out".into()))?
-            .map_err(|e| LedgerError::Redis(e.to_string()))?;
-        let name = &self.plan.name;
-        let state = read_view_state(&mut con, &keys, &config.source.topic, name)
-            .await
-            .map_err(|e| LedgerError::Redis(e.to_string()))?;
-        if !state.serving() {
-            tracing::info!(view = %name, "accuracy ledger: the speed layer holds no state for the view (absent or rebuilding); nothing compared");
+    /// Compares the buckets of `speed` with the batch's values in the version about to land
+    /// and writes their ledger files; returns them by date. A speed side read for another
+    /// horizon than the manifest's compares nothing.
+    pub async fn run(&self, speed: SpeedSide) -> Result<Vec<(String, ViewFile)>, LedgerError> {
+        if self.manifest.horizon_ms != Some(speed.horizon) {
+            tracing::warn!(view = %self.plan.name, "accuracy ledger: the speed side was read for another horizon; nothing compared");
             return Ok(Vec::new());
         }
-        let lateness = config.speed.allowed_lateness.as_millis() as i64;
-        let Some(watermark) = state.watermark(lateness) else {
-            return Ok(Vec::new());
-        };
-        let todo = buckets_to_settle(
-            self.plan,
-            self.previous_horizon,
-            horizon,
-            watermark,
-            config.speed.retention.as_millis() as i64,
-            self.now_ms,
-        );
+        let started = std::time::Instant::now();
+        let name = &self.plan.name;
         let reader = BatchReader::new(self.store.clone(), Duration::ZERO);
         let measures: Vec<usize> = (0..self.plan.measures.len()).collect();
         let totals = Selection {
@@ -219,85 +185,44 @@ impl Settle<'_> {
             group_by: (0..self.plan.dimensions.len()).collect(),
             measures,
         };
-        // Chunks read READERS at a time, each reader on a connection of its own: Redis
-        // answers one while this process decodes another (replies are decoded by each
-        // connection's own task), on different cores.
-        let mut cons = vec![con];
-        for _ in 1..READERS {
-            cons.push(
-                client
-                    .connect()
-                    .await
-                    .map_err(|e| LedgerError::Redis(e.to_string()))?,
-            );
-        }
-        let jobs: Vec<(Granularity, Vec<i64>)> = todo
-            .iter()
-            .flat_map(|(g, buckets)| buckets.chunks(CHUNK).map(|c| (*g, c.to_vec())))
-            .collect();
-        let (keys, reader, state) = (&keys, &reader, &state);
-        let (totals, finest) = (&totals, &finest);
-        let mut reads = futures::stream::iter(jobs.into_iter().enumerate())
-            .map(|(i, (g, chunk))| {
-                let mut con = cons[i % cons.len()].clone();
-                async move {
-                    let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
-                        return Ok(None);
-                    };
-                    let (from_ms, to_ms) = (*first, g.end(*last));
-                    // The speed side in one read of the finest cells, totals merged from
-                    // them; the batch side from its own totals and finest grouping set.
-                    let q = SpeedQuery {
+        let (reader, totals, finest) = (&reader, &totals, &finest);
+        let mut reads = futures::stream::iter(speed.chunks)
+            .map(|chunk| async move {
+                // Chunks are never empty; an empty one reads nothing.
+                let (Some(first), Some(last)) = (chunk.buckets.first(), chunk.buckets.last())
+                else {
+                    return Ok(None);
+                };
+                let g = chunk.granularity;
+                let (from_ms, to_ms) = (*first, g.end(*last));
+                let t = std::time::Instant::now();
+                let batch_read = async |selection: &Selection| {
+                    let bq = BatchQuery {
                         granularity: g,
-                        buckets: chunk.clone(),
-                        selection: finest.clone(),
-                        epoch: state.epoch.clone(),
-                        max_groups: usize::MAX,
+                        from_ms,
+                        to_ms,
+                        selection: selection.clone(),
                     };
-                    let t = std::time::Instant::now();
-                    let (speed_groups, speed_totals) =
-                        read_with_totals(&mut con, keys, self.plan, &q)
-                            .await
-                            .map_err(|e| LedgerError::Redis(e.to_string()))?;
-                    let speed_time = t.elapsed();
-                    let t = std::time::Instant::now();
-                    let batch_read = async |selection: &Selection| {
-                        let bq = BatchQuery {
-                            granularity: g,
-                            from_ms,
-                            to_ms,
-                            selection: selection.clone(),
-                        };
-                        reader.read(self.plan, self.manifest, &bq).await
-                    };
-                    let batch_totals = batch_read(totals).await?;
-                    let batch_groups = batch_read(finest).await?;
-                    Ok::<_, LedgerError>(Some(ChunkRead {
-                        granularity: g,
-                        buckets: chunk,
-                        speed: (speed_totals, speed_groups),
-                        batch: (batch_totals, batch_groups),
-                        speed_time,
-                        batch_time: t.elapsed(),
-                    }))
-                }
+                    reader.read(self.plan, self.manifest, &bq).await
+                };
+                let batch_totals = batch_read(totals).await?;
+                let batch_groups = batch_read(finest).await?;
+                Ok::<_, LedgerError>(Some((chunk, (batch_totals, batch_groups), t.elapsed())))
             })
-            .buffered(READERS);
+            .buffered(BATCH_READERS);
         let mut rows = Vec::new();
-        // Where the ledger's time goes, for its log line (summed over the readers).
-        let (mut speed_time, mut batch_time) = (Duration::ZERO, Duration::ZERO);
+        let mut batch_time = Duration::ZERO;
         while let Some(read) = reads.next().await {
-            let Some(r) = read? else {
+            let Some((chunk, batch, t)) = read? else {
                 continue;
             };
-            speed_time += r.speed_time;
-            batch_time += r.batch_time;
-            for &b in &r.buckets {
+            batch_time += t;
+            for &b in &chunk.buckets {
                 self.compare_bucket(
-                    r.granularity,
+                    chunk.granularity,
                     b,
-                    (&r.speed.0, &r.batch.0),
-                    (&r.speed.1, &r.batch.1),
+                    (&chunk.speed.0, &batch.0),
+                    (&chunk.speed.1, &batch.1),
                     &mut rows,
                 );
             }
@@ -309,13 +234,16 @@ impl Settle<'_> {
             .filter(|r| sketch_bound(r.agg).is_none() && r.rel_error > 0.0)
             .count();
         let files = self.write(rows).await?;
+        // `seconds`: what the ledger added after the dates were computed; the speed side
+        // was read during the computation (`speed_wall_seconds`).
         tracing::info!(
             view = %name,
             rows = compared,
             exact_measures_off = wrong,
             files = files.len(),
             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
-            speed_read_seconds = format!("{:.2}", speed_time.as_secs_f64()),
+            speed_wall_seconds = format!("{:.2}", speed.wall_time.as_secs_f64()),
+            speed_read_seconds = format!("{:.2}", speed.read_time.as_secs_f64()),
             batch_read_seconds = format!("{:.2}", batch_time.as_secs_f64()),
             "accuracy ledger written"
         );

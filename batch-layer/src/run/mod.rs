@@ -2,6 +2,7 @@
 //! dates that need it for every view (`view`: write each view's files and then its manifest,
 //! retire and collect superseded files), record the outcome in the [`crate::report`].
 
+mod gc;
 mod view;
 
 use std::sync::Arc;

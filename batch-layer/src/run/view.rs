@@ -1,12 +1,12 @@
-//! One view within a run: recompute the dates that need it, write their view files, land the
-//! view's new manifest (only while the run holds the lock, only over the version it read), then
-//! delete the files no manifest names any more.
+//! One view within a run: recompute the dates that need it (reading the speed side of the
+//! accuracy ledger meanwhile), write their view files, land the view's new manifest (only while
+//! the run holds the lock, only over the version it read), then delete the files no manifest
+//! names any more (`gc`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, UpdateVersion};
+use object_store::{ObjectStoreExt, PutPayload, UpdateVersion};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -14,6 +14,7 @@ use tributary_shared::bucket::{DAY_MS, format_rfc3339, parse_date};
 use tributary_shared::layout::paths;
 use tributary_shared::{Config, ViewPlan};
 
+use super::gc::{collect_orphans, delete_retired, retire};
 use super::{Run, RunRequest, now_ms};
 use crate::compute::{ComputeError, DateOutput, Engine};
 use crate::lock::LockError;
@@ -105,6 +106,24 @@ impl ViewRun<'_> {
         let mut computed: BTreeMap<String, DateEntry> = BTreeMap::new();
         let view_started = Instant::now();
         let mut rows_read = 0u64;
+        // The horizon never moves back: a snapshot that cannot place it (a partition with no
+        // watermark yet, a new partition) keeps the one already landed.
+        let previous_horizon = previous.as_ref().and_then(|m| m.horizon_ms);
+        let horizon_ms = match (previous_horizon, snapshot.horizon_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        // The speed side of the accuracy ledger of the buckets this run settles (a backfill
+        // settles none; an unmoved horizon, none) is read by a task of its own while the
+        // dates are computed.
+        let mut speed_read = horizon_ms
+            .filter(|h| req.range.is_none() && previous_horizon != Some(*h))
+            .map(|h| {
+                let (config, plan, now) = (config.clone(), plan.clone(), now_ms());
+                AbortOnDrop(tokio::spawn(async move {
+                    crate::ledger::read_speed(&config, &plan, previous_horizon, h, now).await
+                }))
+            });
         for (i, (date, input)) in todo.iter().enumerate() {
             let t = Instant::now();
             let out = self
@@ -199,12 +218,6 @@ impl ViewRun<'_> {
             .into_iter()
             .partition(|r| now - r.retired_ms >= keep_retired);
         manifest.retired = kept;
-        // The horizon never moves back: a snapshot that cannot place it (a partition with no
-        // watermark yet, a new partition) keeps the one already landed.
-        let horizon_ms = match (manifest.horizon_ms, snapshot.horizon_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
         let changed = !report.dates_computed.is_empty()
             || !expired.is_empty()
             || previous.as_ref().is_none_or(|m| m.horizon_ms != horizon_ms)
@@ -226,9 +239,11 @@ impl ViewRun<'_> {
                 manifest.horizon = horizon_ms.map(format_rfc3339);
             }
             // The speed accuracy ledger of the buckets this version settles, named by it.
-            if req.range.is_none() {
-                self.settle(plan, &mut manifest, previous.as_ref(), written)
-                    .await;
+            if let Some(mut task) = speed_read.take() {
+                let speed = (&mut task.0)
+                    .await
+                    .unwrap_or_else(|e| Err(crate::ledger::LedgerError::Task(e.to_string())));
+                self.settle(plan, &mut manifest, speed, written).await;
             }
             // Land only while this run still holds the lock, and only over the version it read.
             self.run
@@ -297,20 +312,31 @@ impl ViewRun<'_> {
         &self,
         plan: &ViewPlan,
         manifest: &mut Manifest,
-        previous: Option<&Manifest>,
+        speed: Result<Option<crate::ledger::SpeedSide>, crate::ledger::LedgerError>,
         written: &mut Vec<String>,
     ) {
-        let settle = crate::ledger::Settle {
-            config: self.run.config,
-            store: self.run.store,
-            plan,
-            manifest,
-            previous_horizon: previous.and_then(|m| m.horizon_ms),
-            run_id: self.run.run_id,
-            now_ms: now_ms(),
-            metrics: self.run.metrics,
+        let config = self.run.config;
+        // Brought up to the speed layer's state now (a rebuild since voids it; buckets it
+        // sealed since are read now).
+        let speed = match speed {
+            Ok(Some(side)) => side.top_up(config, plan, now_ms()).await,
+            other => other,
         };
-        let settled = settle.run().await;
+        let settled = match speed {
+            Ok(Some(speed)) => {
+                let settle = crate::ledger::Settle {
+                    store: self.run.store,
+                    plan,
+                    manifest,
+                    run_id: self.run.run_id,
+                    now_ms: now_ms(),
+                    metrics: self.run.metrics,
+                };
+                settle.run(speed).await
+            }
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        };
         match settled {
             Ok(files) => {
                 for (date, file) in files {
@@ -410,84 +436,13 @@ fn dates_to_compute<'a>(
         .collect()
 }
 
-/// Deletes retired view files whose grace period is over.
-async fn delete_retired(store: &Arc<dyn ObjectStore>, expired: &[Retired]) {
-    for r in expired {
-        match store
-            .delete(&object_store::path::Path::from(r.path.as_str()))
-            .await
-        {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => {
-                tracing::warn!(path = %r.path, error = %e, "could not delete a retired view file")
-            }
-        }
-    }
-}
+/// A task aborted when dropped: a view that fails, or lands nothing to settle, stops the
+/// ledger's speed read with it. (tokio-util's `AbortOnDropHandle` needs its `rt` feature,
+/// which nothing in the tree enables; these few lines avoid rebuilding what depends on it.)
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
-/// Deletes view files that no manifest names (a run killed after writing files, before its
-/// manifest landed) once they are older than the grace period; returns how many.
-async fn collect_orphans(
-    store: &Arc<dyn ObjectStore>,
-    manifest: &Manifest,
-    run_id: &str,
-    now: i64,
-    grace_ms: i64,
-) -> usize {
-    use futures::TryStreamExt;
-    let named: std::collections::HashSet<&str> = manifest
-        .dates
-        .values()
-        .flat_map(|d| d.files.values().map(|f| f.path.as_str()))
-        .chain(manifest.retired.iter().map(|r| r.path.as_str()))
-        .chain(
-            manifest
-                .accuracy
-                .values()
-                .flatten()
-                .map(|f| f.path.as_str()),
-        )
-        .collect();
-    let listed: Vec<object_store::ObjectMeta> = match store
-        .list(Some(&paths::view_root(&manifest.view)))
-        .try_collect()
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::warn!(view = %manifest.view, error = %e, "could not list view files for GC");
-            return 0;
-        }
-    };
-    let mut deleted = 0;
-    for meta in listed {
-        let path = meta.location.as_ref();
-        let is_view_file = path.ends_with(".parquet")
-            && !meta
-                .location
-                .filename()
-                .is_some_and(|f| f.starts_with(run_id));
-        let old = now - meta.last_modified.timestamp_millis() >= grace_ms;
-        if is_view_file && old && !named.contains(path) {
-            match store.delete(&meta.location).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {
-                    tracing::info!(path, "removed an orphaned view file (its run never landed)");
-                    deleted += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(path, error = %e, "could not delete an orphaned view file")
-                }
-            }
-        }
-    }
-    deleted
-}
-
-fn retire(manifest: &mut Manifest, entry: &DateEntry, now: i64) {
-    for f in entry.files.values() {
-        manifest.retired.push(Retired {
-            path: f.path.clone(),
-            retired_ms: now,
-        });
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

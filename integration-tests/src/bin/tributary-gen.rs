@@ -38,6 +38,9 @@ struct Args {
     /// moment it is generated).
     #[arg(long, default_value_t = 3600)]
     span_secs: i64,
+    /// End the span this many seconds before now (with --span-secs; 0: it ends now).
+    #[arg(long, default_value_t = 0)]
+    end_secs_ago: i64,
     /// Share of events whose time is 10-30 minutes behind (late for the speed layer).
     #[arg(long, default_value_t = 0.0)]
     late: f64,
@@ -61,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         late: args.late,
         malformed: args.malformed,
         duplicates: args.duplicates,
-        start_ms: now - args.span_secs * 1000,
+        start_ms: now - (args.end_secs_ago + args.span_secs) * 1000,
         span_ms: args.span_secs * 1000,
         count: args.count,
     });
