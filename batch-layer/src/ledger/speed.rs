@@ -10,7 +10,6 @@ use futures::StreamExt;
 
 use tributary_shared::layout::RedisKeys;
 use tributary_shared::redis_client::{RedisClient, RedisConnection};
-use tributary_shared::selection::Selection;
 use tributary_shared::series::Series;
 use tributary_shared::{Config, Granularity, ViewPlan};
 use tributary_speed_layer::read::{SpeedQuery, read_view_state, read_with_totals};
@@ -33,7 +32,7 @@ pub(super) struct SpeedChunk {
 
 /// The speed side of one view's settlement.
 pub struct SpeedSide {
-    /// The horizon it was read for: [`super::Settle::run`] compares only for the same one.
+    /// The horizon it was read for.
     pub(super) horizon: i64,
     /// The view's epoch when it was read: another one at the top-up (a rebuild) voids it.
     epoch: Option<String>,
@@ -45,6 +44,8 @@ pub struct SpeedSide {
     pub(super) read_time: Duration,
     /// From the first request to the last reply, top-up included.
     pub(super) wall_time: Duration,
+    /// Kept for the top-up.
+    reader: Reader,
 }
 
 /// Reads the speed layer's values of the buckets a run landing `horizon` settles (after
@@ -58,23 +59,36 @@ pub async fn read_speed(
     now_ms: i64,
 ) -> Result<Option<SpeedSide>, LedgerError> {
     let started = Instant::now();
-    let Some((reader, state, watermark)) = Reader::open(config, plan).await? else {
+    let client = RedisClient::new(&config.redis).map_err(|e| redis(&e))?;
+    let mut reader = Reader {
+        keys: RedisKeys::new(config.redis.key_prefix.clone()),
+        cons: vec![connect(&client).await?],
+        topic: config.source.topic.clone(),
+        lateness_ms: config.speed.allowed_lateness.as_millis() as i64,
+        retention_ms: config.speed.retention.as_millis() as i64,
+    };
+    let Some((state, watermark)) = reader.state(plan).await? else {
         return Ok(None);
     };
+    // Chunks are read READERS at a time, each reader on a connection of its own: Redis
+    // answers one while this process decodes another (replies are decoded by each
+    // connection's own task), on different cores.
+    for _ in 1..READERS {
+        reader.cons.push(connect(&client).await?);
+    }
     let sealed_to = horizon.min(watermark);
-    let mut side = SpeedSide {
+    let (chunks, read_time) = reader
+        .read(plan, &state, previous_horizon, (horizon, sealed_to), now_ms)
+        .await?;
+    Ok(Some(SpeedSide {
         horizon,
         epoch: state.epoch.clone(),
         sealed_to,
-        chunks: Vec::new(),
-        read_time: Duration::ZERO,
-        wall_time: Duration::ZERO,
-    };
-    reader
-        .read(plan, &state, previous_horizon, &mut side, now_ms)
-        .await?;
-    side.wall_time = started.elapsed();
-    Ok(Some(side))
+        chunks,
+        read_time,
+        wall_time: started.elapsed(),
+        reader,
+    }))
 }
 
 impl SpeedSide {
@@ -83,12 +97,11 @@ impl SpeedSide {
     /// buckets sealed since the read are read now.
     pub async fn top_up(
         mut self,
-        config: &Config,
         plan: &ViewPlan,
         now_ms: i64,
     ) -> Result<Option<SpeedSide>, LedgerError> {
         let started = Instant::now();
-        let Some((reader, state, watermark)) = Reader::open(config, plan).await? else {
+        let Some((state, watermark)) = self.reader.state(plan).await? else {
             return Ok(None);
         };
         if state.epoch != self.epoch {
@@ -97,86 +110,69 @@ impl SpeedSide {
         }
         let sealed_to = self.horizon.min(watermark);
         if sealed_to > self.sealed_to {
-            let after = self.sealed_to;
-            self.sealed_to = sealed_to;
-            reader
-                .read(plan, &state, Some(after), &mut self, now_ms)
+            let after = Some(self.sealed_to);
+            let (chunks, t) = self
+                .reader
+                .read(plan, &state, after, (self.horizon, sealed_to), now_ms)
                 .await?;
+            self.sealed_to = sealed_to;
+            self.chunks.extend(chunks);
+            self.read_time += t;
         }
         self.wall_time += started.elapsed();
         Ok(Some(self))
     }
 }
 
-/// Connections to the view's Redis, one per reader.
+fn redis(e: &dyn std::fmt::Display) -> LedgerError {
+    LedgerError::Redis(e.to_string())
+}
+
+/// A connection to the view's Redis, or an error within 5 s (the run must not hang on it).
+async fn connect(client: &RedisClient) -> Result<RedisConnection, LedgerError> {
+    tokio::time::timeout(Duration::from_secs(5), client.connect())
+        .await
+        .map_err(|_| LedgerError::Redis("connect timed out".into()))?
+        .map_err(|e| redis(&e))
+}
+
+/// Connections to the view's Redis, one per reader, and what the reads need of the config.
 struct Reader {
     keys: RedisKeys,
     cons: Vec<RedisConnection>,
+    topic: String,
+    /// `speed.allowed_lateness`: the view's watermark trails its newest event by it.
+    lateness_ms: i64,
     /// How long the speed layer keeps a bucket (`speed.retention`).
     retention_ms: i64,
 }
 
 impl Reader {
-    /// Connects and reads the view's state; `None` when it has nothing to compare.
-    async fn open(
-        config: &Config,
-        plan: &ViewPlan,
-    ) -> Result<Option<(Reader, ViewState, i64)>, LedgerError> {
-        let redis = |e: &dyn std::fmt::Display| LedgerError::Redis(e.to_string());
-        let keys = RedisKeys::new(config.redis.key_prefix.clone());
-        let client = RedisClient::new(&config.redis).map_err(|e| redis(&e))?;
-        let mut con = tokio::time::timeout(Duration::from_secs(5), client.connect())
-            .await
-            .map_err(|_| LedgerError::Redis("connect timed out".into()))?
-            .map_err(|e| redis(&e))?;
-        let state = read_view_state(&mut con, &keys, &config.source.topic, &plan.name)
+    /// The view's state and watermark; `None` when it has nothing to compare.
+    async fn state(&self, plan: &ViewPlan) -> Result<Option<(ViewState, i64)>, LedgerError> {
+        let mut con = self.cons[0].clone();
+        let state = read_view_state(&mut con, &self.keys, &self.topic, &plan.name)
             .await
             .map_err(|e| redis(&e))?;
         if !state.serving() {
             tracing::info!(view = %plan.name, "accuracy ledger: the speed layer holds no state for the view (absent or rebuilding); nothing compared");
             return Ok(None);
         }
-        let lateness = config.speed.allowed_lateness.as_millis() as i64;
-        let Some(watermark) = state.watermark(lateness) else {
-            return Ok(None);
-        };
-        // Chunks are read READERS at a time, each reader on a connection of its own: Redis
-        // answers one while this process decodes another (replies are decoded by each
-        // connection's own task), on different cores.
-        let mut cons = vec![con];
-        for _ in 1..READERS {
-            cons.push(client.connect().await.map_err(|e| redis(&e))?);
-        }
-        let reader = Reader {
-            keys,
-            cons,
-            retention_ms: config.speed.retention.as_millis() as i64,
-        };
-        Ok(Some((reader, state, watermark)))
+        Ok(state.watermark(self.lateness_ms).map(|w| (state, w)))
     }
 
-    /// Reads the buckets ending after `after` and at or before `side.sealed_to` into `side`.
+    /// Reads the buckets ending after `after` and at or before `sealed_to` (`bounds`: the
+    /// horizon and `sealed_to`); returns them and the time the readers spent.
     async fn read(
         &self,
         plan: &ViewPlan,
         state: &ViewState,
         after: Option<i64>,
-        side: &mut SpeedSide,
+        (horizon, sealed_to): (i64, i64),
         now_ms: i64,
-    ) -> Result<(), LedgerError> {
-        let todo = buckets_to_settle(
-            plan,
-            after,
-            side.horizon,
-            side.sealed_to,
-            self.retention_ms,
-            now_ms,
-        );
-        let finest = Selection {
-            filters: Vec::new(),
-            group_by: (0..plan.dimensions.len()).collect(),
-            measures: (0..plan.measures.len()).collect(),
-        };
+    ) -> Result<(Vec<SpeedChunk>, Duration), LedgerError> {
+        let todo = buckets_to_settle(plan, after, horizon, sealed_to, self.retention_ms, now_ms);
+        let finest = super::finest(plan);
         let jobs: Vec<(Granularity, Vec<i64>)> = todo
             .iter()
             .flat_map(|(g, buckets)| buckets.chunks(CHUNK).map(|c| (*g, c.to_vec())))
@@ -207,11 +203,12 @@ impl Reader {
                 }
             })
             .buffered(READERS);
+        let (mut chunks, mut read_time) = (Vec::new(), Duration::ZERO);
         while let Some(read) = reads.next().await {
             let (chunk, t) = read?;
-            side.read_time += t;
-            side.chunks.push(chunk);
+            read_time += t;
+            chunks.push(chunk);
         }
-        Ok(())
+        Ok((chunks, read_time))
     }
 }

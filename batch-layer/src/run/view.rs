@@ -220,7 +220,8 @@ impl ViewRun<'_> {
         manifest.retired = kept;
         let changed = !report.dates_computed.is_empty()
             || !expired.is_empty()
-            || previous.as_ref().is_none_or(|m| m.horizon_ms != horizon_ms)
+            || previous.is_none()
+            || previous_horizon != horizon_ms
             || redefined;
         if changed
             && (previous.is_some() || !manifest.dates.is_empty() || snapshot.horizon_ms.is_some())
@@ -315,11 +316,10 @@ impl ViewRun<'_> {
         speed: Result<Option<crate::ledger::SpeedSide>, crate::ledger::LedgerError>,
         written: &mut Vec<String>,
     ) {
-        let config = self.run.config;
         // Brought up to the speed layer's state now (a rebuild since voids it; buckets it
         // sealed since are read now).
         let speed = match speed {
-            Ok(Some(side)) => side.top_up(config, plan, now_ms()).await,
+            Ok(Some(side)) => side.top_up(plan, now_ms()).await,
             other => other,
         };
         let settled = match speed {
