@@ -68,6 +68,12 @@ pub struct Manifest {
     /// ([`crate::ledger`]), kept as long as the view.
     #[serde(default)]
     pub accuracy: BTreeMap<String, Vec<ViewFile>>,
+    /// The ledger has compared every bucket ending at or before it that the speed layer
+    /// held: it trails the horizon while the speed layer has not sealed the horizon's last
+    /// buckets, and a later run compares them (landing a version for the ledger alone if
+    /// nothing else changed). Absent in manifests written before it existed: their horizon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_to_ms: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +92,11 @@ pub enum ManifestError {
 }
 
 impl Manifest {
+    /// Buckets ending after this are still to be compared by the ledger.
+    pub fn ledger_from(&self) -> Option<i64> {
+        self.ledger_to_ms.or(self.horizon_ms)
+    }
+
     /// The manifest and its store version tag (e-tag, or modification time where the store
     /// has none); `None` before the first run.
     pub async fn load(

@@ -1,12 +1,18 @@
-//! The speed accuracy ledger: when a run settles a bucket (it ends at or before the new
-//! horizon and did not before) and the speed layer still holds it, the run records, per
+//! The speed accuracy ledger: for each bucket the batch has settled (it ends at or before the
+//! horizon) and the speed layer has sealed and still holds, once, a run records, per
 //! granularity, bucket and measure, the speed layer's value of the bucket's total next to the
 //! batch's exact one, their absolute and relative error, and over the finest grouping set
 //! the p99 and max of the per-group relative error.
 //!
+//! A bucket the batch settles before the speed layer has sealed it (the batch's horizon is
+//! its newest partition's watermark, the speed layer's its oldest's) is compared by a later
+//! run: the manifest keeps how far the ledger got (`ledger_to_ms`), and a run whose only news
+//! is such buckets lands a version for their ledger rows alone.
+//!
 //! Written per date of the buckets, `views/<view>/accuracy/date=D/<run-id>.parquet`, named by
 //! the manifest (`accuracy`) and kept as long as the view. Best effort: a run whose Redis
-//! cannot be read lands its views without the ledger rows (logged). A bucket is compared only
+//! cannot be read lands its views without the ledger rows (logged), and a later run compares
+//! those buckets (the mark did not move) while the speed layer still holds them. A bucket is compared only
 //! once the speed layer has sealed it (its watermark is past the bucket), so a speed layer
 //! that is merely behind is never recorded as wrong.
 //!
@@ -36,7 +42,7 @@ mod file;
 mod speed;
 
 pub use file::{decode, encode};
-pub use speed::{SpeedSide, read_speed};
+pub use speed::{SpeedSide, SpeedTask, read_speed};
 
 /// Redis's HyperLogLog (16,384 registers): its standard error, 1.04 / √16384.
 pub const HLL_STANDARD_ERROR: f64 = 0.008125;
@@ -120,12 +126,13 @@ pub fn error(agg: AggKind, speed: Option<f64>, batch: Option<f64>) -> (Option<f6
     (Some(abs), rel)
 }
 
-/// The buckets of each granularity a run settles: ending after the previous horizon (any,
-/// on a first run) and at or before the new one, sealed by the speed layer (ending at or
-/// before its watermark), and still within its retention.
+/// The buckets of each granularity a run compares: ending after those compared before
+/// (`compared_to`, the manifest's [`Manifest::ledger_from`]; any, on a first run) and at or
+/// before the new horizon, sealed by the speed layer (ending at or before its watermark), and
+/// still within its retention.
 pub fn buckets_to_settle(
     plan: &ViewPlan,
-    previous_horizon: Option<i64>,
+    compared_to: Option<i64>,
     horizon: i64,
     speed_watermark: i64,
     retention_ms: i64,
@@ -136,8 +143,8 @@ pub fn buckets_to_settle(
     plan.granularities
         .iter()
         .map(|g| {
-            // The first bucket ending after the previous horizon, and after the retention.
-            let after = previous_horizon.unwrap_or(i64::MIN).max(retained_from);
+            // The first bucket ending after those compared, and after the retention.
+            let after = compared_to.unwrap_or(i64::MIN).max(retained_from);
             let mut b = g.floor(after);
             let mut out = Vec::new();
             while g.end(b) <= last_end {
@@ -368,6 +375,53 @@ mod tests {
             (Some(0.0), 0.0)
         );
         assert!(error(AggKind::Count, Some(0.1 + 0.2), Some(0.3)).1 > 0.0);
+    }
+
+    #[test]
+    fn a_bucket_the_speed_layer_had_not_sealed_is_compared_by_the_next_run() {
+        use tributary_shared::bucket::{HOUR_MS, MINUTE_MS};
+        let plan = ViewPlan {
+            name: "v".into(),
+            filters: Vec::new(),
+            dimensions: Vec::new(),
+            granularities: vec![Granularity::Minute, Granularity::Hour],
+            measures: Vec::new(),
+        };
+        let at = |h: i64, m: i64| 100 * 24 * HOUR_MS + h * HOUR_MS + m * MINUTE_MS;
+        let day = 24 * HOUR_MS;
+        // The horizon is at 12:00, the speed layer sealed up to 11:45: the ledger stops there.
+        let first = buckets_to_settle(
+            &plan,
+            Some(at(10, 30)),
+            at(12, 0),
+            at(11, 45),
+            day,
+            at(12, 0),
+        );
+        assert_eq!(
+            first[0].1,
+            (0..75).map(|i| at(10, 30 + i)).collect::<Vec<_>>()
+        );
+        assert_eq!(first[1].1, vec![at(10, 0)]);
+        // The next run (same horizon, the speed layer now past it) takes up from 11:45.
+        let next = buckets_to_settle(
+            &plan,
+            Some(at(11, 45)),
+            at(12, 0),
+            at(12, 10),
+            day,
+            at(12, 5),
+        );
+        assert_eq!(next[0].1, (45..60).map(|m| at(11, m)).collect::<Vec<_>>());
+        assert_eq!(next[1].1, vec![at(11, 0)]);
+        // Buckets past the speed layer's retention are not compared.
+        let old = buckets_to_settle(&plan, None, at(12, 0), at(12, 0), HOUR_MS, at(12, 0));
+        assert_eq!(old[0].1.len(), 60);
+        assert_eq!(
+            old[1].1,
+            vec![at(11, 0)],
+            "not the hour ending at its start"
+        );
     }
 
     #[test]

@@ -48,13 +48,13 @@ pub struct SpeedSide {
     reader: Reader,
 }
 
-/// Reads the speed layer's values of the buckets a run landing `horizon` settles (after
-/// `previous_horizon`). Nothing to compare (speed state absent or rebuilding, no watermark
+/// Reads the speed layer's values of the buckets a run landing `horizon` compares (ending
+/// after `compared_to`). Nothing to compare (speed state absent or rebuilding, no watermark
 /// yet): `None`.
 pub async fn read_speed(
     config: &Config,
     plan: &ViewPlan,
-    previous_horizon: Option<i64>,
+    compared_to: Option<i64>,
     horizon: i64,
     now_ms: i64,
 ) -> Result<Option<SpeedSide>, LedgerError> {
@@ -76,9 +76,11 @@ pub async fn read_speed(
     for _ in 1..READERS {
         reader.cons.push(connect(&client).await?);
     }
-    let sealed_to = horizon.min(watermark);
+    // Never below what earlier runs compared (a watermark that went back: a rebuild), so
+    // neither this read nor the top-up compares a bucket twice, and the mark never moves back.
+    let sealed_to = horizon.min(watermark).max(compared_to.unwrap_or(i64::MIN));
     let (chunks, read_time) = reader
-        .read(plan, &state, previous_horizon, (horizon, sealed_to), now_ms)
+        .read(plan, &state, compared_to, (horizon, sealed_to), now_ms)
         .await?;
     Ok(Some(SpeedSide {
         horizon,
@@ -92,6 +94,16 @@ pub async fn read_speed(
 }
 
 impl SpeedSide {
+    /// Buckets ending at or before this were read: the ledger's mark once they are compared.
+    pub fn sealed_to(&self) -> i64 {
+        self.sealed_to
+    }
+
+    /// Whether any bucket was read (none: nothing new to compare).
+    pub fn has_buckets(&self) -> bool {
+        self.chunks.iter().any(|c| !c.buckets.is_empty())
+    }
+
     /// Brings the read up to the speed layer's state now: `None` if the view's state was
     /// rebuilt or lost since (nothing is compared, as when it is rebuilding at landing);
     /// buckets sealed since the read are read now.
@@ -121,6 +133,49 @@ impl SpeedSide {
         }
         self.wall_time += started.elapsed();
         Ok(Some(self))
+    }
+}
+
+/// The speed side read by a task of its own while the engine computes the view's dates;
+/// aborted when dropped (a view that fails, or lands nothing, stops the read with it).
+pub struct SpeedTask(tokio::task::JoinHandle<Result<Option<SpeedSide>, LedgerError>>);
+
+impl SpeedTask {
+    /// Starts [`read_speed`].
+    pub fn spawn(
+        config: &Config,
+        plan: &ViewPlan,
+        compared_to: Option<i64>,
+        horizon: i64,
+        now_ms: i64,
+    ) -> SpeedTask {
+        let (config, plan) = (config.clone(), plan.clone());
+        SpeedTask(tokio::spawn(async move {
+            read_speed(&config, &plan, compared_to, horizon, now_ms).await
+        }))
+    }
+
+    /// The read, brought up to the speed layer's state now ([`SpeedSide::top_up`]).
+    pub async fn finish(
+        mut self,
+        plan: &ViewPlan,
+        now_ms: i64,
+    ) -> Result<Option<SpeedSide>, LedgerError> {
+        let read = (&mut self.0)
+            .await
+            .unwrap_or_else(|e| Err(LedgerError::Task(e.to_string())));
+        match read {
+            Ok(Some(side)) => side.top_up(plan, now_ms).await,
+            other => other,
+        }
+    }
+}
+
+// (tokio-util's `AbortOnDropHandle` needs its `rt` feature, which nothing in the tree
+// enables; these few lines avoid rebuilding what depends on it.)
+impl Drop for SpeedTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

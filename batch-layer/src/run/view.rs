@@ -17,6 +17,7 @@ use tributary_shared::{Config, ViewPlan};
 use super::gc::{collect_orphans, delete_retired, retire};
 use super::{Run, RunRequest, now_ms};
 use crate::compute::{ComputeError, DateOutput, Engine};
+use crate::ledger::SpeedTask;
 use crate::lock::LockError;
 use crate::manifest::{DateEntry, Manifest, ManifestError, Retired, ViewFile};
 use crate::report::ViewReport;
@@ -113,17 +114,13 @@ impl ViewRun<'_> {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
-        // The speed side of the accuracy ledger of the buckets this run settles (a backfill
-        // settles none; an unmoved horizon, none) is read by a task of its own while the
-        // dates are computed.
-        let mut speed_read = horizon_ms
-            .filter(|h| req.range.is_none() && previous_horizon != Some(*h))
-            .map(|h| {
-                let (config, plan, now) = (config.clone(), plan.clone(), now_ms());
-                AbortOnDrop(tokio::spawn(async move {
-                    crate::ledger::read_speed(&config, &plan, previous_horizon, h, now).await
-                }))
-            });
+        // The speed side of the accuracy ledger of the buckets this run compares (a backfill
+        // compares none; a ledger already at the horizon, none) is read by a task of its own
+        // while the dates are computed.
+        let compared_to = previous.as_ref().and_then(Manifest::ledger_from);
+        let speed_read = horizon_ms
+            .filter(|h| req.range.is_none() && compared_to.is_none_or(|c| c < *h))
+            .map(|h| SpeedTask::spawn(config, plan, compared_to, h, now_ms()));
         for (i, (date, input)) in todo.iter().enumerate() {
             let t = Instant::now();
             let out = self
@@ -195,6 +192,7 @@ impl ViewRun<'_> {
             dates: BTreeMap::new(),
             retired: Vec::new(),
             accuracy: BTreeMap::new(),
+            ledger_to_ms: None,
         });
         if redefined && req.range.is_none() {
             // Every date was recomputed under the new definition; the old ones go.
@@ -223,7 +221,15 @@ impl ViewRun<'_> {
             || previous.is_none()
             || previous_horizon != horizon_ms
             || redefined;
-        if changed
+        // The speed side, brought up to the speed layer's state now (a rebuild since voids
+        // it; buckets it sealed since are read now). Buckets the speed layer sealed after an
+        // earlier run settled them are news of their own: a version lands for their rows.
+        let speed = match speed_read {
+            Some(task) => Some(task.finish(plan, now_ms()).await),
+            None => None,
+        };
+        let ledger_only = !changed && matches!(&speed, Some(Ok(Some(s))) if s.has_buckets());
+        if (changed || ledger_only)
             && (previous.is_some() || !manifest.dates.is_empty() || snapshot.horizon_ms.is_some())
         {
             manifest.version += 1;
@@ -240,48 +246,31 @@ impl ViewRun<'_> {
                 manifest.horizon = horizon_ms.map(format_rfc3339);
             }
             // The speed accuracy ledger of the buckets this version settles, named by it.
-            if let Some(mut task) = speed_read.take() {
-                let speed = (&mut task.0)
-                    .await
-                    .unwrap_or_else(|e| Err(crate::ledger::LedgerError::Task(e.to_string())));
-                self.settle(plan, &mut manifest, speed, written).await;
+            let compared = match speed {
+                Some(speed) => self.settle(plan, &mut manifest, speed, written).await,
+                None => false,
+            };
+            if !compared {
+                // The mark stays where the ledger got (pinned: a manifest without one falls
+                // back to its horizon, which moves), so a later run compares these buckets.
+                let speed_retention = config.speed.retention.as_millis() as i64;
+                manifest.ledger_to_ms = (manifest.ledger_to_ms.or(compared_to))
+                    .or(Some(now.saturating_sub(speed_retention)));
             }
-            // Land only while this run still holds the lock, and only over the version it read.
-            self.run
-                .lock
-                .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
+            if ledger_only && !compared {
+                // Its comparison failed (logged): nothing to land; a later run retries it.
+                report.manifest_version = previous.as_ref().map(|m| m.version);
+            } else {
+                self.land(
+                    plan,
+                    &mut manifest,
+                    previous.as_ref(),
+                    previous_version,
+                    now,
+                )
                 .await?;
-            // The version being superseded must be in the history before it stops being
-            // current (its own record, after it landed, may have failed or been cut short by
-            // a crash): otherwise an `as_of` in its time would silently find the one before.
-            // Idempotent; a failure fails the view and the previous version stays current.
-            if retention > 0
-                && let Some(prev) = &previous
-            {
-                crate::history::record(store, prev).await?;
+                report.manifest_version = Some(manifest.version);
             }
-            // The instant the version counts from for `as_of`: as close to the write as can be.
-            let landed = now_ms();
-            manifest.computed_at = format_rfc3339(landed);
-            manifest.landed_ms = Some(landed);
-            // Files this run retired stop being named at the landing, not at the run's start:
-            // the retention counts from there.
-            for r in manifest.retired.iter_mut().filter(|r| r.retired_ms == now) {
-                r.retired_ms = landed;
-            }
-            if let Err(e) = manifest.save(store, previous_version).await
-                && !self.landed(plan).await
-            {
-                return Err(e.into());
-            }
-            // Landed: the history records it. Should this fail, the current manifest still
-            // answers `as_of` after it landed, and the next landing records it first.
-            if retention > 0
-                && let Err(e) = crate::history::record(store, &manifest).await
-            {
-                tracing::warn!(view = %plan.name, version = manifest.version, error = %e, "could not record the manifest version in the history; the next landing records it");
-            }
-            report.manifest_version = Some(manifest.version);
         } else {
             report.manifest_version = previous.as_ref().map(|m| m.version);
         }
@@ -306,24 +295,70 @@ impl ViewRun<'_> {
         Ok(report)
     }
 
-    /// Compares the buckets `manifest` settles with the speed layer's values and names the
-    /// ledger files in it. Best effort: the views land without the ledger if Redis or the
-    /// comparison fails (logged).
+    /// Lands `manifest` over `previous` (its store version `previous_version`): only while
+    /// this run still holds the lock, the previous version recorded in the history first.
+    async fn land(
+        &self,
+        plan: &ViewPlan,
+        manifest: &mut Manifest,
+        previous: Option<&Manifest>,
+        previous_version: Option<UpdateVersion>,
+        now: i64,
+    ) -> Result<(), ViewError> {
+        let Run { config, store, .. } = *self.run;
+        let retention = config.batch.history_retention.as_millis() as i64;
+        self.run
+            .lock
+            .renew(now_ms(), config.batch.lock_ttl.as_millis() as i64)
+            .await?;
+        // The version being superseded must be in the history before it stops being
+        // current (its own record, after it landed, may have failed or been cut short by a
+        // crash): otherwise an `as_of` in its time would silently find the one before.
+        // Idempotent; a failure fails the view and the previous version stays current.
+        if retention > 0
+            && let Some(prev) = previous
+        {
+            crate::history::record(store, prev).await?;
+        }
+        // The instant the version counts from for `as_of`: as close to the write as can be.
+        let landed = now_ms();
+        manifest.computed_at = format_rfc3339(landed);
+        manifest.landed_ms = Some(landed);
+        // Files this run retired stop being named at the landing, not at the run's start:
+        // the retention counts from there.
+        for r in manifest.retired.iter_mut().filter(|r| r.retired_ms == now) {
+            r.retired_ms = landed;
+        }
+        if let Err(e) = manifest.save(store, previous_version).await
+            && !self.landed(plan).await
+        {
+            return Err(e.into());
+        }
+        // Landed: the history records it. Should this fail, the current manifest still
+        // answers `as_of` after it landed, and the next landing records it first.
+        if retention > 0
+            && let Err(e) = crate::history::record(store, manifest).await
+        {
+            tracing::warn!(view = %plan.name, version = manifest.version, error = %e, "could not record the manifest version in the history; the next landing records it");
+        }
+        Ok(())
+    }
+
+    /// Compares the buckets `manifest` settles with the speed layer's values, names the
+    /// ledger files in it and moves its ledger mark; whether it did. Best effort: the views
+    /// land without the ledger if Redis or the comparison fails (logged; the mark stays, so a
+    /// later run compares those buckets).
     async fn settle(
         &self,
         plan: &ViewPlan,
         manifest: &mut Manifest,
         speed: Result<Option<crate::ledger::SpeedSide>, crate::ledger::LedgerError>,
         written: &mut Vec<String>,
-    ) {
-        // Brought up to the speed layer's state now (a rebuild since voids it; buckets it
-        // sealed since are read now).
-        let speed = match speed {
-            Ok(Some(side)) => side.top_up(plan, now_ms()).await,
-            other => other,
-        };
+    ) -> bool {
+        let mut sealed_to = None;
         let settled = match speed {
             Ok(Some(speed)) => {
+                sealed_to = Some(speed.sealed_to());
                 let settle = crate::ledger::Settle {
                     store: self.run.store,
                     plan,
@@ -343,9 +378,12 @@ impl ViewRun<'_> {
                     written.push(file.path.clone());
                     manifest.accuracy.entry(date).or_default().push(file);
                 }
+                manifest.ledger_to_ms = sealed_to.or(manifest.ledger_to_ms);
+                sealed_to.is_some()
             }
             Err(e) => {
-                tracing::warn!(view = %plan.name, error = %e, "accuracy ledger not written for this run's settled buckets")
+                tracing::warn!(view = %plan.name, error = %e, "accuracy ledger not written for this run's settled buckets; a later run compares them");
+                false
             }
         }
     }
@@ -434,15 +472,4 @@ fn dates_to_compute<'a>(
             before_horizon && changed
         })
         .collect()
-}
-
-/// A task aborted when dropped: a view that fails, or lands nothing to settle, stops the
-/// ledger's speed read with it. (tokio-util's `AbortOnDropHandle` needs its `rt` feature,
-/// which nothing in the tree enables; these few lines avoid rebuilding what depends on it.)
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
