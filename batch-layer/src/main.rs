@@ -8,6 +8,11 @@ use tributary_batch_layer::run::RunRequest;
 use tributary_shared::bucket::{TIME_FORMATS, parse_time};
 use tributary_shared::cli;
 
+// jemalloc: the engine's hash tables and per-group states, and the archive's per-record
+// parsing, allocate and free at high rates on every core (an A/B in docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "batch-layer",
