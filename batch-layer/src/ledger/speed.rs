@@ -99,9 +99,9 @@ impl SpeedSide {
         self.sealed_to
     }
 
-    /// Whether any bucket was read (none: nothing new to compare).
+    /// Whether any bucket was read (none: nothing new to compare). Chunks are never empty.
     pub fn has_buckets(&self) -> bool {
-        self.chunks.iter().any(|c| !c.buckets.is_empty())
+        !self.chunks.is_empty()
     }
 
     /// Brings the read up to the speed layer's state now: `None` if the view's state was
