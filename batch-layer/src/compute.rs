@@ -25,7 +25,7 @@ use tributary_shared::view::ViewPlan;
 
 use crate::budget::{Budget, tune_session};
 use crate::snapshot::DateInput;
-use crate::sql::{GRANULARITY, view_sql};
+use crate::sql::{GRANULARITY, cube_sql, rollup_fits, view_sql};
 use crate::udaf;
 use crate::view_file::{columns, view_schema};
 
@@ -179,6 +179,23 @@ impl Engine {
         view: &ViewPlan,
         input: &DateInput,
     ) -> Result<DateOutput, ComputeError> {
+        let rows = self.count_rows(input).await?;
+        let sql = if rollup_fits(view, rows, self.budget.memory_limit) {
+            view_sql
+        } else {
+            tracing::info!(view = %view.name, rows, "the rollup of this date would not fit batch.memory_limit: the plain cube computes it");
+            cube_sql
+        };
+        self.compute_date_with(view, input, sql).await
+    }
+
+    /// [`Engine::compute_date`] with the query `sql` writes (tests compare forms of it).
+    pub(crate) async fn compute_date_with(
+        &self,
+        view: &ViewPlan,
+        input: &DateInput,
+        sql: fn(&ViewPlan, &str) -> String,
+    ) -> Result<DateOutput, ComputeError> {
         let schema = view_schema(view);
         let empty = || {
             view.granularities
@@ -202,7 +219,7 @@ impl Engine {
         self.ctx
             .register_table(&table, self.listing_table(input)?)
             .map_err(|e| self.error(e))?;
-        let result = self.run_sql(&view_sql(view, &table)).await;
+        let result = self.run_sql(&sql(view, &table)).await;
         let _ = self.ctx.deregister_table(&table);
         let Query {
             batches,
@@ -260,6 +277,15 @@ impl Engine {
             None => collected.await,
         };
         let job = crate::ballista::job_id(&plan);
+        // For profiling a view's query: each operator's rows, time and memory, as DataFusion
+        // measured them (`RUST_LOG=tributary_batch_layer::compute=trace`).
+        if tracing::enabled!(tracing::Level::TRACE) {
+            let shown = datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(
+                plan.as_ref(),
+            )
+            .indent(true);
+            tracing::trace!(plan = %shown, "view query plan with metrics");
+        }
         match out {
             Ok(batches) => Ok(Query {
                 batches,

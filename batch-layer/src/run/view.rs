@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use arrow::record_batch::RecordBatch;
 use object_store::{ObjectStoreExt, PutPayload, UpdateVersion};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -45,6 +46,20 @@ pub enum WriteError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error(transparent)]
     Store(#[from] object_store::Error),
+    #[error("encoding a view file: {0}")]
+    Encode(String),
+}
+
+/// A view file's bytes: one granularity's rows of a date, zstd Parquet.
+fn encode_view_file(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(buf)
 }
 
 /// What every view of one run shares: the run, its engine and its snapshot.
@@ -399,20 +414,20 @@ impl ViewRun<'_> {
     ) -> Result<DateEntry, WriteError> {
         let Run { store, run_id, .. } = *self.run;
         let mut files = BTreeMap::new();
-        for (g, batch) in &out.tables {
-            let props = WriterProperties::builder()
-                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-                .build();
-            let mut buf = Vec::new();
-            let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
-            writer.write(batch)?;
-            writer.close()?;
-            let path = paths::view_file(&plan.name, *g, date, run_id);
+        // The granularities' files are encoded side by side, off the runtime's workers (the
+        // minute file of a 10M-event day is ~19 MB of zstd Parquet: ~0.3 s one after another).
+        let encodes = out.tables.iter().map(|(g, batch)| {
+            let (g, batch) = (*g, batch.clone());
+            tokio::task::spawn_blocking(move || encode_view_file(&batch).map(|buf| (g, batch, buf)))
+        });
+        for encoded in futures::future::join_all(encodes).await {
+            let (g, batch, buf) = encoded.map_err(|e| WriteError::Encode(e.to_string()))??;
+            let path = paths::view_file(&plan.name, g, date, run_id);
             let bytes = buf.len() as u64;
             store.put(&path, PutPayload::from(buf)).await?;
             written.push(path.to_string());
             files.insert(
-                *g,
+                g,
                 ViewFile {
                     path: path.to_string(),
                     rows: batch.num_rows() as u64,

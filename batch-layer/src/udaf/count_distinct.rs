@@ -60,6 +60,7 @@ impl Aggregate for CountDistinct {
 
     fn merge(&mut self, group: &mut Keys, state: &[u8]) -> Result<()> {
         // A state is a sorted run: appended whole, then compacted if it doubled the group.
+        group.keys.reserve(state.len() / 16);
         group.keys.extend(le_words(state).map(u128::from_le_bytes));
         group.compact_if_doubled();
         Ok(())

@@ -2,9 +2,9 @@
 //!
 //! Each function is one file that says only what differs: what a row adds to a group, how a
 //! partial state folds in, what a group evaluates to (`Aggregate`). The rest is written
-//! once here: the registered function (`GroupedUdaf`), the grouped accumulator over a vector
-//! of group states (`Grouped`), the selected rows of a batch (`Rows`) and the
-//! single-group accumulator of an aggregate without GROUP BY (`SingleGroup`).
+//! once: the registered function (`GroupedUdaf`) and the selected rows of a batch (`Rows`)
+//! here, the grouped accumulator over a vector of group states (`Grouped`) and the
+//! single-group accumulator of an aggregate without GROUP BY (`SingleGroup`) in [`grouped`].
 //!
 //! All are grouped accumulators (one state vector indexed by group), because a view's cube
 //! has tens of thousands of groups per query and per-group accumulators would be called once
@@ -19,6 +19,7 @@
 
 pub mod count_distinct;
 pub mod exact_sum;
+mod grouped;
 pub mod hll;
 pub mod quantile_cont;
 pub mod quantile_sketch;
@@ -28,15 +29,17 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, BooleanArray, LargeBinaryArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, FieldRef};
-use datafusion::common::{Result, ScalarValue};
+use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::{
-    Accumulator, AggregateUDF, AggregateUDFImpl, EmitTo, GroupsAccumulator, Signature, Volatility,
+    Accumulator, AggregateUDF, AggregateUDFImpl, GroupsAccumulator, Signature, Volatility,
 };
 
 use count_distinct::CountDistinct;
 use exact_sum::ExactSum;
+pub(crate) use grouped::Mode;
+use grouped::{Grouped, Groups, SingleGroup};
 use hll::{HllInput, HllOf};
 use quantile_cont::QuantileCont;
 use quantile_sketch::{QuantileSketchOf, SketchInput};
@@ -52,64 +55,106 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
 }
 
 /// The view's aggregate functions: the sketches, the exact distinct count over distinct keys
-/// and the exact quantile. Ballista's scheduler and executors get the same list.
+/// and the exact quantile, and for those the rollup uses, their `_state` and `_merge`
+/// variants ([`Mode`]). Ballista's scheduler and executors get the same list.
 pub fn aggregates() -> Vec<Arc<AggregateUDF>> {
-    let any = |n| Signature::any(n, Volatility::Immutable);
-    let udafs = [
-        GroupedUdaf {
+    let bases = [
+        Base {
             name: "tributary_hll",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Binary,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(HllOf(HllInput::Text)),
+            make: |mode| Grouped::boxed(HllOf(HllInput::Text), mode),
+            rollup: false,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_hll_observed",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Binary,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(HllOf(HllInput::Observation)),
+            make: |mode| Grouped::boxed(HllOf(HllInput::Observation), mode),
+            rollup: true,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_qsketch",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Utf8,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(QuantileSketchOf(SketchInput::Value)),
+            make: |mode| Grouped::boxed(QuantileSketchOf(SketchInput::Value), mode),
+            rollup: false,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_qsketch_observed",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Utf8,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(QuantileSketchOf(SketchInput::Code)),
+            make: |mode| Grouped::boxed(QuantileSketchOf(SketchInput::Code), mode),
+            rollup: true,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_count_distinct",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Int64,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(CountDistinct),
+            make: |mode| Grouped::boxed(CountDistinct, mode),
+            rollup: true,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_sum",
-            signature: any(1),
+            args: 1,
             return_type: DataType::Float64,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(ExactSum),
+            make: |mode| Grouped::boxed(ExactSum, mode),
+            rollup: true,
         },
-        GroupedUdaf {
+        Base {
             name: "tributary_quantile_cont",
-            signature: any(2),
+            args: 2,
             return_type: DataType::Float64,
-            state_type: DataType::LargeBinary,
-            make: || Grouped::boxed(QuantileCont::default()),
+            make: |mode| Grouped::boxed(QuantileCont::default(), mode),
+            rollup: true,
         },
     ];
+    let any = |n| Signature::any(n, Volatility::Immutable);
+    let mut udafs = Vec::new();
+    for base in bases {
+        let variant = |name: String, mode: Mode, args: usize, return_type: DataType| {
+            Arc::new(AggregateUDF::from(GroupedUdaf {
+                name,
+                signature: any(args),
+                return_type,
+                mode,
+                make: base.make,
+            }))
+        };
+        if base.rollup {
+            // The state of the value alone (a constant argument such as `q` is the merge's).
+            udafs.push(variant(
+                format!("{}_state", base.name),
+                Mode::StateOut,
+                1,
+                DataType::LargeBinary,
+            ));
+            udafs.push(variant(
+                format!("{}_merge", base.name),
+                Mode::MergeIn,
+                base.args,
+                base.return_type.clone(),
+            ));
+        }
+        udafs.push(variant(
+            base.name.to_string(),
+            Mode::Raw,
+            base.args,
+            base.return_type,
+        ));
+    }
     udafs
-        .into_iter()
-        .map(|u| Arc::new(AggregateUDF::from(u)))
-        .collect()
+}
+
+/// One of our aggregate functions before its variants are made.
+struct Base {
+    name: &'static str,
+    /// Arguments of the function over rows: the value, then any constants.
+    args: usize,
+    return_type: DataType,
+    make: fn(Mode) -> Groups,
+    /// Whether the view's rollup uses its `_state` and `_merge` variants.
+    rollup: bool,
 }
 
 /// What one aggregate function is, apart from the grouping plumbing of [`Grouped`].
@@ -186,6 +231,14 @@ impl<'a> Rows<'a> {
         Ok(())
     }
 
+    /// Calls `f(row, state)` for each selected row of argument `i`, a partial state.
+    fn each_state(&self, i: usize, mut f: impl FnMut(usize, &[u8]) -> Result<()>) -> Result<()> {
+        let column = cast(self.arg(i)?, &DataType::LargeBinary)?;
+        let column = column.as_binary::<i64>();
+        self.selected(column)
+            .try_for_each(|row| f(row, column.value(row)))
+    }
+
     /// Calls `f(row, text)` for each selected row of argument `i`, cast to text.
     pub(crate) fn each_text(&self, i: usize, mut f: impl FnMut(usize, &str)) -> Result<()> {
         let column = cast(self.arg(i)?, &DataType::Utf8)?;
@@ -227,110 +280,14 @@ pub(crate) fn le_words<const N: usize>(bytes: &[u8]) -> impl Iterator<Item = [u8
         .filter_map(|c| <[u8; N]>::try_from(c).ok())
 }
 
-/// The grouped accumulator of an [`Aggregate`]: one state per group, indexed by group.
-pub(crate) struct Grouped<A: Aggregate> {
-    aggregate: A,
-    groups: Vec<A::Group>,
-}
-
-impl<A: Aggregate> Grouped<A> {
-    fn boxed(aggregate: A) -> Groups {
-        Box::new(Grouped {
-            aggregate,
-            groups: Vec::new(),
-        })
-    }
-}
-
-impl<A: Aggregate> GroupsAccumulator for Grouped<A> {
-    fn update_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        opt_filter: Option<&BooleanArray>,
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.groups.resize_with(total_num_groups, A::Group::default);
-        let rows = Rows {
-            values,
-            filter: opt_filter,
-        };
-        self.aggregate.read_args(&rows)?;
-        let groups = &mut self.groups;
-        self.aggregate.inputs(&rows, |row, input| {
-            A::add(&mut groups[group_indices[row]], input)
-        })
-    }
-
-    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
-        self.aggregate
-            .evaluate(emit_to.take_needed(&mut self.groups))
-    }
-
-    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
-        Ok(vec![
-            self.aggregate
-                .state(emit_to.take_needed(&mut self.groups))?,
-        ])
-    }
-
-    fn merge_batch(
-        &mut self,
-        values: &[ArrayRef],
-        group_indices: &[usize],
-        total_num_groups: usize,
-    ) -> Result<()> {
-        self.groups.resize_with(total_num_groups, A::Group::default);
-        let Some(states) = values.first() else {
-            return Ok(());
-        };
-        let states = cast(states, &DataType::LargeBinary)?;
-        let states = states.as_binary::<i64>();
-        for (row, g) in group_indices.iter().enumerate() {
-            if states.is_valid(row) {
-                self.aggregate
-                    .merge(&mut self.groups[*g], states.value(row))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Each row as a group of its own: the partial state of that row alone.
-    fn convert_to_state(
-        &self,
-        values: &[ArrayRef],
-        opt_filter: Option<&BooleanArray>,
-    ) -> Result<Vec<ArrayRef>> {
-        let rows = Rows {
-            values,
-            filter: opt_filter,
-        };
-        // Constant arguments are read into a copy: converting leaves this accumulator as it is.
-        let mut aggregate = self.aggregate.clone();
-        aggregate.read_args(&rows)?;
-        let mut groups: Vec<A::Group> = (0..rows.len()).map(|_| A::Group::default()).collect();
-        aggregate.inputs(&rows, |row, input| A::add(&mut groups[row], input))?;
-        Ok(vec![aggregate.state(groups)?])
-    }
-
-    fn size(&self) -> usize {
-        self.groups.iter().map(A::size).sum::<usize>()
-            + self.groups.capacity() * std::mem::size_of::<A::Group>()
-    }
-}
-
-/// A grouped accumulator of ours, used as both DataFusion's grouped and single-group
-/// accumulator.
-pub(crate) type Groups = Box<dyn GroupsAccumulator + Sync>;
-
 /// An aggregate function given by its grouped accumulator: what differs between ours is the
 /// name, the types and the accumulator; the rest is here once.
 pub(crate) struct GroupedUdaf {
-    name: &'static str,
+    name: String,
     signature: Signature,
     return_type: DataType,
-    state_type: DataType,
-    make: fn() -> Groups,
+    mode: Mode,
+    make: fn(Mode) -> Groups,
 }
 
 impl std::fmt::Debug for GroupedUdaf {
@@ -358,7 +315,7 @@ impl std::hash::Hash for GroupedUdaf {
 
 impl AggregateUDFImpl for GroupedUdaf {
     fn name(&self) -> &str {
-        self.name
+        &self.name
     }
     fn signature(&self) -> &Signature {
         &self.signature
@@ -369,12 +326,12 @@ impl AggregateUDFImpl for GroupedUdaf {
     fn state_fields(&self, args: StateFieldsArgs) -> Result<Vec<FieldRef>> {
         Ok(vec![Arc::new(Field::new(
             format!("{}_state", args.name),
-            self.state_type.clone(),
+            DataType::LargeBinary,
             true,
         ))])
     }
     fn accumulator(&self, _args: AccumulatorArgs) -> Result<Box<dyn Accumulator>> {
-        Ok(Box::new(SingleGroup((self.make)())))
+        Ok(Box::new(SingleGroup((self.make)(self.mode))))
     }
     fn groups_accumulator_supported(&self, _args: AccumulatorArgs) -> bool {
         true
@@ -383,58 +340,7 @@ impl AggregateUDFImpl for GroupedUdaf {
         &self,
         _args: AccumulatorArgs,
     ) -> Result<Box<dyn GroupsAccumulator>> {
-        Ok((self.make)())
-    }
-}
-
-/// A grouped accumulator used for the one group of an aggregate without GROUP BY.
-pub(crate) struct SingleGroup(pub(crate) Groups);
-
-impl std::fmt::Debug for SingleGroup {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SingleGroup")
-    }
-}
-
-impl Accumulator for SingleGroup {
-    fn update_batch(&mut self, values: &[ArrayRef]) -> Result<()> {
-        let rows = values.first().map_or(0, |v| v.len());
-        self.0.update_batch(values, &vec![0; rows], None, 1)
-    }
-
-    fn evaluate(&mut self) -> Result<ScalarValue> {
-        // Evaluation takes the state; keep a copy to put back for a later `state()` call.
-        let saved = self.0.state(EmitTo::All)?;
-        if saved.first().is_none_or(|a| a.is_empty()) {
-            return Ok(ScalarValue::Null);
-        }
-        self.0.merge_batch(&saved, &[0], 1)?;
-        let out = self.0.evaluate(EmitTo::All)?;
-        let value = ScalarValue::try_from_array(&out, 0)?;
-        self.0.merge_batch(&saved, &[0], 1)?;
-        Ok(value)
-    }
-
-    fn size(&self) -> usize {
-        self.0.size()
-    }
-
-    fn state(&mut self) -> Result<Vec<ScalarValue>> {
-        let out = self.0.state(EmitTo::All)?;
-        if out.first().is_none_or(|a| a.is_empty()) {
-            return Ok(vec![ScalarValue::Null]);
-        }
-        let values = out
-            .iter()
-            .map(|a| ScalarValue::try_from_array(a, 0))
-            .collect::<Result<Vec<_>>>()?;
-        self.0.merge_batch(&out, &[0], 1)?;
-        Ok(values)
-    }
-
-    fn merge_batch(&mut self, states: &[ArrayRef]) -> Result<()> {
-        let rows = states.first().map_or(0, |v| v.len());
-        self.0.merge_batch(states, &vec![0; rows], 1)
+        Ok((self.make)(self.mode))
     }
 }
 

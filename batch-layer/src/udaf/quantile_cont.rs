@@ -5,14 +5,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, LargeBinaryArray};
+use arrow::buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
 use tributary_shared::sketch::exact_quantile_cont_unsorted;
 
-use super::{Aggregate, Rows, le_words, states};
+use super::{Aggregate, Rows, le_words};
 
 /// The exact quantile. A group is its values; `q` is a constant argument, read from the first
 /// batch, and partial states carry it in their first 8 bytes (NaN while unknown).
@@ -23,13 +24,11 @@ pub(crate) struct QuantileCont {
 
 impl QuantileCont {
     /// A partial state: `q`, then the values.
-    fn encode(&self, values: &[f64]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + values.len() * 8);
+    fn encode_into(&self, values: &[f64], out: &mut Vec<u8>) {
         out.extend_from_slice(&self.q.unwrap_or(f64::NAN).to_le_bytes());
         for v in values {
             out.extend_from_slice(&v.to_le_bytes());
         }
-        out
     }
 }
 
@@ -65,6 +64,7 @@ impl Aggregate for QuantileCont {
         {
             self.q = Some(q);
         }
+        group.reserve(state.len() / 8);
         group.extend(words);
         Ok(())
     }
@@ -79,7 +79,21 @@ impl Aggregate for QuantileCont {
     }
 
     fn state(&self, groups: Vec<Vec<f64>>) -> Result<ArrayRef> {
-        Ok(states(groups.iter().map(|values| self.encode(values))))
+        // One buffer for all the groups' states, written in place (a coarse group of the
+        // rollup holds millions of values: no vector per group to copy them through).
+        let total: usize = groups.iter().map(|g| 8 + g.len() * 8).sum();
+        let mut values = Vec::with_capacity(total);
+        let mut offsets = Vec::with_capacity(groups.len() + 1);
+        offsets.push(0i64);
+        for group in &groups {
+            self.encode_into(group, &mut values);
+            offsets.push(values.len() as i64);
+        }
+        Ok(Arc::new(LargeBinaryArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(values),
+            None,
+        )))
     }
 
     fn size(group: &Vec<f64>) -> usize {

@@ -25,11 +25,14 @@ pub(crate) enum SketchInput {
 pub(crate) struct QuantileSketchOf(pub(crate) SketchInput);
 
 /// One group's sketch: bucket codes gathered since the last fold (appending is cheaper than
-/// a map update per value), and the buckets folded in so far (and from merged states) as
+/// a map update per value), the buckets of states merged since then (the same: a coarse
+/// group of the rollup merges tens of thousands of small states, and merging each into its
+/// buckets at once cost a pass over them per state), and the buckets folded in so far as
 /// `(code, count)` in code order, which is bucket order ([`SketchBucket::code`]).
 #[derive(Debug, Default)]
 pub(crate) struct SketchGroup {
     pending: Vec<u32>,
+    incoming: Vec<(u32, u64)>,
     buckets: Vec<(u32, u64)>,
 }
 
@@ -37,19 +40,29 @@ pub(crate) struct SketchGroup {
 const STATE_BUCKET: usize = 12;
 
 impl SketchGroup {
-    /// Folds the pending codes into the buckets.
+    /// Folds the pending codes and merged buckets into the buckets.
     fn fold(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.pending.sort_unstable();
+            let runs: Vec<(u32, u64)> = self
+                .pending
+                .chunk_by(|a, b| a == b)
+                .map(|run| (run[0], run.len() as u64))
+                .collect();
+            self.pending.clear();
+            self.add_sorted(&runs);
         }
-        self.pending.sort_unstable();
-        let runs: Vec<(u32, u64)> = self
-            .pending
-            .chunk_by(|a, b| a == b)
-            .map(|run| (run[0], run.len() as u64))
-            .collect();
-        self.pending.clear();
-        self.add_sorted(&runs);
+        if !self.incoming.is_empty() {
+            self.incoming.sort_unstable_by_key(|(code, _)| *code);
+            let mut runs: Vec<(u32, u64)> = Vec::with_capacity(self.incoming.len());
+            for (code, count) in self.incoming.drain(..) {
+                match runs.last_mut() {
+                    Some(last) if last.0 == code => last.1 += count,
+                    _ => runs.push((code, count)),
+                }
+            }
+            self.add_sorted(&runs);
+        }
     }
 
     /// Adds bucket counts given in code order, each code once.
@@ -134,17 +147,21 @@ impl Aggregate for QuantileSketchOf {
                 "tributary_qsketch: a partial state is not whole buckets".into(),
             ));
         }
-        let buckets: Vec<(u32, u64)> = state
-            .chunks_exact(STATE_BUCKET)
-            .filter_map(|c| {
+        group.incoming.reserve(state.len() / STATE_BUCKET);
+        group
+            .incoming
+            .extend(state.chunks_exact(STATE_BUCKET).filter_map(|c| {
                 let (code, count) = c.split_first_chunk::<4>()?;
                 Some((
                     u32::from_le_bytes(*code),
                     u64::from_le_bytes(count.try_into().ok()?),
                 ))
-            })
-            .collect();
-        group.add_sorted(&buckets);
+            }));
+        // Folded once they outgrow the buckets: each state's buckets are then passed over
+        // about twice, whatever the number of states.
+        if group.incoming.len() >= 2 * group.buckets.len() + 1024 {
+            group.fold();
+        }
         Ok(())
     }
 
@@ -159,7 +176,7 @@ impl Aggregate for QuantileSketchOf {
     }
 
     fn size(group: &SketchGroup) -> usize {
-        group.pending.capacity() * 4 + group.buckets.capacity() * 16
+        group.pending.capacity() * 4 + (group.incoming.capacity() + group.buckets.capacity()) * 16
     }
 }
 
