@@ -179,22 +179,37 @@ impl Engine {
         view: &ViewPlan,
         input: &DateInput,
     ) -> Result<DateOutput, ComputeError> {
-        let rows = self.count_rows(input).await?;
-        let sql = if rollup_fits(view, rows, self.budget.memory_limit) {
+        let input_rows = self.count_rows(input).await?;
+        let sql = if rollup_fits(view, input_rows, self.budget.memory_limit) {
             view_sql
         } else {
-            tracing::info!(view = %view.name, rows, "the rollup of this date would not fit batch.memory_limit: the plain cube computes it");
+            tracing::info!(view = %view.name, rows = input_rows, "the rollup of this date would not fit batch.memory_limit: the plain cube computes it");
             cube_sql
         };
-        self.compute_date_with(view, input, sql).await
+        self.compute_date_counted(view, input, sql, input_rows)
+            .await
     }
 
     /// [`Engine::compute_date`] with the query `sql` writes (tests compare forms of it).
+    #[cfg(test)]
     pub(crate) async fn compute_date_with(
         &self,
         view: &ViewPlan,
         input: &DateInput,
         sql: fn(&ViewPlan, &str) -> String,
+    ) -> Result<DateOutput, ComputeError> {
+        let input_rows = self.count_rows(input).await?;
+        self.compute_date_counted(view, input, sql, input_rows)
+            .await
+    }
+
+    /// Runs `sql` over a date of `input_rows` master rows (counted from its footers once).
+    async fn compute_date_counted(
+        &self,
+        view: &ViewPlan,
+        input: &DateInput,
+        sql: fn(&ViewPlan, &str) -> String,
+        input_rows: u64,
     ) -> Result<DateOutput, ComputeError> {
         let schema = view_schema(view);
         let empty = || {
@@ -213,7 +228,6 @@ impl Engine {
             });
         }
         let t0 = std::time::Instant::now();
-        let input_rows = self.count_rows(input);
         let id = NEXT_TABLE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let table = format!("master_{id}");
         self.ctx
@@ -226,7 +240,6 @@ impl Engine {
             job,
             spilled_bytes,
         } = result?;
-        let input_rows = input_rows.await?;
         tracing::debug!(
             rows = input_rows,
             ms = t0.elapsed().as_millis() as u64,

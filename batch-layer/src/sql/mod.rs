@@ -94,17 +94,14 @@ pub fn view_sql(view: &ViewPlan, table: &str) -> String {
     keys.extend(view.dimensions.iter().map(|d| ident(&d.name)));
     let mut finest = keys.clone();
     finest.push(format!("count(*) AS {}", ident(FINEST_ROWS)));
-    for (i, m) in view.measures.iter().enumerate() {
-        for (j, part) in parts(m).iter().enumerate() {
-            if let Some(state) = &part.state {
-                finest.push(format!("{state} AS {}", state_column(i, j)));
-            }
-        }
-    }
     let mut select = Vec::new();
     for (i, m) in view.measures.iter().enumerate() {
         for (j, part) in parts(m).into_iter().enumerate() {
-            let merge = part.merge.replace(STATE, &state_column(i, j));
+            let column = state_column(i, j);
+            if let Some(state) = &part.state {
+                finest.push(format!("{state} AS {column}"));
+            }
+            let merge = part.merge.replace(STATE, &column);
             select.push(format!("{merge} AS {}", part.column));
         }
     }
