@@ -10,7 +10,7 @@ use anyhow::Context;
 use arrow::array::{Array, Int64Array};
 use object_store::ObjectStore;
 use tokio::sync::watch;
-use tributary_batch_layer::state::StateStore;
+use tributary_batch_layer::state::{StateError, StateStore};
 use tributary_it::generator::{Generator, GeneratorOptions};
 use tributary_it::master::{check_once, read_master};
 use tributary_it::scenario::FIELDS;
@@ -265,8 +265,17 @@ async fn fenced_partition_resumes(store_config: StoreConfig) -> anyhow::Result<(
     // write, so its next conditional write of it is refused.
     let states = StateStore::new(store.clone(), topic.clone());
     for _ in 0..3 {
-        let (state, version) = states.load(0).await?.context("state of partition 0")?;
-        states.save(0, &state, Some(version)).await?;
+        // The archiver may commit between this load and save: then this write is the one
+        // fenced, and it is tried again on the newer version.
+        let mut tries = 0;
+        loop {
+            let (state, version) = states.load(0).await?.context("state of partition 0")?;
+            match states.save(0, &state, Some(version)).await {
+                Ok(_) => break,
+                Err(StateError::Fenced(_)) if tries < 20 => tries += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     // More records for both partitions: partition 0 must be archived too.

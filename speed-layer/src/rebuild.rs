@@ -10,8 +10,10 @@
 //!    coarsest bucket so no bucket the speed layer serves is rebuilt half;
 //! 3. each partition's offset is set to the first record produced at or after
 //!    `from - allowed_lateness - max_future_skew` (Kafka's offsets-for-times) with the
-//!    newest event time `from`, so earlier events are dropped as late and later ones applied
-//!    once; its end offset becomes the rebuild's target;
+//!    newest event time `from + allowed_lateness`, so the watermark starts at `from`: earlier
+//!    events are dropped as late (none of them lands in a bucket before `from`, which would
+//!    be a bucket rebuilt in part) and later ones applied once; its end offset becomes the
+//!    rebuild's target;
 //! 4. one script writes the offsets, the rebuild record and the new epoch, atomically.
 //!
 //! Consumers then find their flushes fenced (new epoch, new offsets), reload and seek. The
@@ -36,17 +38,17 @@ use tributary_shared::view::ViewPlan;
 const LOCK_TTL: Duration = Duration::from_secs(120);
 
 /// Sets the view's new state atomically. KEYS: offsets, epoch, rebuild, lock. ARGV: lock
-/// token, new epoch, from_ms, started_ms, reason, then (partition, start offset, target)
-/// triples.
+/// token, new epoch, from_ms, started_ms, reason, each partition's newest event time, then
+/// (partition, start offset, target) triples.
 const INIT_LUA: &str = r#"
 if redis.call('GET', KEYS[4]) ~= ARGV[1] then
   return redis.error_reply('NOLOCK the rebuild lock was lost')
 end
 redis.call('DEL', KEYS[1], KEYS[3])
 local targets = {}
-local i = 6
+local i = 7
 while i <= #ARGV do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. ':' .. ARGV[3])
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1] .. ':' .. ARGV[6])
   if tonumber(ARGV[i + 2]) > tonumber(ARGV[i + 1]) then
     table.insert(targets, 't:' .. ARGV[i])
     table.insert(targets, ARGV[i + 2])
@@ -237,7 +239,8 @@ impl Rebuilder {
             .arg(&epoch)
             .arg(from)
             .arg(now)
-            .arg(reason.as_str());
+            .arg(reason.as_str())
+            .arg(from.saturating_add(lateness));
         for (p, (start, target)) in &offsets {
             invocation.arg(*p).arg(*start).arg(*target);
         }
