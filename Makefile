@@ -4,7 +4,7 @@ STACK := infra/stack.sh
 # The tests find the stack through these (ports overridable with TRIBUTARY_*_PORT).
 TEST_ENV = eval "$$($(STACK) env)" &&
 
-.PHONY: help up up-secure down status install build lint fmt test test-unit chaos demo bench bench-quick bench-batch clean
+.PHONY: help up up-secure down status install build lint fmt test test-unit chaos demo bench bench-quick bench-batch bench-serving clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ bench-quick: up-secure ## the benchmark harness, a few minutes
 bench-batch: up ## the batch-at-scale figures alone (50M-event day: memory budget vs DuckDB, Ballista)
 	cargo build --release --bins
 	@mkdir -p bench/results && bash bench/batch_scale.sh bench/results/batch_scale.json && cat bench/results/batch_scale.json
+
+bench-serving: up ## the serving figures alone (series at 64 clients: idle, as_of, events arriving; redis-benchmark)
+	cargo build --release --bins
+	@d=$$(mktemp -d) && bash bench/serving.sh $$d; rc=$$?; rm -rf $$d; exit $$rc
 
 clean: down ## stop the stack and remove its state
 	rm -rf .stack

@@ -6,7 +6,8 @@
 # on the same topic), the speed engine alone (`speed-layer replay`), the batch recompute of one
 # day (vs DuckDB over the same Parquet files, with peak memory; and again with the speed side
 # of that day in Redis, which the accuracy ledger compares), and the serving layer's `series`
-# at 64 clients, plain and `as_of` (next to redis-benchmark GET). Writes
+# at 64 clients, plain, `as_of` and with events arriving (next to redis-benchmark GET; alone:
+# bench/serving.sh). Writes
 # bench/results/latest.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -99,72 +100,7 @@ BENCH_SCALE_EVENTS=${BENCH_SCALE_EVENTS:-$([ "$quick" = 1 ] && echo 5000000 || e
   bash bench/batch_scale.sh "$work/scale.json"
 
 echo "[bench] serving: series over 24 hourly buckets, group_by country, 64 clients, next to redis-benchmark"
-# A day of events through the real speed layer (its watermark seals the older buckets) and the
-# real archive + one batch run, then the last one and a half hours through the speed layer only:
-# the 24-hour chart a dashboard reads an hour after the last batch run, 22 settled hours from
-# the batch view and the previous and current hours from Redis (issue 16's shape).
-serve_prefix=bench-serve-$$
-serve_topic=bench-serve-$$
-serve_store=$work/serve-store
-mkdir -p "$serve_store"
-now_s=$(date -u +%s)
-cut_ago=$((now_s - now_s / 3600 * 3600 + 1800))   # half an hour before the current hour began
-settled_count=$((300000 * (86400 - cut_ago) / 86400))
-target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" --create-partitions 4 \
-  --count "$settled_count" --span-secs $((86400 - cut_ago)) --end-secs-ago "$cut_ago" --seed 7 2>/dev/null
-serve_env=(TRIBUTARY__SOURCE__BROKERS="$TRIBUTARY_TEST_BROKERS" TRIBUTARY__SOURCE__TOPIC=$serve_topic
-  TRIBUTARY__SOURCE__GROUP_PREFIX=$serve_prefix TRIBUTARY__REDIS__URL="$redis_url"
-  TRIBUTARY__REDIS__KEY_PREFIX=$serve_prefix TRIBUTARY__STORE__URL="file://$serve_store"
-  TRIBUTARY__SPEED__METRICS_LISTEN=127.0.0.1:0 TRIBUTARY__BATCH__METRICS_LISTEN=127.0.0.1:0 RUST_LOG=warn)
-# Runs the speed layer (and the archive, with `archive`) until both have read `$1` records.
-serve_read() {
-  env "${serve_env[@]}" target/release/speed-layer --config infra/tributary.toml run &
-  local pids=($!)
-  [ "${2:-}" = archive ] && { env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml archive & pids+=($!); }
-  for _ in $(seq 300); do
-    applied=$(redis-cli -u "$redis_url" HVALS "$serve_prefix:{checkouts}:offsets:$serve_topic" 2>/dev/null |
-      awk -F: '{s += $1} END {print s + 0}')
-    archived=$(python3 -c 'import glob, json, sys
-print(sum(json.load(open(f))["committed_offset"] for f in glob.glob(sys.argv[1] + "/master/*/_state/p*.json")))' "$serve_store")
-    [ "$applied" -ge "$1" ] && { [ "${2:-}" != archive ] || [ "$archived" -ge "$1" ]; } && break
-    sleep 1
-  done
-  kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true
-}
-serve_read "$settled_count" archive
-env "${serve_env[@]}" target/release/batch-layer --config infra/tributary.toml run >/dev/null
-target/release/tributary-gen --brokers "$TRIBUTARY_TEST_BROKERS" --topic "$serve_topic" \
-  --count $((300000 - settled_count)) --span-secs "$cut_ago" --seed 8 2>/dev/null
-serve_read 300000
-serve_port=${BENCH_SERVE_PORT:-18080}
-env "${serve_env[@]}" TRIBUTARY__SERVING__LISTEN=127.0.0.1:$serve_port \
-  target/release/serving-layer --config infra/tributary.toml serve &
-serve_pid=$!
-trap 'kill $serve_pid 2>/dev/null || true; rm -rf "$work"' EXIT
-for _ in $(seq 50); do curl -fsS "http://127.0.0.1:$serve_port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
-# The 24 hours up to the end of the current one: the settled hours from the batch view, the
-# two newest from the speed layer (the current hour still open, read from Redis every time).
-to=$(date -u -d '+1 hour' +%Y-%m-%dT%H:00:00Z)
-from=$(date -u -d '-23 hours' +%Y-%m-%dT%H:00:00Z)
-url="http://127.0.0.1:$serve_port/v1/views/checkouts/series?measures=events,revenue,buyers&granularity=hour&group_by=country&from=$from&to=$to"
-curl -fsS "$url" | python3 -c 'import json, sys
-d = json.load(sys.stdin)
-print("  query mix: %s buckets by source, %d groups, horizon %s" % (d["buckets"], len(d["series"]), d["batch_horizon"]))
-json.dump(d["buckets"], open(sys.argv[1], "w"))' "$work/serve-mix.json"
-# The server's CPU seconds (user + system), read around each plain run.
-server_cpu() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.3f", ($14 + $15) / hz}' "/proc/$serve_pid/stat"; }
-# The same query as the batch views stood a moment ago (as_of: the manifest then, no Redis).
-as_of_url="$url&as_of=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
-curl -fsS "$as_of_url" >/dev/null || { echo "[bench] the as_of query fails: $as_of_url" >&2; exit 1; }
-for i in $(seq "$runs"); do
-  before=$(server_cpu)
-  target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-$i.json"
-  echo "$before $(server_cpu)" >"$work/serve-cpu-$i"
-  target/release/bench-serve --url "$as_of_url" --clients 64 --seconds "$serve_seconds" >"$work/serve-asof-$i.json"
-  redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
-  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / as_of $(python3 -c "import json;d=json.load(open('$work/serve-asof-$i.json'));print(f\"p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s"
-done
-kill $serve_pid 2>/dev/null || true
+BENCH_RUNS=$runs BENCH_SERVE_SECONDS=$serve_seconds bash bench/serving.sh "$work"
 
 echo "[bench] end-to-end freshness: produce → visible in series, at 2000 events/s"
 for i in $(seq "$runs"); do
@@ -212,6 +148,9 @@ def ledger_line(i):
 ledger_lines = [ledger_line(i) for i in range(1, runs + 1)]
 serve_as_of = [json.load(open(f"{work}/serve-asof-{i}.json")) for i in range(1, runs + 1)]
 serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
+serve_wrk = [json.load(open(f"{work}/serve-wrk-{i}.json")) for i in range(1, runs + 1)]
+serve_live = [json.load(open(f"{work}/serve-live-{i}.json")) for i in range(1, runs + 1)]
+serve_live_kept = [tuple(map(int, open(f"{work}/serve-live-kept-{i}").read().split())) for i in range(1, runs + 1)]
 def cpu_per_request(i):
     before, after = map(float, open(f"{work}/serve-cpu-{i}").read().split())
     return (after - before) / max(serve[i - 1]["requests"], 1) * 1e6
@@ -266,6 +205,16 @@ result = {
         "as_of_p99_ms": stats([s["p99_ms"] for s in serve_as_of]),
         "as_of_requests_per_sec": stats([s["requests_per_sec"] for s in serve_as_of]),
         "ratio_as_of_to_plain_p99": stats([a["p99_ms"] / s["p99_ms"] for a, s in zip(serve_as_of, serve)]),
+        "wrk_requests_per_sec": stats([s["requests_per_sec"] for s in serve_wrk]),
+        "wrk_p50_ms": stats([s["p50_ms"] for s in serve_wrk]),
+        "wrk_p99_ms": stats([s["p99_ms"] for s in serve_wrk]),
+        "wrk_server_cpu_us_per_request": stats([s["server_cpu_us_per_request"] for s in serve_wrk]),
+        "wrk_errors": sum(s["errors"] for s in serve_wrk),
+        "live_requests_per_sec": stats([s["requests_per_sec"] for s in serve_live]),
+        "live_p50_ms": stats([s["p50_ms"] for s in serve_live]),
+        "live_p99_ms": stats([s["p99_ms"] for s in serve_live]),
+        "live_errors": sum(s["errors"] for s in serve_live),
+        "live_kept_share": stats([k / max(k + c, 1) for k, c in serve_live_kept]),
         "redis_benchmark_get_rps": stats([r["rps"] for r in redis_get]),
         "redis_benchmark_get_p99_ms": stats([r["p99_ms"] for r in redis_get]),
     },
@@ -325,12 +274,19 @@ rows += [
     row("  ratio Ballista / local engine", scale["ratio_ballista_to_local"], "{:.2f}"),
     ("  peak memory per executor (MiB)", " / ".join(f"{p:.0f}" for p in scale["ballista_executor_peak_mib"]), ""),
     (f"serving series, 64 clients, buckets {sv['buckets_by_source']}", "", ""),
-    row("  req/s", sv["requests_per_sec"], "{:,.0f}"),
-    row("  server CPU per request (us)", sv["server_cpu_us_per_request"], "{:.0f}"),
-    row("  p50 (ms)", sv["p50_ms"], "{:.2f}"),
-    row("  p99 (ms, target <= 5)", sv["p99_ms"], "{:.2f}"),
+    row("  loaded by bench-serve (reqwest), req/s", sv["requests_per_sec"], "{:,.0f}"),
+    row("  bench-serve, server CPU per request (us)", sv["server_cpu_us_per_request"], "{:.0f}"),
+    row("  bench-serve p50 (ms)", sv["p50_ms"], "{:.2f}"),
+    row("  bench-serve p99 (ms, target <= 5)", sv["p99_ms"], "{:.2f}"),
     row("  same query with as_of, p99 (ms)", sv["as_of_p99_ms"], "{:.2f}"),
     row("  ratio as_of / plain p99 (target <= 2.0)", sv["ratio_as_of_to_plain_p99"], "{:.2f}"),
+    row("  loaded by wrk instead (C client), req/s", sv["wrk_requests_per_sec"], "{:,.0f}"),
+    row("  loaded by wrk, server CPU per request (us)", sv["wrk_server_cpu_us_per_request"], "{:.0f}"),
+    row("  loaded by wrk, p50 (ms)", sv["wrk_p50_ms"], "{:.2f}"),
+    row("  loaded by wrk, p99 (ms, target <= 5)", sv["wrk_p99_ms"], "{:.2f}"),
+    row("  same query, 2,000 ev/s arriving, req/s", sv["live_requests_per_sec"], "{:,.0f}"),
+    row("  same query, 2,000 ev/s arriving, p99 (ms)", sv["live_p99_ms"], "{:.2f}"),
+    row("  share of answers kept while events arrive", sv["live_kept_share"], "{:.2f}"),
     row("redis-benchmark -P 1 GET, 64 clients (peer, req/s)", sv["redis_benchmark_get_rps"], "{:,.0f}"),
     row("freshness p50, produce to visible in series (ms, target <= 50)", result["freshness_ms"]["p50"], "{:.0f}"),
     row("freshness p99 (ms, target <= 100)", result["freshness_ms"]["p99"], "{:.0f}"),

@@ -91,8 +91,9 @@ install_all() {
   install_tansu
   # chromium: the dashboard's headless browser test; sqlite3: the fault suite grows a topic's
   # partitions in the broker's store (Tansu 0.6 has no CreatePartitions); strace: the fault
-  # suite checks the archive's fsync order.
-  apt_install redis-server redis-tools chromium sqlite3 strace
+  # suite checks the archive's fsync order; wrk: the serving benchmark's HTTP load generator
+  # (C, like its redis-benchmark peer).
+  apt_install redis-server redis-tools chromium sqlite3 strace wrk
   install_python
 }
 

@@ -17,6 +17,7 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::accuracy::{AccuracyBucket, AccuracyResponse, AccuracySummary, MeasureAccuracy};
+use crate::answers::SeriesAnswer;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ServingMetrics;
 use crate::query::{AccuracyParams, Limits, SeriesParams, TopParams, pairs};
@@ -305,7 +306,7 @@ async fn series(
     State(app): State<AppState>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<SeriesResponse, ApiError> {
+) -> Result<SeriesAnswer, ApiError> {
     let plan = view(&app, &name)?;
     let now = now_ms();
     let params = SeriesParams::parse(
@@ -315,7 +316,8 @@ async fn series(
         Limits::of(&app.sources.config),
     )?;
     let out = crate::merge::series(&app.sources, plan, &params, now).await?;
-    if !out.unreadable.is_empty() {
+    app.metrics.series_answer(out.kept);
+    if out.partial {
         app.metrics.partial_answers.inc();
     }
     Ok(out)

@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod accuracy;
+pub mod answers;
 pub mod api;
 pub mod dashboard;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod openapi;
 pub mod points;
 pub mod query;
 pub mod response;
+pub mod single_flight;
 pub mod sources;
 pub mod status;
 pub mod tls;

@@ -13,6 +13,8 @@ pub struct ServingMetrics {
     latency: Family<Labels, Histogram>,
     /// Answers that listed buckets they could not read (Redis or the store down).
     pub partial_answers: Counter,
+    /// `series` answers served as kept (nothing they came from had changed) or computed.
+    series_answers: Family<Labels, Counter>,
     /// Requests refused for want of a valid API key, by reason (missing, malformed, invalid).
     auth_rejected: Family<Labels, Counter>,
     registry: Registry,
@@ -32,6 +34,7 @@ impl ServingMetrics {
             Histogram::new(exponential_buckets(0.0005, 2.0, 16))
         });
         let partial_answers = Counter::default();
+        let series_answers = Family::<Labels, Counter>::default();
         let auth_rejected = Family::<Labels, Counter>::default();
         registry.register(
             "requests",
@@ -49,6 +52,11 @@ impl ServingMetrics {
             partial_answers.clone(),
         );
         registry.register(
+            "series_answers",
+            "series answers by how they were made: kept (unchanged since computed) or computed",
+            series_answers.clone(),
+        );
+        registry.register(
             "auth_rejected",
             "Requests refused with 401 by reason (missing, malformed or invalid API key)",
             auth_rejected.clone(),
@@ -57,6 +65,7 @@ impl ServingMetrics {
             requests,
             latency,
             partial_answers,
+            series_answers,
             auth_rejected,
             registry,
         }
@@ -72,6 +81,14 @@ impl ServingMetrics {
         self.latency
             .get_or_create(&vec![("route".into(), route.to_string())])
             .observe(seconds);
+    }
+
+    /// Counts a `series` answer, kept or computed.
+    pub fn series_answer(&self, kept: bool) {
+        let how = if kept { "kept" } else { "computed" };
+        self.series_answers
+            .get_or_create(&vec![("how".into(), how.into())])
+            .inc();
     }
 
     pub fn auth_rejected(&self, reason: &str) {

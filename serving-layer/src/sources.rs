@@ -6,8 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use object_store::ObjectStore;
 use tokio::sync::Mutex;
 use tributary_batch_layer::read::BatchReader;
@@ -15,9 +13,13 @@ use tributary_shared::layout::RedisKeys;
 use tributary_shared::redis_client::{RedisClient, RedisConnectError, RedisConnection};
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::{Config, EventSchema, ViewPlan};
-use tributary_speed_layer::read::{ReadError, SpeedQuery, ViewState, read, read_totals};
+use tributary_speed_layer::read::{
+    ReadError, SpeedQuery, ViewState, read, read_totals, read_version,
+};
 
+use crate::answers::AnswerCache;
 use crate::points::PointCache;
+use crate::single_flight::SingleFlight;
 
 /// How long a Redis connect or command may take before the speed side is reported unreadable.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -34,6 +36,7 @@ struct StateSlot {
 
 pub struct Sources {
     pub points: PointCache,
+    pub answers: AnswerCache,
     pub config: Config,
     pub views: Vec<ViewPlan>,
     pub keys: RedisKeys,
@@ -42,11 +45,9 @@ pub struct Sources {
     redis_client: RedisClient,
     redis: Mutex<RedisSlot>,
     states: std::sync::Mutex<HashMap<String, StateSlot>>,
-    inflight: Arc<std::sync::Mutex<HashMap<String, SharedRead>>>,
+    reads: SingleFlight<Arc<Series>>,
+    versions: SingleFlight<Option<(String, u64)>>,
 }
-
-/// A speed read several identical requests wait on.
-type SharedRead = Shared<BoxFuture<'static, Result<Arc<Series>, SourceError>>>;
 
 #[derive(Default)]
 struct RedisSlot {
@@ -83,7 +84,9 @@ impl Sources {
             .map_err(|e| anyhow::anyhow!("store.url: {e}"))?;
         let redis_client = RedisClient::with_timeout(&config.redis, REDIS_TIMEOUT)?;
         Ok(Sources {
-            points: PointCache::new(Duration::from_secs(300), config.serving.cache_size),
+            // A third of the cache budget for whole answers, two for their parts.
+            points: PointCache::new(Duration::from_secs(300), config.serving.cache_size / 3 * 2),
+            answers: AnswerCache::new(Duration::from_secs(300), config.serving.cache_size / 3),
             keys: RedisKeys::new(config.redis.key_prefix.clone()),
             batch: BatchReader::new(store.clone(), Duration::from_secs(1)),
             store,
@@ -91,7 +94,8 @@ impl Sources {
             redis_client,
             redis: Mutex::new(RedisSlot::default()),
             states: Default::default(),
-            inflight: Default::default(),
+            reads: Default::default(),
+            versions: Default::default(),
             config,
         })
     }
@@ -183,11 +187,8 @@ impl Sources {
     }
 
     /// A speed-layer series read (see `tributary_speed_layer::read::read`). Identical reads
-    /// (same `key`: query shape and buckets) that overlap in time share one Redis read: many
-    /// dashboards polling the same chart cost Redis one read per round, not one per viewer.
-    /// A request never gets an answer read before the previous identical read finished. The
-    /// read runs as its own task and removes itself from the in-flight map when done, so a
-    /// request cancelled while waiting (a client gone, a timeout) leaves nothing behind.
+    /// (same `key`: query shape and buckets) that overlap in time share one Redis read (see
+    /// [`SingleFlight`]).
     pub async fn speed_series(
         &self,
         key: String,
@@ -195,51 +196,43 @@ impl Sources {
         q: SpeedQuery,
     ) -> Result<Arc<Series>, SourceError> {
         let con = self.redis().await?;
-        let read = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            match inflight.get(&key) {
-                Some(read) => read.clone(),
-                None => {
-                    let (keys, view) = (self.keys.clone(), view.clone());
-                    let map = self.inflight.clone();
-                    let task_key = key.clone();
-                    let task = tokio::spawn(async move {
-                        let mut con = con;
-                        let out = match tokio::time::timeout(
-                            REDIS_TIMEOUT * 4,
-                            read(&mut con, &keys, &view, &q),
-                        )
-                        .await
-                        {
-                            Ok(Ok(series)) => Ok(Arc::new(series)),
-                            Ok(Err(e)) => Err(SourceError::from(e)),
-                            Err(_) => Err(SourceError::Redis("read timed out".into())),
-                        };
-                        map.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&task_key);
-                        out
-                    });
-                    let read = async move {
-                        task.await
-                            .unwrap_or_else(|e| Err(SourceError::Redis(format!("read task: {e}"))))
-                    }
-                    .boxed()
-                    .shared();
-                    inflight.insert(key, read.clone());
-                    read
+        let (keys, view) = (self.keys.clone(), view.clone());
+        self.reads
+            .run(key, move || async move {
+                let mut con = con;
+                match tokio::time::timeout(REDIS_TIMEOUT * 4, read(&mut con, &keys, &view, &q))
+                    .await
+                {
+                    Ok(Ok(series)) => Ok(Arc::new(series)),
+                    Ok(Err(e)) => Err(SourceError::from(e)),
+                    Err(_) => Err(SourceError::Redis("read timed out".into())),
                 }
-            }
-        };
-        read.await
+            })
+            .await
+    }
+
+    /// The version of a view's speed state now (see
+    /// `tributary_speed_layer::read::read_version`): one `GET` of the flush counter with the
+    /// epoch, shared by the requests that ask at the same time.
+    pub async fn speed_version(&self, view: &str) -> Result<Option<(String, u64)>, SourceError> {
+        let con = self.redis().await?;
+        let (keys, name) = (self.keys.clone(), view.to_string());
+        self.versions
+            .run(view.to_string(), move || async move {
+                let mut con = con;
+                match tokio::time::timeout(REDIS_TIMEOUT, read_version(&mut con, &keys, &name))
+                    .await
+                {
+                    Ok(r) => r.map_err(SourceError::from),
+                    Err(_) => Err(SourceError::Redis("read timed out".into())),
+                }
+            })
+            .await
     }
 
     /// Reads in flight (for tests: cancelled requests must not leave any behind).
     pub fn inflight_reads(&self) -> usize {
-        self.inflight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.reads.len() + self.versions.len()
     }
 
     /// Mergeable speed-layer totals per group (see `tributary_speed_layer::read::read_totals`).

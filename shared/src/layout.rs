@@ -83,6 +83,13 @@ impl RedisKeys {
         format!("{}:rebuild", self.view(view))
     }
 
+    /// Counter of the view's applied flushes, incremented by the script that applies each one
+    /// (atomically with its data): with the epoch, a version of the view's speed state that
+    /// one `GET` reads, so a reader can tell an answer it cached is still current.
+    pub fn flushes(&self, view: &str) -> String {
+        format!("{}:flushes", self.view(view))
+    }
+
     /// Lock taken by the one process that rebuilds a view's state.
     pub fn rebuild_lock(&self, view: &str) -> String {
         format!("{}:rebuild-lock", self.view(view))

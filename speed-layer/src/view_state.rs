@@ -121,6 +121,28 @@ pub async fn read<C: ConnectionLike>(
     })
 }
 
+/// A version of a view's speed state: which build of it (the epoch) and how many flushes
+/// have been applied to it. Two equal versions, read one after the other, mean no flush was
+/// applied in between, so an answer read from the state in between is still current. `None`
+/// when the state is gone, rebuilding, or has no flush counter yet (written before the
+/// counter existed): then nothing can be told.
+pub async fn read_version<C: ConnectionLike>(
+    con: &mut C,
+    keys: &RedisKeys,
+    view: &str,
+) -> Result<Option<(String, u64)>, ReadError> {
+    let mut pipe = redis::pipe();
+    pipe.get(keys.epoch(view))
+        .exists(keys.rebuild(view))
+        .get(keys.flushes(view));
+    let (epoch, rebuilding, flushes): (Option<String>, bool, Option<u64>) =
+        pipe.query_async(con).await?;
+    Ok(match (epoch, rebuilding, flushes) {
+        (Some(epoch), false, Some(flushes)) => Some((epoch, flushes)),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

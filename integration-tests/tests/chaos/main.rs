@@ -13,6 +13,7 @@ mod bad_input;
 mod batch_races;
 mod cancelled_reads;
 mod hung_member;
+mod kept_answers;
 mod kill_storm;
 mod outages;
 mod redis_loss;

@@ -1,16 +1,20 @@
 //! `GET /v1/views/{view}/series`: per bucket, the batch view's points (cached per manifest
-//! version) or the speed layer's (sealed buckets cached, open ones read per request).
+//! version) or the speed layer's (sealed buckets cached, open ones read from Redis); the
+//! whole answer kept until a flush or a batch run changes it (see `answers`).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::series::Series;
 use tributary_shared::view::ViewPlan;
-use tributary_speed_layer::read::SpeedQuery;
+use tributary_speed_layer::read::{SpeedQuery, ViewState};
 
 use super::{Prologue, prologue, too_many_groups};
+use crate::answers::SeriesAnswer;
 use crate::error::ApiError;
 use crate::points::{BatchPart, CachedPoints, RenderedPoint};
 use crate::query::SeriesParams;
@@ -22,6 +26,94 @@ pub async fn series(
     view: &ViewPlan,
     p: &SeriesParams,
     now_ms: i64,
+) -> Result<SeriesAnswer, ApiError> {
+    let pro = prologue(src, view, p.granularity, &p.range, now_ms).await;
+    // The speed state decides which speed buckets are sealed or rebuilding (re-read from
+    // Redis at most every `STATE_REFRESH`).
+    let state = match pro.speed.is_empty() {
+        true => None,
+        false => Some(src.view_state(&view.name).await),
+    };
+    // A kept answer is served when nothing it was computed from has changed since (see
+    // `answers`); its version is read before any of this request's own reads.
+    let query = p.key(&view.name);
+    let version = answer_version(src, view, &pro, state.as_ref()).await;
+    if let Some(v) = &version
+        && let Some(body) = src.answers.get(&query, v)
+    {
+        return Ok(SeriesAnswer {
+            body,
+            partial: false,
+            kept: true,
+        });
+    }
+    let answer = compute(src, view, p, pro, state).await?;
+    let body = Bytes::from(answer.to_json()?);
+    let whole =
+        answer.errors.is_empty() && answer.unreadable.is_empty() && answer.rebuilding.is_empty();
+    if whole && let Some(v) = version {
+        src.answers.put(&query, v, body.clone());
+    }
+    Ok(SeriesAnswer {
+        body,
+        partial: !answer.unreadable.is_empty(),
+        kept: false,
+    })
+}
+
+/// The version of what an answer is computed from: the manifest, each bucket's source, and
+/// when speed buckets are asked for, the speed state's epoch, watermark and flush counter
+/// (`None`: something is unreadable or rebuilding, and such answers are not kept).
+async fn answer_version(
+    src: &Sources,
+    view: &ViewPlan,
+    pro: &Prologue,
+    state: Option<&Result<ViewState, SourceError>>,
+) -> Option<String> {
+    if !pro.errors.is_empty() || !pro.unreadable.is_empty() {
+        return None;
+    }
+    let speed = match state {
+        None => None,
+        Some(Ok(state)) if state.serving() => {
+            let (epoch, flushes) = src.speed_version(&view.name).await.ok()??;
+            if state.epoch.as_ref() != Some(&epoch) {
+                return None;
+            }
+            let lateness = src.config.speed.allowed_lateness.as_millis() as i64;
+            Some((epoch, flushes, state.watermark(lateness)))
+        }
+        Some(_) => return None,
+    };
+    // Each bucket's source: the buckets of a query's range fall, in order, into the batch
+    // (up to the horizon), then missing (past the speed layer's retention), then speed (or,
+    // for `exact` and `as_of`, pending or missing), so with the range (in the query's key)
+    // and the horizon, the counts say which bucket is which.
+    let mut v = String::with_capacity(96);
+    let _ = write!(
+        v,
+        "{:?}|{:?}|{}|{}|{}|{}",
+        pro.manifest.as_ref().map(|m| (m.version, &m.run_id)),
+        pro.horizon,
+        pro.batch.len(),
+        pro.missing.len(),
+        pro.speed.len(),
+        pro.pending.len()
+    );
+    if let Some((epoch, flushes, watermark)) = speed {
+        let _ = write!(v, "|{epoch}|{flushes}|{watermark:?}");
+    }
+    Some(v)
+}
+
+/// The answer, computed: the batch part (cached per manifest version), the speed part
+/// (sealed buckets cached per epoch, open ones read from Redis), the gaps.
+async fn compute(
+    src: &Sources,
+    view: &ViewPlan,
+    p: &SeriesParams,
+    pro: Prologue,
+    state: Option<Result<ViewState, SourceError>>,
 ) -> Result<SeriesResponse, ApiError> {
     let g = p.granularity;
     let max_groups = src.config.serving.max_groups;
@@ -34,7 +126,7 @@ pub async fn series(
         pending,
         unreadable,
         mut errors,
-    } = prologue(src, view, g, &p.range, now_ms).await;
+    } = pro;
     let mut unreadable: BTreeSet<i64> = unreadable.into_iter().collect();
     let mut rebuilding: BTreeSet<i64> = BTreeSet::new();
 
@@ -112,9 +204,9 @@ pub async fn series(
     // rebuilt view is a new key); only the open buckets are read from Redis, in one read.
     let mut speed = Rendered::new();
     let mut speed_wm = None;
-    if !speed_buckets.is_empty() {
+    if let Some(state) = state {
         let lateness = src.config.speed.allowed_lateness.as_millis() as i64;
-        match src.view_state(&view.name).await {
+        match state {
             Err(e) => {
                 errors.push(format!("speed layer unreadable: {e}"));
                 unreadable.extend(&speed_buckets);

@@ -67,6 +67,36 @@ pub struct TopParams {
 }
 
 impl SeriesParams {
+    /// The query written out in full and unambiguously (filter values length-prefixed), as a
+    /// key for answers kept per query: equal keys, equal queries. Written by hand rather
+    /// than with `Debug`: it is built on every request, and `Debug` was ~4 % of one's CPU.
+    pub fn key(&self, view: &str) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(96);
+        let r = &self.range;
+        let _ = write!(
+            s,
+            "{view}|{}|{}|{}|{}|{:?}|m",
+            self.granularity, r.from_ms, r.to_ms, r.exact, r.as_of
+        );
+        for m in &self.measures {
+            let _ = write!(s, "{m},");
+        }
+        s.push_str("|g");
+        for d in &self.group_by {
+            let _ = write!(s, "{d},");
+        }
+        s.push_str("|f");
+        for (d, values) in &r.filters {
+            let _ = write!(s, "{d}:");
+            for v in values {
+                let _ = write!(s, "{}:{v},", v.len());
+            }
+            s.push(';');
+        }
+        s
+    }
+
     /// What both layers read for this query.
     pub fn selection(&self) -> Selection {
         Selection {

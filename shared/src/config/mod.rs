@@ -249,8 +249,8 @@ pub struct ServingConfig {
     pub max_groups: usize,
     /// Upper bound of the values all `filter` parameters of one query may list together.
     pub max_filter_values: usize,
-    /// Memory of the rendered-point caches, in bytes (e.g. "256MiB"): half for points per
-    /// bucket, half for batch parts assembled per query.
+    /// Memory of the serving caches, in bytes (e.g. "256MiB"): a third each for rendered
+    /// points per bucket, batch parts assembled per query, and whole answers per query.
     #[serde(with = "byte_size")]
     pub cache_size: u64,
     #[serde(with = "duration_str")]

@@ -1,5 +1,5 @@
 -- One view's flush, applied atomically: see `APPLY_LUA` in mod.rs for KEYS, ARGV and replies.
-local off, epoch_key, rebuild_key, stats_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local off, epoch_key, rebuild_key, stats_key, flushes_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local epoch = redis.call('GET', epoch_key)
 if not epoch then
   return redis.error_reply('LOST the view state is gone from redis (no epoch)')
@@ -70,6 +70,7 @@ for _ = 1, np do
   redis.call('HSET', off, ARGV[i], ARGV[i + 2])
   i = i + 3
 end
+redis.call('INCR', flushes_key)
 if redis.call('EXISTS', rebuild_key) == 1 then
   local r = redis.call('HGETALL', rebuild_key)
   local done = true

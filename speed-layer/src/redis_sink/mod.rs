@@ -15,7 +15,8 @@ mod args;
 
 use args::{build_args, hll_pipeline};
 
-/// Applies one view's flush. KEYS: the view's offsets hash, epoch, rebuild hash and stats.
+/// Applies one view's flush. KEYS: the view's offsets hash, epoch, rebuild hash, stats and
+/// flush counter.
 /// ARGV: the epoch this consumer holds, now (ms), the partition count, (partition, expected,
 /// new) triples, then ops until the end: `I key field n` HINCRBY · `F key field x`
 /// HINCRBYFLOAT · `m`/`M key field x` keep min/max · `S key member` SADD · `A key n m1..mn`
@@ -26,7 +27,7 @@ use args::{build_args, hll_pipeline};
 /// when another process rebuilt it), every partition's offset (`FENCED` when another consumer
 /// moved on), and every float increment (`REFUSED` if a sum would leave the finite range;
 /// events cannot make that happen, see `MAX_MAGNITUDE`, so it means the state was tampered
-/// with). Then the data, then the offsets, then: if a rebuild is running and every partition
+/// with). Then the data, then the offsets and the flush counter, then: if a rebuild is running and every partition
 /// has reached its target, the rebuild record is deleted.
 const APPLY_LUA: &str = include_str!("apply.lua");
 
@@ -156,6 +157,7 @@ impl RedisSink {
                 .key(self.keys.epoch(&plan.name))
                 .key(self.keys.rebuild(&plan.name))
                 .key(self.keys.view_stats(&plan.name))
+                .key(self.keys.flushes(&plan.name))
                 .arg(epoch)
                 .arg(chrono::Utc::now().timestamp_millis());
             for a in args {
