@@ -3,10 +3,10 @@
 //!
 //! Dashboards poll: the same query comes again and again, and between two flushes of the
 //! speed layer (and two batch runs) its answer cannot change. An answer is kept with its
-//! version (the batch manifest, each bucket's source, and the speed state's epoch, watermark
-//! and flush counter read from Redis before the answer's own reads); a request whose version
-//! is the same gets the kept bytes. A stale answer cannot be served: any flush bumps the
-//! counter, so the next request reads the new state. What this saves is the merge, the
+//! version (the batch manifest, each bucket's source, and the speed state's epoch, watermark,
+//! applied offsets and flush counter, read from Redis before the answer's own reads); a
+//! request whose version is the same gets the kept bytes. A stale answer cannot be served:
+//! any flush changes the version, so the next request reads the new state. What this saves is the merge, the
 //! rendering and the ~25 Redis commands of the open buckets, per request.
 
 use std::sync::Arc;

@@ -14,7 +14,7 @@ use tributary_shared::redis_client::{RedisClient, RedisConnectError, RedisConnec
 use tributary_shared::series::{Partial, Series};
 use tributary_shared::{Config, EventSchema, ViewPlan};
 use tributary_speed_layer::read::{
-    ReadError, SpeedQuery, ViewState, read, read_totals, read_version,
+    ReadError, SpeedQuery, StateVersion, ViewState, read, read_totals, read_version,
 };
 
 use crate::answers::AnswerCache;
@@ -46,7 +46,7 @@ pub struct Sources {
     redis: Mutex<RedisSlot>,
     states: std::sync::Mutex<HashMap<String, StateSlot>>,
     reads: SingleFlight<Arc<Series>>,
-    versions: SingleFlight<Option<(String, u64)>>,
+    versions: SingleFlight<Option<StateVersion>>,
 }
 
 #[derive(Default)]
@@ -212,16 +212,20 @@ impl Sources {
     }
 
     /// The version of a view's speed state now (see
-    /// `tributary_speed_layer::read::read_version`): one `GET` of the flush counter with the
-    /// epoch, shared by the requests that ask at the same time.
-    pub async fn speed_version(&self, view: &str) -> Result<Option<(String, u64)>, SourceError> {
+    /// `tributary_speed_layer::read::read_version`): one round trip (epoch, rebuild flag,
+    /// flush counter, offsets), shared by the requests that ask at the same time.
+    pub async fn speed_version(&self, view: &str) -> Result<Option<StateVersion>, SourceError> {
         let con = self.redis().await?;
         let (keys, name) = (self.keys.clone(), view.to_string());
+        let topic = self.config.source.topic.clone();
         self.versions
             .run(view.to_string(), move || async move {
                 let mut con = con;
-                match tokio::time::timeout(REDIS_TIMEOUT, read_version(&mut con, &keys, &name))
-                    .await
+                match tokio::time::timeout(
+                    REDIS_TIMEOUT,
+                    read_version(&mut con, &keys, &topic, &name),
+                )
+                .await
                 {
                     Ok(r) => r.map_err(SourceError::from),
                     Err(_) => Err(SourceError::Redis("read timed out".into())),

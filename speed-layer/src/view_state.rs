@@ -121,24 +121,48 @@ pub async fn read<C: ConnectionLike>(
     })
 }
 
-/// A version of a view's speed state: which build of it (the epoch) and how many flushes
-/// have been applied to it. Two equal versions, read one after the other, mean no flush was
-/// applied in between, so an answer read from the state in between is still current. `None`
-/// when the state is gone, rebuilding, or has no flush counter yet (written before the
-/// counter existed): then nothing can be told.
+/// A version of a view's speed state: which build of it (the epoch), how far it has been
+/// applied (the sum of the partitions' next offsets) and how many flushes were applied (the
+/// counter the apply script increments). Every flush that changes the view's data increments
+/// the counter and, when a consumer applies it, advances the offsets of the partitions it
+/// read, in the same atomic script; within an epoch neither goes back. So two equal versions
+/// read one after the other mean no flush was applied in between: an answer read from the
+/// state in between is still current. Both, because each misses one writer: a `replay`
+/// writes no offsets, and a speed layer from before the counter existed (a rolling upgrade or
+/// a rollback) does not increment it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateVersion {
+    pub epoch: String,
+    /// The sum of the partitions' next offsets.
+    pub applied: i128,
+    /// Flushes applied (0: none since the counter existed).
+    pub flushes: u64,
+}
+
+/// The view's [`StateVersion`] now; `None` when the state is gone or being rebuilt.
 pub async fn read_version<C: ConnectionLike>(
     con: &mut C,
     keys: &RedisKeys,
+    topic: &str,
     view: &str,
-) -> Result<Option<(String, u64)>, ReadError> {
+) -> Result<Option<StateVersion>, ReadError> {
     let mut pipe = redis::pipe();
     pipe.get(keys.epoch(view))
         .exists(keys.rebuild(view))
-        .get(keys.flushes(view));
-    let (epoch, rebuilding, flushes): (Option<String>, bool, Option<u64>) =
-        pipe.query_async(con).await?;
-    Ok(match (epoch, rebuilding, flushes) {
-        (Some(epoch), false, Some(flushes)) => Some((epoch, flushes)),
+        .get(keys.flushes(view))
+        .hvals(keys.offsets(view, topic));
+    type Replies = (Option<String>, bool, Option<u64>, Vec<String>);
+    let (epoch, rebuilding, flushes, offsets): Replies = pipe.query_async(con).await?;
+    let applied = offsets
+        .iter()
+        .map(|v| Stored::parse(v).map(|s| i128::from(s.next_offset)))
+        .sum::<Option<i128>>();
+    Ok(match (epoch, rebuilding, applied) {
+        (Some(epoch), false, Some(applied)) => Some(StateVersion {
+            epoch,
+            applied,
+            flushes: flushes.unwrap_or(0),
+        }),
         _ => None,
     })
 }

@@ -11,7 +11,7 @@ use tributary_batch_layer::read::BatchQuery;
 use tributary_shared::bucket::format_rfc3339;
 use tributary_shared::series::Series;
 use tributary_shared::view::ViewPlan;
-use tributary_speed_layer::read::{SpeedQuery, ViewState};
+use tributary_speed_layer::read::{SpeedQuery, StateVersion, ViewState};
 
 use super::{Prologue, prologue, too_many_groups};
 use crate::answers::SeriesAnswer;
@@ -62,8 +62,9 @@ pub async fn series(
 }
 
 /// The version of what an answer is computed from: the manifest, each bucket's source, and
-/// when speed buckets are asked for, the speed state's epoch, watermark and flush counter
-/// (`None`: something is unreadable or rebuilding, and such answers are not kept).
+/// when speed buckets are asked for, the speed state's version (see
+/// `tributary_speed_layer::read::read_version`) and watermark (`None`: something is
+/// unreadable or rebuilding, and such answers are not kept).
 async fn answer_version(
     src: &Sources,
     view: &ViewPlan,
@@ -76,12 +77,13 @@ async fn answer_version(
     let speed = match state {
         None => None,
         Some(Ok(state)) if state.serving() => {
-            let (epoch, flushes) = src.speed_version(&view.name).await.ok()??;
-            if state.epoch.as_ref() != Some(&epoch) {
+            let version = src.speed_version(&view.name).await.ok()??;
+            // The state (re-read every `STATE_REFRESH`) must be of the same build.
+            if state.epoch.as_ref() != Some(&version.epoch) {
                 return None;
             }
             let lateness = src.config.speed.allowed_lateness.as_millis() as i64;
-            Some((epoch, flushes, state.watermark(lateness)))
+            Some((version, state.watermark(lateness)))
         }
         Some(_) => return None,
     };
@@ -100,8 +102,16 @@ async fn answer_version(
         pro.speed.len(),
         pro.pending.len()
     );
-    if let Some((epoch, flushes, watermark)) = speed {
-        let _ = write!(v, "|{epoch}|{flushes}|{watermark:?}");
+    if let Some((
+        StateVersion {
+            epoch,
+            applied,
+            flushes,
+        },
+        watermark,
+    )) = speed
+    {
+        let _ = write!(v, "|{epoch}|{applied}|{flushes}|{watermark:?}");
     }
     Some(v)
 }

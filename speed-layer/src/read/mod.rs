@@ -43,7 +43,7 @@ pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
 // the operators' counters.
 pub use crate::progress::{PartitionReport, read as read_progress};
 pub use crate::stats::{SpeedStats, read as read_stats};
-pub use crate::view_state::{ViewState, read as read_view_state, read_version};
+pub use crate::view_state::{StateVersion, ViewState, read as read_view_state, read_version};
 
 /// Appends the reads that tell whether the view's state is still the one the query expects.
 fn add_state_check(pipe: &mut redis::Pipeline, keys: &RedisKeys, view: &ViewPlan) {

@@ -27,8 +27,8 @@ use args::{build_args, hll_pipeline};
 /// when another process rebuilt it), every partition's offset (`FENCED` when another consumer
 /// moved on), and every float increment (`REFUSED` if a sum would leave the finite range;
 /// events cannot make that happen, see `MAX_MAGNITUDE`, so it means the state was tampered
-/// with). Then the data, then the offsets and the flush counter, then: if a rebuild is running and every partition
-/// has reached its target, the rebuild record is deleted.
+/// with). Then the data, then the offsets and the flush counter, then: if a rebuild is
+/// running and every partition has reached its target, the rebuild record is deleted.
 const APPLY_LUA: &str = include_str!("apply.lua");
 
 /// Members per SADD op: Lua's `unpack` has a stack limit.
