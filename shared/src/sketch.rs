@@ -5,8 +5,6 @@
 //! only add, so sketches merge by addition: in Redis that is `HINCRBY` on a hash whose fields
 //! are [`SketchBucket::field`] names, and the batch layer stores the same buckets.
 
-use std::collections::BTreeMap;
-
 /// Relative accuracy of every quantile estimate.
 pub const RELATIVE_ACCURACY: f64 = 0.01;
 /// Magnitudes below this count as zero (the log mapping has no bucket for them).
@@ -104,22 +102,18 @@ impl SketchBucket {
             SketchBucket::Negative(i) => -2.0 * g.powi(i) / (g + 1.0),
         }
     }
-
-    /// Position in value order: negatives by descending magnitude, zero, positives ascending.
-    fn order_key(self) -> (i8, i64) {
-        match self {
-            SketchBucket::Negative(i) => (0, -(i as i64)),
-            SketchBucket::Zero => (1, 0),
-            SketchBucket::Positive(i) => (2, i as i64),
-        }
-    }
 }
 
-/// A quantile sketch: bucket counts (the Redis hash, as a map keyed by typed buckets so an
-/// insert allocates nothing).
+/// A quantile sketch: the counts of its non-empty buckets, in bucket order, each bucket once.
+///
+/// A sorted vector, not a map: sketches are mostly built from sorted input (view files, the
+/// batch's aggregate) and merged with each other (a query's cells, a ledger's groups), and a
+/// merge of two sorted runs is one pass with no allocation per bucket (as a `BTreeMap`, its
+/// inserts showed in the accuracy ledger's profile: docs/benchmarks.md, "The ledger's cost,
+/// profiled"). Its size stays the number of non-empty buckets, whatever the values' range.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QuantileSketch {
-    buckets: BTreeMap<SketchBucket, u64>,
+    buckets: Vec<(SketchBucket, u64)>,
 }
 
 impl QuantileSketch {
@@ -127,37 +121,78 @@ impl QuantileSketch {
         Self::default()
     }
 
-    /// A sketch of bucket counts given in bucket order, each bucket once (built in one pass,
-    /// without a map insert per bucket).
-    pub fn from_sorted_buckets(buckets: impl IntoIterator<Item = (SketchBucket, u64)>) -> Self {
-        QuantileSketch {
-            buckets: buckets.into_iter().filter(|(_, c)| *c > 0).collect(),
+    /// A sketch of bucket counts, in any order and with repeats (sorted once here); in bucket
+    /// order, it is built in one pass.
+    pub fn from_buckets(buckets: impl IntoIterator<Item = (SketchBucket, u64)>) -> Self {
+        let mut sketch = QuantileSketch::new();
+        let mut sorted = true;
+        for (b, c) in buckets {
+            if c == 0 {
+                continue;
+            }
+            match sketch.buckets.last_mut() {
+                Some((last, n)) if *last == b => *n += c,
+                Some((last, _)) if *last > b => {
+                    sorted = false;
+                    sketch.buckets.push((b, c));
+                }
+                _ => sketch.buckets.push((b, c)),
+            }
         }
+        if !sorted {
+            sketch.buckets.sort_unstable_by_key(|(b, _)| *b);
+            sketch.buckets.dedup_by(|(b, c), (kept, n)| {
+                let same = b == kept;
+                if same {
+                    *n += *c;
+                }
+                same
+            });
+        }
+        sketch
     }
 
     pub fn insert(&mut self, x: f64) {
         if let Some(b) = SketchBucket::of(x) {
-            *self.buckets.entry(b).or_insert(0) += 1;
+            self.add(b, 1);
+        }
+    }
+
+    /// Adds `count` to a bucket.
+    pub fn add(&mut self, b: SketchBucket, count: u64) {
+        if count == 0 {
+            return;
+        }
+        match self.buckets.last_mut() {
+            None => self.buckets.push((b, count)),
+            Some((last, _)) if *last < b => self.buckets.push((b, count)),
+            _ => match self.buckets.binary_search_by_key(&b, |(k, _)| *k) {
+                Ok(i) => self.buckets[i].1 += count,
+                Err(i) => self.buckets.insert(i, (b, count)),
+            },
         }
     }
 
     /// Adds `count` to a bucket given by its field name; unknown names are ignored.
     pub fn add_field(&mut self, field: &str, count: u64) {
-        if let Some(b) = SketchBucket::parse_field(field)
-            && count > 0
-        {
-            *self.buckets.entry(b).or_insert(0) += count;
+        if let Some(b) = SketchBucket::parse_field(field) {
+            self.add(b, count);
         }
     }
 
     pub fn merge(&mut self, other: &QuantileSketch) {
-        for (b, c) in &other.buckets {
-            *self.buckets.entry(*b).or_insert(0) += c;
+        if other.buckets.is_empty() {
+            return;
         }
+        if self.buckets.is_empty() {
+            self.buckets.clone_from(&other.buckets);
+            return;
+        }
+        self.buckets = merge_sorted_counts(&self.buckets, &other.buckets);
     }
 
     pub fn count(&self) -> u64 {
-        self.buckets.values().sum()
+        self.buckets.iter().map(|(_, c)| c).sum()
     }
 
     /// Number of non-empty buckets (the sketch's size).
@@ -166,7 +201,7 @@ impl QuantileSketch {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.count() == 0
+        self.buckets.is_empty()
     }
 
     /// Bucket field names and counts.
@@ -180,18 +215,21 @@ impl QuantileSketch {
         if n == 0 || !(0.0..=1.0).contains(&q) {
             return None;
         }
-        let mut ordered: Vec<(SketchBucket, u64)> =
-            self.buckets.iter().map(|(b, c)| (*b, *c)).collect();
-        ordered.sort_by_key(|(b, _)| b.order_key());
+        // Value order: negatives by descending magnitude (stored the other way round), zero,
+        // positives ascending.
+        let negatives = self
+            .buckets
+            .partition_point(|(b, _)| matches!(b, SketchBucket::Negative(_)));
+        let (neg, rest) = self.buckets.split_at(negatives);
         let rank = q * (n - 1) as f64;
         let mut seen = 0u64;
-        for (b, c) in &ordered {
+        for (b, c) in neg.iter().rev().chain(rest) {
             seen += c;
             if seen as f64 > rank {
                 return Some(b.representative());
             }
         }
-        ordered.last().map(|(b, _)| b.representative())
+        rest.last().or(neg.first()).map(|(b, _)| b.representative())
     }
 
     /// Compact text form stored in batch view files: `field:count,field:count`.
@@ -222,6 +260,35 @@ impl QuantileSketch {
         }
         Some(sketch)
     }
+}
+
+/// Two runs of (key, count) in key order, each key once per run, merged into one in key order
+/// (counts of a key in both added): the sketch's merge, and the batch aggregate's over bucket
+/// codes.
+pub fn merge_sorted_counts<K: Ord + Copy>(a: &[(K, u64)], b: &[(K, u64)]) -> Vec<(K, u64)> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        let (x, y) = (a[i], b[j]);
+        match x.0.cmp(&y.0) {
+            std::cmp::Ordering::Less => {
+                out.push(x);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(y);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((x.0, x.1 + y.1));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }
 
 /// Exact quantile by linear interpolation between closest ranks (DuckDB `quantile_cont`,
@@ -341,6 +408,50 @@ mod tests {
         assert_eq!(decoded, s1);
         assert_eq!(QuantileSketch::decode("p1:x"), None);
         assert_eq!(QuantileSketch::new().quantile(0.5), None);
+    }
+
+    #[test]
+    fn buckets_in_any_order_make_the_same_sketch() {
+        let b = |x: f64| SketchBucket::of(x).expect("not NaN");
+        let values = [5.0, -2.0, 0.0, 300.0, 5.0, -40.0, 1.5, 0.0, -2.0, 7e6];
+        let mut inserted = QuantileSketch::new();
+        values.iter().for_each(|x| inserted.insert(*x));
+        let mut sorted: Vec<(SketchBucket, u64)> = values.iter().map(|x| (b(*x), 1)).collect();
+        sorted.sort();
+        let shuffled = values.iter().rev().map(|x| (b(*x), 1));
+        assert_eq!(QuantileSketch::from_buckets(sorted), inserted);
+        assert_eq!(QuantileSketch::from_buckets(shuffled), inserted);
+        assert_eq!(inserted.count(), 10);
+        assert_eq!(inserted.bucket_count(), 7);
+        // Merging in either direction, and into an empty sketch, gives the union.
+        let (mut left, mut right) = (QuantileSketch::new(), QuantileSketch::new());
+        values[..4].iter().for_each(|x| left.insert(*x));
+        values[4..].iter().for_each(|x| right.insert(*x));
+        let mut other_way = right.clone();
+        other_way.merge(&left);
+        left.merge(&right);
+        assert_eq!(left, inserted);
+        assert_eq!(other_way, inserted);
+        let mut empty = QuantileSketch::new();
+        empty.merge(&inserted);
+        assert_eq!(empty, inserted);
+        // Value order across signs: the smallest is the most negative, the largest the last.
+        let near = |got: Option<f64>, want: f64| {
+            let got = got.expect("non-empty");
+            assert!(
+                (got - want).abs() <= want.abs() * RELATIVE_ACCURACY,
+                "{got} vs {want}"
+            );
+        };
+        near(inserted.quantile(0.0), -40.0);
+        near(inserted.quantile(0.15), -2.0);
+        near(inserted.quantile(1.0), 7e6);
+        let mut negatives = QuantileSketch::new();
+        [-1.0, -10.0, -100.0]
+            .iter()
+            .for_each(|x| negatives.insert(*x));
+        near(negatives.quantile(0.0), -100.0);
+        near(negatives.quantile(1.0), -1.0);
     }
 
     #[test]

@@ -9,7 +9,7 @@ use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{Float64Type, UInt32Type};
 use datafusion::common::Result;
 use datafusion::error::DataFusionError;
-use tributary_shared::sketch::{QuantileSketch, SketchBucket};
+use tributary_shared::sketch::{QuantileSketch, SketchBucket, merge_sorted_counts};
 
 use super::{Aggregate, Rows, states};
 
@@ -71,30 +71,7 @@ impl SketchGroup {
             self.buckets.extend_from_slice(other);
             return;
         }
-        let mine = std::mem::take(&mut self.buckets);
-        let mut merged = Vec::with_capacity(mine.len() + other.len());
-        let (mut i, mut j) = (0, 0);
-        while i < mine.len() && j < other.len() {
-            let (x, y) = (mine[i], other[j]);
-            match x.0.cmp(&y.0) {
-                std::cmp::Ordering::Less => {
-                    merged.push(x);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    merged.push(y);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    merged.push((x.0, x.1 + y.1));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        merged.extend_from_slice(&mine[i..]);
-        merged.extend_from_slice(&other[j..]);
-        self.buckets = merged;
+        self.buckets = merge_sorted_counts(&self.buckets, other);
     }
 
     /// The partial state: the buckets' codes and counts (binary; text only for the result).
@@ -111,7 +88,7 @@ impl SketchGroup {
     /// The sketch in the shared text encoding.
     fn encode(mut self) -> String {
         self.fold();
-        QuantileSketch::from_sorted_buckets(
+        QuantileSketch::from_buckets(
             self.buckets
                 .iter()
                 .filter_map(|(code, count)| Some((SketchBucket::from_code(*code)?, *count))),

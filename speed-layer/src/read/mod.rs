@@ -14,7 +14,7 @@ use tributary_shared::hll::Hll;
 use tributary_shared::layout::{RedisKeys, decode_group};
 use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
-use tributary_shared::sketch::QuantileSketch;
+use tributary_shared::sketch::{QuantileSketch, SketchBucket};
 use tributary_shared::view::ViewPlan;
 
 /// What to read.
@@ -143,27 +143,30 @@ fn unexpected(command: &str, reply: &redis::Value) -> ReadError {
 /// Adds a sketch hash's `HGETALL` reply (bucket field → count) to a sketch: pairs in an
 /// array (RESP2) or a map (RESP3). Fields that are not sketch buckets are ignored.
 fn add_sketch_reply(sketch: &mut QuantileSketch, reply: redis::Value) -> Result<(), ReadError> {
-    let mut add = |field: &redis::Value, count: &redis::Value| {
-        if let redis::Value::BulkString(field) = field
-            && let Ok(field) = std::str::from_utf8(field)
-            && let Some(count) = number::<u64>(Some(count))
-        {
-            sketch.add_field(field, count);
-        }
+    let bucket = |field: &redis::Value, count: &redis::Value| {
+        let redis::Value::BulkString(field) = field else {
+            return None;
+        };
+        let b = SketchBucket::parse_field(std::str::from_utf8(field).ok()?)?;
+        Some((b, number::<u64>(Some(count))?))
     };
-    match reply {
-        redis::Value::Array(items) => {
-            for pair in items.chunks_exact(2) {
-                add(&pair[0], &pair[1]);
-            }
-        }
+    // The hash's fields come in no useful order: sorted once per cell, then merged.
+    let cell = match reply {
+        redis::Value::Array(items) => QuantileSketch::from_buckets(
+            items
+                .chunks_exact(2)
+                .filter_map(|pair| bucket(&pair[0], &pair[1])),
+        ),
         redis::Value::Map(pairs) => {
-            for (field, count) in &pairs {
-                add(field, count);
-            }
+            QuantileSketch::from_buckets(pairs.iter().filter_map(|(f, c)| bucket(f, c)))
         }
-        redis::Value::Nil => {}
+        redis::Value::Nil => return Ok(()),
         other => return Err(unexpected("HGETALL", &other)),
+    };
+    if sketch.is_empty() {
+        *sketch = cell;
+    } else {
+        sketch.merge(&cell);
     }
     Ok(())
 }
