@@ -8,7 +8,8 @@
 #   1. the chart, nothing arriving, loaded by `bench-serve` (`serve-$i.json`, the server's CPU
 #      in `serve-cpu-$i`) and by `wrk` (`serve-wrk-$i.json`, CPU included): two load
 #      generators, because on two shared cores the client's own CPU per request is part of
-#      what the latency measures (bench-serve, reqwest: about the server's; wrk, C: a third),
+#      what the latency measures (both are single-threaded on bare HTTP/1.1 connections; the
+#      reqwest bench-serve before the eighth stop cost about the server's CPU per request),
 #   2. the same chart `as_of` a moment ago (`serve-asof-$i.json`),
 #   3. `redis-benchmark` GET at 64 clients, the peer (`redis-$i.csv`),
 #   4. the chart while events arrive at 2,000/s through the speed layer, every flush changing
