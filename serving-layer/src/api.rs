@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::extract::{MatchedPath, Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -17,7 +17,6 @@ use tower_http::timeout::TimeoutLayer;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::accuracy::{AccuracyBucket, AccuracyResponse, AccuracySummary, MeasureAccuracy};
-use crate::answers::SeriesAnswer;
 use crate::error::{ApiError, ErrorBody};
 use crate::metrics::ServingMetrics;
 use crate::query::{AccuracyParams, Limits, SeriesParams, TopParams, pairs};
@@ -306,7 +305,8 @@ async fn series(
     State(app): State<AppState>,
     Path(name): Path<String>,
     RawQuery(raw): RawQuery,
-) -> Result<SeriesAnswer, ApiError> {
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let plan = view(&app, &name)?;
     let now = now_ms();
     let params = SeriesParams::parse(
@@ -316,11 +316,11 @@ async fn series(
         Limits::of(&app.sources.config),
     )?;
     let out = crate::merge::series(&app.sources, plan, &params, now).await?;
-    app.metrics.series_answer(out.kept);
+    app.metrics.series_answer(out.kept.is_some());
     if out.partial {
         app.metrics.partial_answers.inc();
     }
-    Ok(out)
+    Ok(out.respond(&headers))
 }
 
 /// The top `k` values of a dimension by a measure over a range.

@@ -15,7 +15,7 @@ use tributary_it::chaos::{Platform, chaos_config, produce_paced, rng, spread};
 use tributary_it::scenario::{Ev, exact_events, truth};
 use tributary_it::{brokers, create_topic, now_ms, redis_url, unique, wait_speed_applied_on};
 use tributary_shared::Granularity;
-use tributary_shared::bucket::{MINUTE_MS, parse_rfc3339};
+use tributary_shared::bucket::{MINUTE_MS, format_rfc3339, parse_rfc3339};
 
 use crate::serve;
 
@@ -116,6 +116,31 @@ async fn every_applied_flush_is_in_the_next_answer() -> anyhow::Result<()> {
         anyhow::ensure!(
             answers(&server.url, "kept").await? > kept_before,
             "round {round}: the same query, asked again with nothing changed, was computed again"
+        );
+        // A client that accepts gzip (a browser) gets the kept answer compressed: the same JSON.
+        let url = format!(
+            "{}/v1/views/checkouts/series?granularity=minute&from={}&to={}&measures=events",
+            server.url,
+            format_rfc3339(from),
+            format_rfc3339(to)
+        );
+        let response = reqwest::Client::new()
+            .get(&url)
+            .header("accept-encoding", "gzip, deflate, br")
+            .send()
+            .await?;
+        let encoding = response.headers().get("content-encoding").cloned();
+        let bytes = response.bytes().await?;
+        anyhow::ensure!(
+            encoding.as_ref().is_some_and(|e| e == "gzip"),
+            "round {round}: a kept answer asked with gzip accepted came as {encoding:?}"
+        );
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut json)
+            .context("gunzip the kept answer")?;
+        anyhow::ensure!(
+            serde_json::from_slice::<Value>(&json)? == third,
+            "round {round}: the gzipped kept answer differs from the plain one"
         );
     }
     anyhow::ensure!(answers(&server.url, "computed").await? >= rounds as f64);

@@ -39,12 +39,12 @@ pub async fn series(
     let query = p.key(&view.name);
     let version = answer_version(src, view, &pro, state.as_ref()).await;
     if let Some(v) = &version
-        && let Some(body) = src.answers.get(&query, v)
+        && let Some(kept) = src.answers.get(&query, v)
     {
         return Ok(SeriesAnswer {
-            body,
+            body: kept.body.clone(),
             partial: false,
-            kept: true,
+            kept: Some(kept),
         });
     }
     let answer = compute(src, view, p, pro, state).await?;
@@ -57,7 +57,7 @@ pub async fn series(
     Ok(SeriesAnswer {
         body,
         partial: !answer.unreadable.is_empty(),
-        kept: false,
+        kept: None,
     })
 }
 
