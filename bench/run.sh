@@ -150,6 +150,7 @@ serve_as_of = [json.load(open(f"{work}/serve-asof-{i}.json")) for i in range(1, 
 serve = [json.load(open(f"{work}/serve-{i}.json")) for i in range(1, runs + 1)]
 serve_wrk = [json.load(open(f"{work}/serve-wrk-{i}.json")) for i in range(1, runs + 1)]
 serve_live = [json.load(open(f"{work}/serve-live-{i}.json")) for i in range(1, runs + 1)]
+serve_gzip = [json.load(open(f"{work}/serve-gzip-{i}.json")) for i in range(1, runs + 1)]
 serve_live_kept = [tuple(map(int, open(f"{work}/serve-live-kept-{i}").read().split())) for i in range(1, runs + 1)]
 def cpu_per_request(i):
     before, after = map(float, open(f"{work}/serve-cpu-{i}").read().split())
@@ -210,6 +211,11 @@ result = {
         "wrk_p99_ms": stats([s["p99_ms"] for s in serve_wrk]),
         "wrk_server_cpu_us_per_request": stats([s["server_cpu_us_per_request"] for s in serve_wrk]),
         "wrk_errors": sum(s["errors"] for s in serve_wrk),
+        "gzip_requests_per_sec": stats([s["requests_per_sec"] for s in serve_gzip]),
+        "gzip_p50_ms": stats([s["p50_ms"] for s in serve_gzip]),
+        "gzip_p99_ms": stats([s["p99_ms"] for s in serve_gzip]),
+        "gzip_server_cpu_us_per_request": stats([s["server_cpu_us_per_request"] for s in serve_gzip]),
+        "gzip_errors": sum(s["errors"] for s in serve_gzip),
         "live_requests_per_sec": stats([s["requests_per_sec"] for s in serve_live]),
         "live_p50_ms": stats([s["p50_ms"] for s in serve_live]),
         "live_p99_ms": stats([s["p99_ms"] for s in serve_live]),
@@ -284,6 +290,9 @@ rows += [
     row("  loaded by wrk, server CPU per request (us)", sv["wrk_server_cpu_us_per_request"], "{:.0f}"),
     row("  loaded by wrk, p50 (ms)", sv["wrk_p50_ms"], "{:.2f}"),
     row("  loaded by wrk, p99 (ms, target <= 5)", sv["wrk_p99_ms"], "{:.2f}"),
+    row("  asked accepting gzip (as browsers do), req/s", sv["gzip_requests_per_sec"], "{:,.0f}"),
+    row("  accepting gzip, server CPU per request (us)", sv["gzip_server_cpu_us_per_request"], "{:.0f}"),
+    row("  accepting gzip, p99 (ms, target <= 5)", sv["gzip_p99_ms"], "{:.2f}"),
     row("  same query, 2,000 ev/s arriving, req/s", sv["live_requests_per_sec"], "{:,.0f}"),
     row("  same query, 2,000 ev/s arriving, p99 (ms)", sv["live_p99_ms"], "{:.2f}"),
     row("  share of answers kept while events arrive", sv["live_kept_share"], "{:.2f}"),

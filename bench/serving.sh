@@ -10,7 +10,9 @@
 #      generators, because on two shared cores the client's own CPU per request is part of
 #      what the latency measures (both are single-threaded on bare HTTP/1.1 connections; the
 #      reqwest bench-serve before the eighth stop cost about the server's CPU per request),
-#   2. the same chart `as_of` a moment ago (`serve-asof-$i.json`),
+#   2. the chart asked as a browser asks, accepting gzip (`serve-gzip-$i.json`, CPU included:
+#      a kept answer is compressed once, ~29 KB -> ~3 KB), and the same chart `as_of` a
+#      moment ago (`serve-asof-$i.json`),
 #   3. `redis-benchmark` GET at 64 clients, the peer (`redis-$i.csv`),
 #   4. the chart while events arrive at 2,000/s through the speed layer, every flush changing
 #      the open hour (`serve-live-$i.json`; the answers kept vs computed in `serve-live-kept-$i`).
@@ -104,6 +106,16 @@ print(json.dumps({"requests": requests, "requests_per_sec": float(re.search(r"Re
                   "p50_ms": ms(50), "p99_ms": ms(99), "errors": int(errors.group(1)) if errors else 0,
                   "server_cpu_us_per_request": (after - before) / max(requests, 1) * 1e6}))
 PY
+  before=$(server_cpu)
+  target/release/bench-serve --url "$url" --accept-gzip --clients 64 --seconds "$serve_seconds" >"$work/serve-gzip-$i.json"
+  python3 - "$work/serve-gzip-$i.json" "$before" "$(server_cpu)" <<'PY'
+import json, sys
+f, before, after = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+d = json.load(open(f))
+# Counted as bench/run.sh counts the plain round's (the warm-up's CPU included).
+d["server_cpu_us_per_request"] = (after - before) / max(d["requests"], 1) * 1e6
+json.dump(d, open(f, "w"))
+PY
   target/release/bench-serve --url "$as_of_url" --clients 64 --seconds "$serve_seconds" >"$work/serve-asof-$i.json"
   redis-benchmark -h 127.0.0.1 -p "$redis_port" -c 64 -n 200000 -t get -P 1 --csv 2>/dev/null | tail -1 >"$work/redis-$i.csv"
   # Events arriving: the speed layer applies them as they come (every flush a new version of
@@ -118,5 +130,5 @@ PY
   target/release/bench-serve --url "$url" --clients 64 --seconds "$serve_seconds" >"$work/serve-live-$i.json"
   echo "$(($(answers kept) - kept)) $(($(answers computed) - computed))" >"$work/serve-live-kept-$i"
   kill "$gen_pid" "$speed_pid" 2>/dev/null || true; wait "$gen_pid" "$speed_pid" 2>/dev/null || true
-  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / wrk $(python3 -c "import json;d=json.load(open('$work/serve-wrk-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms, {d['server_cpu_us_per_request']:.0f} us CPU/req\")") / as_of $(python3 -c "import json;d=json.load(open('$work/serve-asof-$i.json'));print(f\"p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s / with $live_rate ev/s arriving $(python3 -c "import json;d=json.load(open('$work/serve-live-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p99 {d['p99_ms']:.2f} ms\")"), kept/computed $(cat "$work/serve-live-kept-$i")"
+  echo "  run $i: serving $(python3 -c "import json;d=json.load(open('$work/serve-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms\")") / wrk $(python3 -c "import json;d=json.load(open('$work/serve-wrk-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p50 {d['p50_ms']:.2f} ms p99 {d['p99_ms']:.2f} ms, {d['server_cpu_us_per_request']:.0f} us CPU/req\")") / gzip $(python3 -c "import json;d=json.load(open('$work/serve-gzip-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p99 {d['p99_ms']:.2f} ms, {d['server_cpu_us_per_request']:.0f} us CPU/req\")") / as_of $(python3 -c "import json;d=json.load(open('$work/serve-asof-$i.json'));print(f\"p99 {d['p99_ms']:.2f} ms\")") / redis GET $(cut -d, -f2 "$work/redis-$i.csv") req/s / with $live_rate ev/s arriving $(python3 -c "import json;d=json.load(open('$work/serve-live-$i.json'));print(f\"{d['requests_per_sec']:.0f} req/s p99 {d['p99_ms']:.2f} ms\")"), kept/computed $(cat "$work/serve-live-kept-$i")"
 done

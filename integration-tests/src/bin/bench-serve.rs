@@ -30,6 +30,9 @@ struct Args {
     /// Unmeasured warm-up, seconds.
     #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Send `Accept-Encoding: gzip`, as browsers do (the body is read, not decompressed).
+    #[arg(long)]
+    accept_gzip: bool,
 }
 
 /// Where and what every client asks.
@@ -39,10 +42,11 @@ struct Target {
     authority: String,
     /// Path and query.
     path: String,
+    accept_gzip: bool,
 }
 
 impl Target {
-    fn parse(url: &str) -> anyhow::Result<Target> {
+    fn parse(url: &str, accept_gzip: bool) -> anyhow::Result<Target> {
         let url = reqwest::Url::parse(url).with_context(|| format!("--url {url:?}"))?;
         anyhow::ensure!(
             url.scheme() == "http",
@@ -59,13 +63,14 @@ impl Target {
             authority: format!("{host}:{port}"),
             addr: (host, port),
             path,
+            accept_gzip,
         })
     }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let target = Arc::new(Target::parse(&args.url)?);
+    let target = Arc::new(Target::parse(&args.url, args.accept_gzip)?);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -77,6 +82,7 @@ fn main() -> anyhow::Result<()> {
     };
     let out = serde_json::json!({
         "clients": args.clients,
+        "accept_gzip": args.accept_gzip,
         "seconds": args.seconds,
         "requests": all.len(),
         "errors": errors,
@@ -148,9 +154,12 @@ async fn get(con: &mut Option<SendRequest<Empty<Bytes>>>, target: &Target) -> an
         }
     };
     sender.ready().await?;
-    let request = hyper::Request::get(target.path.as_str())
-        .header(hyper::header::HOST, target.authority.as_str())
-        .body(Empty::<Bytes>::new())?;
+    let mut request = hyper::Request::get(target.path.as_str())
+        .header(hyper::header::HOST, target.authority.as_str());
+    if target.accept_gzip {
+        request = request.header(hyper::header::ACCEPT_ENCODING, "gzip");
+    }
+    let request = request.body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let ok = response.status().is_success();
     response.into_body().collect().await?;
