@@ -280,7 +280,7 @@ rows += [
     row("  ratio Ballista / local engine", scale["ratio_ballista_to_local"], "{:.2f}"),
     ("  peak memory per executor (MiB)", " / ".join(f"{p:.0f}" for p in scale["ballista_executor_peak_mib"]), ""),
     (f"serving series, 64 clients, buckets {sv['buckets_by_source']}", "", ""),
-    row("  loaded by bench-serve (reqwest), req/s", sv["requests_per_sec"], "{:,.0f}"),
+    row("  loaded by bench-serve (hyper, one thread), req/s", sv["requests_per_sec"], "{:,.0f}"),
     row("  bench-serve, server CPU per request (us)", sv["server_cpu_us_per_request"], "{:.0f}"),
     row("  bench-serve p50 (ms)", sv["p50_ms"], "{:.2f}"),
     row("  bench-serve p99 (ms, target <= 5)", sv["p99_ms"], "{:.2f}"),

@@ -191,6 +191,16 @@ impl QuantileSketch {
         self.buckets = merge_sorted_counts(&self.buckets, &other.buckets);
     }
 
+    /// [`merge`](Self::merge), taking `other`: kept as it is when this sketch is empty (the
+    /// first cell of a read), with no copy.
+    pub fn merge_owned(&mut self, other: QuantileSketch) {
+        if self.buckets.is_empty() {
+            *self = other;
+        } else {
+            self.merge(&other);
+        }
+    }
+
     pub fn count(&self) -> u64 {
         self.buckets.iter().map(|(_, c)| c).sum()
     }
@@ -435,6 +445,13 @@ mod tests {
         let mut empty = QuantileSketch::new();
         empty.merge(&inserted);
         assert_eq!(empty, inserted);
+        let (mut owned, mut into_empty) = (right.clone(), QuantileSketch::new());
+        into_empty.merge_owned(right);
+        owned.merge_owned(QuantileSketch::from_buckets(
+            values[..4].iter().map(|x| (b(*x), 1)),
+        ));
+        assert_eq!(owned, inserted);
+        assert_eq!(into_empty.count(), 6);
         // Value order across signs: the smallest is the most negative, the largest the last.
         let near = |got: Option<f64>, want: f64| {
             let got = got.expect("non-empty");

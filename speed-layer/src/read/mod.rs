@@ -163,11 +163,7 @@ fn add_sketch_reply(sketch: &mut QuantileSketch, reply: redis::Value) -> Result<
         redis::Value::Nil => return Ok(()),
         other => return Err(unexpected("HGETALL", &other)),
     };
-    if sketch.is_empty() {
-        *sketch = cell;
-    } else {
-        sketch.merge(&cell);
-    }
+    sketch.merge_owned(cell);
     Ok(())
 }
 
