@@ -22,42 +22,49 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 /// A `series` answer as sent.
-pub struct SeriesAnswer {
-    /// Its JSON.
-    pub body: Bytes,
-    /// Whether it lists buckets it could not read.
-    pub partial: bool,
-    /// The kept answer it was served from (none: computed for this request).
-    pub kept: Option<Arc<KeptAnswer>>,
+pub enum SeriesAnswer {
+    /// Kept from an earlier request at the same version (never partial: only whole answers
+    /// are kept).
+    Kept(Arc<KeptAnswer>),
+    /// Computed for this request; `partial`: it lists buckets it could not read.
+    Computed { body: Bytes, partial: bool },
 }
 
 impl SeriesAnswer {
+    pub fn is_kept(&self) -> bool {
+        matches!(self, SeriesAnswer::Kept(_))
+    }
+
+    pub fn is_partial(&self) -> bool {
+        matches!(self, SeriesAnswer::Computed { partial: true, .. })
+    }
+
     /// The response: gzipped when it was kept and the request accepts gzip.
     pub fn respond(self, request: &HeaderMap) -> Response {
         let json = HeaderValue::from_static("application/json");
         // Either encoding may be sent for the same URL: caches must key on the header.
         let vary = HeaderValue::from_static("accept-encoding");
-        if let Some(gzip) = self
-            .kept
-            .filter(|_| accepts_gzip(request))
-            .and_then(|kept| kept.gzip())
-        {
-            let gzip_header = HeaderValue::from_static("gzip");
-            return (
-                [
-                    (header::CONTENT_TYPE, json),
-                    (header::CONTENT_ENCODING, gzip_header),
-                    (header::VARY, vary),
-                ],
-                gzip,
-            )
-                .into_response();
-        }
-        (
-            [(header::CONTENT_TYPE, json), (header::VARY, vary)],
-            self.body,
-        )
-            .into_response()
+        let body = match self {
+            SeriesAnswer::Kept(kept) => {
+                if accepts_gzip(request)
+                    && let Some(gzip) = kept.gzip()
+                {
+                    let gzip_header = HeaderValue::from_static("gzip");
+                    return (
+                        [
+                            (header::CONTENT_TYPE, json),
+                            (header::CONTENT_ENCODING, gzip_header),
+                            (header::VARY, vary),
+                        ],
+                        gzip,
+                    )
+                        .into_response();
+                }
+                kept.body.clone()
+            }
+            SeriesAnswer::Computed { body, .. } => body,
+        };
+        ([(header::CONTENT_TYPE, json), (header::VARY, vary)], body).into_response()
     }
 }
 
@@ -185,10 +192,12 @@ mod tests {
         let cache = AnswerCache::new(Duration::from_secs(60), 1 << 20);
         cache.put("q", "v".into(), json.clone());
         let kept = cache.get("q", "v");
-        let answer = |kept: Option<Arc<KeptAnswer>>| SeriesAnswer {
-            body: json.clone(),
-            partial: false,
-            kept,
+        let answer = |kept: Option<Arc<KeptAnswer>>| match kept {
+            Some(kept) => SeriesAnswer::Kept(kept),
+            None => SeriesAnswer::Computed {
+                body: json.clone(),
+                partial: false,
+            },
         };
         let gzipped = answer(kept.clone()).respond(&accept("gzip"));
         assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");

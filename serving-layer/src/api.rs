@@ -316,8 +316,8 @@ async fn series(
         Limits::of(&app.sources.config),
     )?;
     let out = crate::merge::series(&app.sources, plan, &params, now).await?;
-    app.metrics.series_answer(out.kept.is_some());
-    if out.partial {
+    app.metrics.series_answer(out.is_kept());
+    if out.is_partial() {
         app.metrics.partial_answers.inc();
     }
     Ok(out.respond(&headers))

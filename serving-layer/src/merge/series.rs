@@ -41,11 +41,7 @@ pub async fn series(
     if let Some(v) = &version
         && let Some(kept) = src.answers.get(&query, v)
     {
-        return Ok(SeriesAnswer {
-            body: kept.body.clone(),
-            partial: false,
-            kept: Some(kept),
-        });
+        return Ok(SeriesAnswer::Kept(kept));
     }
     let answer = compute(src, view, p, pro, state).await?;
     let body = Bytes::from(answer.to_json()?);
@@ -54,10 +50,9 @@ pub async fn series(
     if whole && let Some(v) = version {
         src.answers.put(&query, v, body.clone());
     }
-    Ok(SeriesAnswer {
+    Ok(SeriesAnswer::Computed {
         body,
         partial: !answer.unreadable.is_empty(),
-        kept: None,
     })
 }
 
