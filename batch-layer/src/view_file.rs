@@ -4,7 +4,12 @@
 
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::errors::ParquetError;
+use parquet::file::properties::WriterProperties;
 use tributary_shared::config::AggKind;
 use tributary_shared::view::ViewPlan;
 
@@ -70,4 +75,16 @@ pub fn view_schema(view: &ViewPlan) -> SchemaRef {
         }
     }
     Arc::new(Schema::new(fields))
+}
+
+/// A view file's bytes: one granularity's rows of a date, zstd Parquet.
+pub fn encode_view_file(batch: &RecordBatch) -> Result<Vec<u8>, ParquetError> {
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+        .build();
+    let mut buf = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
+    writer.write(batch)?;
+    writer.close()?;
+    Ok(buf)
 }

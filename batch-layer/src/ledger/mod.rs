@@ -18,12 +18,14 @@
 //!
 //! Two steps: [`read_speed`] reads the speed side, which depends only on the horizon the run
 //! will land and on Redis, while the engine computes the view's dates (`speed.rs`);
-//! [`Settle::run`] then reads the batch side from the files just written, compares and writes.
+//! [`Settle::run`] then reads the batch side (the tables the run just wrote, still in memory for
+//! the dates within the speed layer's retention; the files otherwise), compares and writes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arrow::array::RecordBatch;
 use futures::StreamExt;
 
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
@@ -176,6 +178,8 @@ pub struct Settle<'a> {
     pub run_id: &'a str,
     pub now_ms: i64,
     pub metrics: &'a BatchMetrics,
+    /// View files this run wrote, still in memory, by path: read from here, not the store.
+    pub held: Vec<(String, RecordBatch)>,
 }
 
 impl Settle<'_> {
@@ -187,6 +191,9 @@ impl Settle<'_> {
         let started = std::time::Instant::now();
         let name = &self.plan.name;
         let reader = BatchReader::new(self.store.clone(), Duration::ZERO);
+        for (path, batch) in &self.held {
+            reader.hold(path, batch.clone())?;
+        }
         let finest = finest(self.plan);
         let totals = Selection {
             group_by: Vec::new(),

@@ -195,6 +195,17 @@ impl BatchReader {
             .map_err(|e| file_err(e.into()))?;
         let batch =
             arrow::compute::concat_batches(&schema, &batches).map_err(|e| file_err(e.into()))?;
+        self.keep(path, batch)
+    }
+
+    /// Keeps a view file's rows, already in memory, as if read from the store: the run that
+    /// wrote them reads them back for its ledger without decoding the file it just encoded.
+    pub fn hold(&self, path: &str, batch: RecordBatch) -> Result<(), ReadError> {
+        self.keep(path, batch).map(drop)
+    }
+
+    /// Indexes a view file's rows by grouping set and caches them under its path.
+    fn keep(&self, path: &str, batch: RecordBatch) -> Result<Arc<ViewTable>, ReadError> {
         let gset = batch
             .column_by_name(columns::GSET)
             .and_then(|c| c.as_primitive_opt::<Int32Type>())

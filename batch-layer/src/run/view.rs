@@ -8,10 +8,7 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use object_store::{ObjectStoreExt, PutPayload, UpdateVersion};
-use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
-use tributary_shared::bucket::{DAY_MS, format_rfc3339, parse_date};
+use tributary_shared::bucket::{DAY_MS, date_string, format_rfc3339, parse_date};
 use tributary_shared::layout::paths;
 use tributary_shared::{Config, ViewPlan};
 
@@ -23,7 +20,7 @@ use crate::lock::LockError;
 use crate::manifest::{DateEntry, Manifest, ManifestError, Retired, ViewFile};
 use crate::report::ViewReport;
 use crate::snapshot::{DateInput, Snapshot};
-use crate::view_file::view_schema;
+use crate::view_file::{encode_view_file, view_schema};
 
 /// Why a view's recompute did not land.
 #[derive(Debug, thiserror::Error)]
@@ -48,18 +45,6 @@ pub enum WriteError {
     Store(#[from] object_store::Error),
     #[error("encoding a view file: {0}")]
     Encode(String),
-}
-
-/// A view file's bytes: one granularity's rows of a date, zstd Parquet.
-fn encode_view_file(batch: &RecordBatch) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build();
-    let mut buf = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props))?;
-    writer.write(batch)?;
-    writer.close()?;
-    Ok(buf)
 }
 
 /// What every view of one run shares: the run, its engine and its snapshot.
@@ -136,6 +121,12 @@ impl ViewRun<'_> {
         let speed_read = horizon_ms
             .filter(|h| req.range.is_none() && compared_to.is_none_or(|c| c < *h))
             .map(|h| SpeedTask::spawn(config, plan, compared_to, h, now_ms()));
+        // The tables of dates within the speed layer's retention stay in memory for the
+        // ledger, which compares only buckets the speed layer still holds.
+        let ledger_from = speed_read.as_ref().map(|_| {
+            date_string(now_ms().saturating_sub(config.speed.retention.as_millis() as i64))
+        });
+        let mut held = Vec::new();
         for (i, (date, input)) in todo.iter().enumerate() {
             let t = Instant::now();
             let out = self
@@ -153,6 +144,16 @@ impl ViewRun<'_> {
                     date: (*date).clone(),
                     source,
                 })?;
+            if ledger_from
+                .as_ref()
+                .is_some_and(|from| date.as_str() >= from.as_str())
+            {
+                for (g, batch) in &out.tables {
+                    if let Some(file) = entry.files.get(g) {
+                        held.push((file.path.clone(), batch.clone()));
+                    }
+                }
+            }
             rows_read += out.input_rows;
             self.run
                 .metrics
@@ -262,7 +263,10 @@ impl ViewRun<'_> {
             }
             // The speed accuracy ledger of the buckets this version settles, named by it.
             let compared = match speed {
-                Some(speed) => self.settle(plan, &mut manifest, speed, written).await,
+                Some(speed) => {
+                    let held = std::mem::take(&mut held);
+                    self.settle(plan, &mut manifest, speed, written, held).await
+                }
                 None => false,
             };
             if !compared {
@@ -369,6 +373,7 @@ impl ViewRun<'_> {
         manifest: &mut Manifest,
         speed: Result<Option<crate::ledger::SpeedSide>, crate::ledger::LedgerError>,
         written: &mut Vec<String>,
+        held: Vec<(String, RecordBatch)>,
     ) -> bool {
         let mut sealed_to = None;
         let settled = match speed {
@@ -381,6 +386,7 @@ impl ViewRun<'_> {
                     run_id: self.run.run_id,
                     now_ms: now_ms(),
                     metrics: self.run.metrics,
+                    held,
                 };
                 settle.run(speed).await
             }

@@ -14,8 +14,10 @@ use tributary_shared::hll::Hll;
 use tributary_shared::layout::{RedisKeys, decode_group};
 use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
-use tributary_shared::sketch::{QuantileSketch, SketchBucket};
+use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
+
+use sketch::SketchCommand;
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -33,7 +35,9 @@ pub struct SpeedQuery {
     pub max_groups: usize,
 }
 
+pub mod dump;
 pub(crate) mod error;
+mod sketch;
 
 pub use error::ReadError;
 pub use tributary_shared::series::{Point as SpeedPoint, Series as SpeedSeries};
@@ -140,33 +144,6 @@ fn unexpected(command: &str, reply: &redis::Value) -> ReadError {
     )))
 }
 
-/// Adds a sketch hash's `HGETALL` reply (bucket field → count) to a sketch: pairs in an
-/// array (RESP2) or a map (RESP3). Fields that are not sketch buckets are ignored.
-fn add_sketch_reply(sketch: &mut QuantileSketch, reply: redis::Value) -> Result<(), ReadError> {
-    let bucket = |field: &redis::Value, count: &redis::Value| {
-        let redis::Value::BulkString(field) = field else {
-            return None;
-        };
-        let b = SketchBucket::parse_field(std::str::from_utf8(field).ok()?)?;
-        Some((b, number::<u64>(Some(count))?))
-    };
-    // The hash's fields come in no useful order: sorted once per cell, then merged.
-    let cell = match reply {
-        redis::Value::Array(items) => QuantileSketch::from_buckets(
-            items
-                .chunks_exact(2)
-                .filter_map(|pair| bucket(&pair[0], &pair[1])),
-        ),
-        redis::Value::Map(pairs) => {
-            QuantileSketch::from_buckets(pairs.iter().filter_map(|(f, c)| bucket(f, c)))
-        }
-        redis::Value::Nil => return Ok(()),
-        other => return Err(unexpected("HGETALL", &other)),
-    };
-    sketch.merge_owned(cell);
-    Ok(())
-}
-
 /// Steps 1-3 of a read: the cells passing the filters, merged per output group and bucket
 /// (all buckets into the first one when `fold`).
 async fn gather<C: ConnectionLike>(
@@ -229,17 +206,27 @@ async fn gather<C: ConnectionLike>(
 
     // 3. The cells' hashes and sketches (and the view's state, after: a state lost or
     // rebuilt between the two round trips would make a partial answer).
-    let mut pipe = redis::pipe();
-    for (b, enc, _) in &cells {
-        pipe.cmd("HMGET")
-            .arg(keys.aggregates(&view.name, g, *b, enc))
-            .arg(&hash_fields);
-        for f in &quantile_fields {
-            pipe.hgetall(keys.sketch(&view.name, f, g, *b, enc));
+    let step3 = |sketches: SketchCommand| {
+        let mut pipe = redis::pipe();
+        for (b, enc, _) in &cells {
+            pipe.cmd("HMGET")
+                .arg(keys.aggregates(&view.name, g, *b, enc))
+                .arg(&hash_fields);
+            for f in &quantile_fields {
+                sketches.add(&mut pipe, keys.sketch(&view.name, f, g, *b, enc));
+            }
         }
-    }
-    add_state_check(&mut pipe, keys, view);
-    let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
+        add_state_check(&mut pipe, keys, view);
+        pipe
+    };
+    let mut sketches = SketchCommand::preferred();
+    let mut replies: Vec<redis::Value> = match step3(sketches).query_async(con).await {
+        Err(e) if sketches == SketchCommand::Dump && sketch::dump_refused(&e) => {
+            sketches = SketchCommand::HGetAll;
+            step3(sketches).query_async(con).await?
+        }
+        other => other?,
+    };
     let state = replies.split_off(replies.len().saturating_sub(2));
     check_state(q, &state)?;
     // Replies are read in place (no map of strings per hash): a ledger run reads tens of
@@ -247,6 +234,7 @@ async fn gather<C: ConnectionLike>(
     // was most of its time.
     let mut replies = replies.into_iter();
     let mut merged: Points = BTreeMap::new();
+    let mut undecoded = Vec::new();
     for (b, enc, out) in &cells {
         let key_bucket = if fold {
             q.buckets.first().copied().unwrap_or(*b)
@@ -280,9 +268,18 @@ async fn gather<C: ConnectionLike>(
                 break;
             };
             let sketch = m.sketches.entry(f.clone()).or_default();
-            add_sketch_reply(sketch, reply)?;
+            if !sketch::add_reply(sketch, sketches, reply)? {
+                undecoded.push(sketch::Undecoded {
+                    point: (out.clone(), key_bucket),
+                    field: f.clone(),
+                    key: keys.sketch(&view.name, f, g, *b, enc),
+                });
+            }
         }
     }
+
+    // 3b. Those sketches with HGETALL.
+    sketch::read_undecoded(con, keys, view, q, undecoded, &mut merged).await?;
 
     Ok(merged)
 }
