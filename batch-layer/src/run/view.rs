@@ -263,10 +263,7 @@ impl ViewRun<'_> {
             }
             // The speed accuracy ledger of the buckets this version settles, named by it.
             let compared = match speed {
-                Some(speed) => {
-                    let held = std::mem::take(&mut held);
-                    self.settle(plan, &mut manifest, speed, written, held).await
-                }
+                Some(speed) => self.settle(plan, &mut manifest, speed, written, held).await,
                 None => false,
             };
             if !compared {

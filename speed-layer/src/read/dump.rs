@@ -56,7 +56,7 @@ pub fn hash_pairs<T>(
 ) -> Option<Vec<T>> {
     let body_len = payload.len().checked_sub(FOOTER)?;
     let (&kind, body) = payload[..body_len].split_first()?;
-    let mut rdb = Rdb { buf: body, at: 0 };
+    let mut rdb = Cursor { buf: body, at: 0 };
     let mut out = Vec::new();
     match kind {
         TYPE_HASH_LISTPACK => {
@@ -107,8 +107,9 @@ impl RdbString<'_> {
     }
 }
 
-/// A cursor over RDB-encoded bytes; every read checks its bounds.
-struct Rdb<'a> {
+/// A cursor over bytes, every read bounds-checked; RDB's encodings read with it here, a
+/// listpack's in [`Listpack`].
+struct Cursor<'a> {
     buf: &'a [u8],
     at: usize,
 }
@@ -120,7 +121,7 @@ enum Len {
     Special(u8),
 }
 
-impl<'a> Rdb<'a> {
+impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let out = self.buf.get(self.at..end)?;
@@ -182,8 +183,7 @@ const MAX_INFLATED: usize = 64 << 20;
 /// A listpack: `total bytes (u32 LE) | elements (u16 LE) | entries | 0xFF`, each entry its
 /// encoding, its data and its length backwards (1-5 bytes).
 struct Listpack<'a> {
-    buf: &'a [u8],
-    at: usize,
+    cur: Cursor<'a>,
     /// Elements announced by the header (65535: too many to say, counted instead).
     announced: u16,
     seen: u32,
@@ -197,53 +197,45 @@ impl<'a> Listpack<'a> {
         }
         let announced = u16::from_le_bytes(buf.get(4..6)?.try_into().ok()?);
         Some(Listpack {
-            buf,
-            at: 6,
+            cur: Cursor { buf, at: 6 },
             announced,
             seen: 0,
         })
     }
 
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let out = self.buf.get(self.at..end)?;
-        self.at = end;
-        Some(out)
-    }
-
     /// The next entry; `Some(None)` at the end (which must match the header's count).
     fn entry(&mut self) -> Option<Option<Entry<'a>>> {
-        let start = self.at;
-        let first = *self.buf.get(start)?;
+        let cur = &mut self.cur;
+        let start = cur.at;
+        let first = cur.byte()?;
         if first == 0xff {
-            let complete = self.at + 1 == self.buf.len()
+            let complete = cur.at == cur.buf.len()
                 && (self.announced == u16::MAX || u32::from(self.announced) == self.seen);
             return complete.then_some(None);
         }
-        self.at += 1;
         let entry = match first {
             0x00..=0x7f => Entry::Int(i64::from(first)),
-            0x80..=0xbf => Entry::Str(self.take(usize::from(first & 0x3f))?),
+            0x80..=0xbf => Entry::Str(cur.take(usize::from(first & 0x3f))?),
             0xc0..=0xdf => {
-                let raw = i64::from(first & 0x1f) << 8 | i64::from(*self.take(1)?.first()?);
+                let raw = i64::from(first & 0x1f) << 8 | i64::from(cur.byte()?);
                 Entry::Int(sign_extend(raw, 13))
             }
             0xe0..=0xef => {
-                let len = usize::from(first & 0x0f) << 8 | usize::from(*self.take(1)?.first()?);
-                Entry::Str(self.take(len)?)
+                let len = usize::from(first & 0x0f) << 8 | usize::from(cur.byte()?);
+                Entry::Str(cur.take(len)?)
             }
             0xf0 => {
-                let len = u32::from_le_bytes(self.take(4)?.try_into().ok()?);
-                Entry::Str(self.take(usize::try_from(len).ok()?)?)
+                let len = u32::from_le_bytes(cur.take(4)?.try_into().ok()?);
+                Entry::Str(cur.take(usize::try_from(len).ok()?)?)
             }
-            0xf1 => Entry::Int(sign_extend(le(self.take(2)?), 16)),
-            0xf2 => Entry::Int(sign_extend(le(self.take(3)?), 24)),
-            0xf3 => Entry::Int(sign_extend(le(self.take(4)?), 32)),
-            0xf4 => Entry::Int(le(self.take(8)?)),
+            0xf1 => Entry::Int(sign_extend(le(cur.take(2)?), 16)),
+            0xf2 => Entry::Int(sign_extend(le(cur.take(3)?), 24)),
+            0xf3 => Entry::Int(sign_extend(le(cur.take(4)?), 32)),
+            0xf4 => Entry::Int(le(cur.take(8)?)),
             _ => return None,
         };
         // The length backwards: as many bytes as the entry's length needs in 7-bit groups.
-        let entry_len = self.at - start;
+        let entry_len = cur.at - start;
         let backlen = match entry_len {
             0..=127 => 1,
             128..=16_382 => 2,
@@ -251,7 +243,7 @@ impl<'a> Listpack<'a> {
             2_097_151..=268_435_454 => 4,
             _ => 5,
         };
-        self.take(backlen)?;
+        cur.take(backlen)?;
         self.seen += 1;
         Some(Some(entry))
     }
