@@ -33,7 +33,7 @@ use tributary_shared::bucket::date_string;
 use tributary_shared::config::AggKind;
 use tributary_shared::layout::paths;
 use tributary_shared::selection::Selection;
-use tributary_shared::series::Series;
+use tributary_shared::series::{Point, Series};
 use tributary_shared::{Granularity, ViewPlan};
 
 use crate::manifest::{Manifest, ViewFile};
@@ -231,12 +231,13 @@ impl Settle<'_> {
                 continue;
             };
             batch_time += t;
+            let mut pairs = pair_groups(&chunk.speed.1, &batch.1);
             for &b in &chunk.buckets {
                 self.compare_bucket(
                     chunk.granularity,
                     b,
                     (&chunk.speed.0, &batch.0),
-                    (&chunk.speed.1, &batch.1),
+                    &pairs.remove(&b).unwrap_or_default(),
                     &mut rows,
                 );
             }
@@ -270,7 +271,7 @@ impl Settle<'_> {
         g: Granularity,
         b: i64,
         totals: (&Series, &Series),
-        groups: (&Series, &Series),
+        groups: &[PointPair<'_>],
         rows: &mut Vec<LedgerRow>,
     ) {
         let total = |s: &Series, m: &str, agg: AggKind| {
@@ -281,28 +282,17 @@ impl Settle<'_> {
             // A bucket without any event counts 0 (it has no other value).
             v.or((agg == AggKind::Count).then_some(0.0))
         };
-        let group_keys: std::collections::BTreeSet<&Vec<Option<String>>> = groups
-            .0
-            .iter()
-            .chain(groups.1.iter())
-            .filter(|(_, pts)| pts.contains_key(&b))
-            .map(|(k, _)| k)
-            .collect();
         for m in &self.plan.measures {
             let speed = total(totals.0, &m.name, m.agg);
             let batch = total(totals.1, &m.name, m.agg);
             let (abs, rel) = error(m.agg, speed, batch);
-            let mut per_group: Vec<f64> = group_keys
+            let value = |p: Option<&Point>| {
+                p.and_then(|p| p.values.get(&m.name).copied().flatten())
+                    .or((m.agg == AggKind::Count).then_some(0.0))
+            };
+            let mut per_group: Vec<f64> = groups
                 .iter()
-                .map(|k| {
-                    let value = |s: &Series| {
-                        s.get(*k)
-                            .and_then(|pts| pts.get(&b))
-                            .and_then(|p| p.values.get(&m.name).copied().flatten())
-                            .or((m.agg == AggKind::Count).then_some(0.0))
-                    };
-                    error(m.agg, value(groups.0), value(groups.1)).1
-                })
+                .map(|(s, b)| error(m.agg, value(*s), value(*b)).1)
                 .collect();
             per_group.sort_by(f64::total_cmp);
             self.metrics.relative_error(&self.plan.name, &m.name, rel);
@@ -347,6 +337,30 @@ impl Settle<'_> {
         }
         Ok(out)
     }
+}
+
+/// A group's point in one bucket, in the speed layer and in the batch (either may be absent).
+type PointPair<'a> = (Option<&'a Point>, Option<&'a Point>);
+
+/// The groups of each bucket with a point in either series, paired: one pass over both, so
+/// comparing a bucket does not look every group up once per measure.
+fn pair_groups<'a>(speed: &'a Series, batch: &'a Series) -> BTreeMap<i64, Vec<PointPair<'a>>> {
+    type ByGroup<'a> = BTreeMap<&'a Vec<Option<String>>, PointPair<'a>>;
+    let mut by_bucket: BTreeMap<i64, ByGroup<'a>> = BTreeMap::new();
+    for (k, pts) in speed {
+        for (b, p) in pts {
+            by_bucket.entry(*b).or_default().entry(k).or_default().0 = Some(p);
+        }
+    }
+    for (k, pts) in batch {
+        for (b, p) in pts {
+            by_bucket.entry(*b).or_default().entry(k).or_default().1 = Some(p);
+        }
+    }
+    by_bucket
+        .into_iter()
+        .map(|(b, groups)| (b, groups.into_values().collect()))
+        .collect()
 }
 
 /// The value at rank `q` (nearest rank) of sorted values.
@@ -429,6 +443,35 @@ mod tests {
             vec![at(11, 0)],
             "not the hour ending at its start"
         );
+    }
+
+    #[test]
+    fn groups_are_paired_per_bucket_whichever_side_has_them() {
+        let point = |v: f64| Point {
+            values: BTreeMap::from([("events".to_string(), Some(v))]),
+            exact: true,
+        };
+        let group = |g: &str| vec![Some(g.to_string())];
+        let speed: Series = BTreeMap::from([
+            (
+                group("a"),
+                BTreeMap::from([(0, point(1.0)), (60, point(2.0))]),
+            ),
+            (group("b"), BTreeMap::from([(0, point(3.0))])),
+        ]);
+        let batch: Series = BTreeMap::from([
+            (group("a"), BTreeMap::from([(0, point(1.0))])),
+            (group("c"), BTreeMap::from([(60, point(4.0))])),
+        ]);
+        let pairs = pair_groups(&speed, &batch);
+        let values = |b: i64| -> Vec<(Option<f64>, Option<f64>)> {
+            let v = |p: Option<&Point>| p.and_then(|p| p.values["events"]);
+            pairs[&b].iter().map(|(s, t)| (v(*s), v(*t))).collect()
+        };
+        // Bucket 0: a on both sides, b in speed only; bucket 60: a in speed, c in batch.
+        assert_eq!(values(0), vec![(Some(1.0), Some(1.0)), (Some(3.0), None)]);
+        assert_eq!(values(60), vec![(Some(2.0), None), (None, Some(4.0))]);
+        assert_eq!(pairs.len(), 2);
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The speed side of a settlement: the speed layer's values of the buckets a run settles, read
-//! from Redis while the engine computes the view's dates (a task of its own, so Redis's
-//! answers are decoded on whichever core the engine leaves free), then brought up to date just
-//! before landing ([`SpeedSide::top_up`]): the speed layer's state is read again, a rebuild
-//! started meanwhile discards the read, and buckets it sealed meanwhile are read then.
+//! from Redis while the engine computes the view's dates (on a thread of its own at the lowest
+//! CPU priority, so it takes the CPU the engine leaves idle: [`SpeedTask`]), then brought up
+//! to date just before landing ([`SpeedSide::top_up`]): the speed layer's state is read again,
+//! a rebuild started meanwhile discards the read, and buckets it sealed meanwhile are read
+//! then.
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::sync::oneshot;
 
 use tributary_shared::layout::RedisKeys;
 use tributary_shared::redis_client::{RedisClient, RedisConnection};
@@ -136,9 +138,17 @@ impl SpeedSide {
     }
 }
 
-/// The speed side read by a task of its own while the engine computes the view's dates;
-/// aborted when dropped (a view that fails, or lands nothing, stops the read with it).
-pub struct SpeedTask(tokio::task::JoinHandle<Result<Option<SpeedSide>, LedgerError>>);
+/// The speed side read while the engine computes the view's dates, on a thread of its own
+/// at the lowest CPU priority (nice 19, Linux), with its own runtime: the read (and the Redis
+/// work it asks for, on a machine shared with Redis) then takes the CPU the engine leaves
+/// idle, such as its single-threaded tail, rather than slowing the dates down. The run waits
+/// for it only at [`SpeedTask::finish`], after its dates. Dropped unfinished (a view that
+/// fails, or lands nothing): the read stops.
+pub struct SpeedTask {
+    /// The finish request: the plan and the time of the top-up. Dropped: stop.
+    finish: oneshot::Sender<(ViewPlan, i64)>,
+    result: oneshot::Receiver<Result<Option<SpeedSide>, LedgerError>>,
+}
 
 impl SpeedTask {
     /// Starts [`read_speed`].
@@ -150,32 +160,77 @@ impl SpeedTask {
         now_ms: i64,
     ) -> SpeedTask {
         let (config, plan) = (config.clone(), plan.clone());
-        SpeedTask(tokio::spawn(async move {
-            read_speed(&config, &plan, compared_to, horizon, now_ms).await
-        }))
+        let (finish_tx, mut finish_rx) = oneshot::channel::<(ViewPlan, i64)>();
+        let (result_tx, result_rx) = oneshot::channel();
+        let reader = move || {
+            lower_priority();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| LedgerError::Task(format!("speed read runtime: {e}")));
+            let rt = match rt {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = result_tx.send(Err(e));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                let read = read_speed(&config, &plan, compared_to, horizon, now_ms);
+                tokio::pin!(read);
+                let (read, finish) = tokio::select! {
+                    read = &mut read => (read, (&mut finish_rx).await),
+                    finish = &mut finish_rx => match finish {
+                        // The run finished its dates first: the read goes on, then tops up.
+                        Ok(f) => ((&mut read).await, Ok(f)),
+                        Err(_) => return,
+                    },
+                };
+                // The top-up runs here too: the read's connections live on this runtime.
+                let Ok((plan, at)) = finish else {
+                    return;
+                };
+                let result = match read {
+                    Ok(Some(side)) => side.top_up(&plan, at).await,
+                    other => other,
+                };
+                let _ = result_tx.send(result);
+            });
+        };
+        let spawned = std::thread::Builder::new()
+            .name("ledger-speed-read".into())
+            .spawn(reader);
+        if let Err(e) = spawned {
+            // Nothing is read: `finish` reports it (the result's sender was dropped).
+            tracing::warn!(error = %e, "accuracy ledger: the speed read's thread did not start");
+        }
+        SpeedTask {
+            finish: finish_tx,
+            result: result_rx,
+        }
     }
 
     /// The read, brought up to the speed layer's state now ([`SpeedSide::top_up`]).
     pub async fn finish(
-        mut self,
+        self,
         plan: &ViewPlan,
         now_ms: i64,
     ) -> Result<Option<SpeedSide>, LedgerError> {
-        let read = (&mut self.0)
+        let SpeedTask { finish, result } = self;
+        let _ = finish.send((plan.clone(), now_ms));
+        result
             .await
-            .unwrap_or_else(|e| Err(LedgerError::Task(e.to_string())));
-        match read {
-            Ok(Some(side)) => side.top_up(plan, now_ms).await,
-            other => other,
-        }
+            .unwrap_or_else(|_| Err(LedgerError::Task("the speed read's thread stopped".into())))
     }
 }
 
-// (tokio-util's `AbortOnDropHandle` needs its `rt` feature, which nothing in the tree
-// enables; these few lines avoid rebuilding what depends on it.)
-impl Drop for SpeedTask {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Lowers the calling thread's CPU priority to nice 19: on Linux the nice value is a thread's
+/// own (setpriority(2), "BUGS"), so the engine's threads keep theirs. Elsewhere: unchanged.
+fn lower_priority() {
+    // `None`: the calling thread (on Linux; the whole process elsewhere, so only there).
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(None, 19) {
+        tracing::debug!(error = %e, "accuracy ledger: the speed read keeps its priority");
     }
 }
 

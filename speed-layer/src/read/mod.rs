@@ -5,7 +5,7 @@
 //! addition, distinct counts by a multi-key `PFCOUNT` (a true union, never a sum), quantiles by
 //! adding sketch buckets. Reads are pipelined: three round trips whatever the range.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use redis::aio::ConnectionLike;
 use tributary_shared::Granularity;
@@ -14,9 +14,9 @@ use tributary_shared::hll::Hll;
 use tributary_shared::layout::{RedisKeys, decode_group};
 use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
-use tributary_shared::sketch::QuantileSketch;
 use tributary_shared::view::ViewPlan;
 
+use point::{Fields, Gathered, Points};
 use sketch::SketchCommand;
 
 /// What to read.
@@ -37,6 +37,7 @@ pub struct SpeedQuery {
 
 pub mod dump;
 pub(crate) mod error;
+mod point;
 mod sketch;
 
 pub use error::ReadError;
@@ -71,63 +72,6 @@ fn check_state(q: &SpeedQuery, replies: &[redis::Value]) -> Result<(), ReadError
     Ok(())
 }
 
-/// Sum, count, min, max of a numeric field across merged cells.
-#[derive(Debug, Clone, Copy)]
-struct Num {
-    sum: f64,
-    n: u64,
-    min: f64,
-    max: f64,
-}
-
-impl Num {
-    const EMPTY: Num = Num {
-        sum: 0.0,
-        n: 0,
-        min: f64::INFINITY,
-        max: f64::NEG_INFINITY,
-    };
-}
-
-#[derive(Debug, Default)]
-struct Merged {
-    count: u64,
-    numeric: HashMap<String, Num>,
-    /// Member cells (bucket, group encoding), for the distinct union.
-    members: Vec<(i64, String)>,
-    sketches: HashMap<String, QuantileSketch>,
-}
-
-/// Merged cells per (output group, bucket).
-type Points = BTreeMap<(Vec<Option<String>>, i64), Merged>;
-
-impl Merged {
-    /// The numeric stats of a measure's field, when any value was seen.
-    fn stats(&self, measure: &tributary_shared::view::Measure) -> Option<&Num> {
-        let f = measure.field_name.as_ref()?;
-        self.numeric.get(f).filter(|n| n.n > 0)
-    }
-
-    /// Adds another point's cells to this one.
-    fn absorb(&mut self, other: &Merged) {
-        self.count += other.count;
-        for (field, o) in &other.numeric {
-            let e = self.numeric.entry(field.clone()).or_insert(Num::EMPTY);
-            e.sum += o.sum;
-            e.n += o.n;
-            e.min = e.min.min(o.min);
-            e.max = e.max.max(o.max);
-        }
-        self.members.extend(other.members.iter().cloned());
-        for (field, sketch) in &other.sketches {
-            self.sketches
-                .entry(field.clone())
-                .or_default()
-                .merge(sketch);
-        }
-    }
-}
-
 /// A number held in a hash field's reply (absent, or not a number: none).
 fn number<T: std::str::FromStr>(reply: Option<&redis::Value>) -> Option<T> {
     match reply? {
@@ -152,7 +96,7 @@ async fn gather<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
     fold: bool,
-) -> Result<Points, ReadError> {
+) -> Result<Gathered, ReadError> {
     let g = q.granularity;
     // 1. Which groups have data in each bucket (and the view's state, before).
     let mut pipe = redis::pipe();
@@ -189,16 +133,10 @@ async fn gather<C: ConnectionLike>(
         return Err(ReadError::TooManyGroups(groups.len()));
     }
 
-    let quantile_fields = q.selection.fields(view, AggKind::Quantile);
+    let fields = Fields::of(view, &q.selection);
     // Only the hash fields the measures use (a cell's hash holds every numeric field's stats).
-    let mut numeric: Vec<String> = [AggKind::Sum, AggKind::Min, AggKind::Max, AggKind::Avg]
-        .into_iter()
-        .flat_map(|k| q.selection.fields(view, k))
-        .collect();
-    numeric.sort();
-    numeric.dedup();
     let mut hash_fields = vec!["count".to_string()];
-    for f in &numeric {
+    for f in &fields.numeric {
         for stat in ["sum", "n", "min", "max"] {
             hash_fields.push(format!("{stat}:{f}"));
         }
@@ -212,7 +150,7 @@ async fn gather<C: ConnectionLike>(
             pipe.cmd("HMGET")
                 .arg(keys.aggregates(&view.name, g, *b, enc))
                 .arg(&hash_fields);
-            for f in &quantile_fields {
+            for f in &fields.quantile {
                 sketches.add(&mut pipe, keys.sketch(&view.name, f, g, *b, enc));
             }
         }
@@ -233,55 +171,52 @@ async fn gather<C: ConnectionLike>(
     // thousands of sketch hashes of a few hundred fields each, and allocating for each field
     // was most of its time.
     let mut replies = replies.into_iter();
-    let mut merged: Points = BTreeMap::new();
+    let mut out = Gathered {
+        points: Points::new(),
+        cells: Vec::with_capacity(cells.len()),
+        fields,
+    };
     let mut undecoded = Vec::new();
-    for (b, enc, out) in &cells {
+    for (b, enc, group) in cells {
         let key_bucket = if fold {
-            q.buckets.first().copied().unwrap_or(*b)
+            q.buckets.first().copied().unwrap_or(b)
         } else {
-            *b
+            b
         };
-        let m = merged.entry((out.clone(), key_bucket)).or_default();
         let Some(hash) = replies.next() else {
             break;
         };
+        let member = out.cells.len() as u32;
+        let m = out.point((group, key_bucket));
         let mut values = match hash {
             redis::Value::Array(values) => values.into_iter(),
             other => return Err(unexpected("HMGET", &other)),
         };
         m.count += number::<u64>(values.next().as_ref()).unwrap_or(0);
-        for f in &numeric {
+        for num in m.numeric.iter_mut() {
             let mut stat = || number::<f64>(values.next().as_ref());
             let (sum, n, min, max) = (stat(), stat(), stat(), stat());
-            if sum.is_none() && n.is_none() && min.is_none() && max.is_none() {
-                continue;
-            }
-            let e = m.numeric.entry(f.clone()).or_insert(Num::EMPTY);
-            e.sum += sum.unwrap_or(0.0);
-            e.n += n.map_or(0, |n| n as u64);
-            e.min = e.min.min(min.unwrap_or(f64::INFINITY));
-            e.max = e.max.max(max.unwrap_or(f64::NEG_INFINITY));
+            num.sum += sum.unwrap_or(0.0);
+            num.n += n.map_or(0, |n| n as u64);
+            num.min = num.min.min(min.unwrap_or(f64::INFINITY));
+            num.max = num.max.max(max.unwrap_or(f64::NEG_INFINITY));
         }
-        m.members.push((*b, enc.clone()));
-        for f in &quantile_fields {
+        m.members.push(member);
+        for (field, sketch) in m.sketches.iter_mut().enumerate() {
             let Some(reply) = replies.next() else {
                 break;
             };
-            let sketch = m.sketches.entry(f.clone()).or_default();
             if !sketch::add_reply(sketch, sketches, reply)? {
-                undecoded.push(sketch::Undecoded {
-                    point: (out.clone(), key_bucket),
-                    field: f.clone(),
-                    key: keys.sketch(&view.name, f, g, *b, enc),
-                });
+                undecoded.push(sketch::Undecoded { member, field });
             }
         }
+        out.cells.push((b, enc));
     }
 
     // 3b. Those sketches with HGETALL.
-    sketch::read_undecoded(con, keys, view, q, undecoded, &mut merged).await?;
+    sketch::read_undecoded(con, keys, view, q, undecoded, &mut out).await?;
 
-    Ok(merged)
+    Ok(out)
 }
 
 /// Reads a query's points from Redis.
@@ -291,8 +226,9 @@ pub async fn read<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
 ) -> Result<SpeedSeries, ReadError> {
-    let merged = gather(con, keys, view, q, false).await?;
-    let [series] = evaluate(con, keys, view, q, [merged]).await?;
+    let mut gathered = gather(con, keys, view, q, false).await?;
+    let points = std::mem::take(&mut gathered.points);
+    let [series] = evaluate(con, keys, view, q, &gathered, [points]).await?;
     Ok(series)
 }
 
@@ -307,54 +243,53 @@ pub async fn read_with_totals<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
 ) -> Result<(SpeedSeries, SpeedSeries), ReadError> {
-    let merged = gather(con, keys, view, q, false).await?;
-    let mut totals: Points = BTreeMap::new();
-    for ((_, b), m) in &merged {
-        totals.entry((Vec::new(), *b)).or_default().absorb(m);
-    }
-    let [groups, totals] = evaluate(con, keys, view, q, [merged, totals]).await?;
+    let mut gathered = gather(con, keys, view, q, false).await?;
+    let totals = gathered.totals();
+    let points = std::mem::take(&mut gathered.points);
+    let [groups, totals] = evaluate(con, keys, view, q, &gathered, [points, totals]).await?;
     Ok((groups, totals))
 }
 
-/// Steps 4-5 of a read, for several sets of merged points at once: distinct counts (one
-/// `PFCOUNT` over every member cell of each point, all sets in one round trip), then each
-/// point's value per measure.
+/// Steps 4-5 of a read, for several sets of points merged from `gathered`'s cells at once:
+/// distinct counts (one `PFCOUNT` over every member cell of each point, all sets in one round
+/// trip), then each point's value per measure.
 async fn evaluate<C: ConnectionLike, const N: usize>(
     con: &mut C,
     keys: &RedisKeys,
     view: &ViewPlan,
     q: &SpeedQuery,
+    gathered: &Gathered,
     sets: [Points; N],
 ) -> Result<[SpeedSeries; N], ReadError> {
     let g = q.granularity;
-    // 4. Distinct counts: one PFCOUNT over every member cell of each output point.
-    let distinct_fields = q.selection.fields(view, AggKind::CountDistinct);
-    let mut distinct: HashMap<(usize, usize, String), u64> = HashMap::new();
-    if !distinct_fields.is_empty() && sets.iter().any(|s| !s.is_empty()) {
+    let fields = &gathered.fields;
+    // 4. Distinct counts: one PFCOUNT over every member cell of each output point, in the
+    // order of the sets, their points and the distinct fields.
+    let nd = fields.distinct.len();
+    let mut distinct: Vec<u64> = Vec::new();
+    if nd > 0 && sets.iter().any(|s| !s.is_empty()) {
         let mut pipe = redis::pipe();
-        let mut order = Vec::new();
-        for (s, merged) in sets.iter().enumerate() {
-            for (i, (_, m)) in merged.iter().enumerate() {
-                for f in &distinct_fields {
+        for merged in &sets {
+            for m in merged.values() {
+                for f in &fields.distinct {
                     let hkeys: Vec<String> = m
                         .members
                         .iter()
+                        .filter_map(|i| gathered.cells.get(*i as usize))
                         .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
                         .collect();
                     pipe.cmd("PFCOUNT").arg(hkeys);
-                    order.push((s, i, f.clone()));
                 }
             }
         }
-        let counts: Vec<u64> = pipe.query_async(con).await?;
-        distinct.extend(order.into_iter().zip(counts));
+        distinct = pipe.query_async(con).await?;
     }
 
     // 5. Values per measure.
-    let mut s = 0;
+    let mut first = 0;
     Ok(sets.map(|merged| {
-        let set = s;
-        s += 1;
+        let base = first;
+        first += merged.len() * nd;
         let mut series = SpeedSeries::new();
         for (i, ((out, b), m)) in merged.into_iter().enumerate() {
             if m.count == 0 {
@@ -366,7 +301,7 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
                 let Some(measure) = view.measures.get(*mi) else {
                     continue;
                 };
-                let num = m.stats(measure);
+                let num = m.stats(fields, measure);
                 let v = match measure.agg {
                     AggKind::Count => Some(m.count as f64),
                     AggKind::Sum => num.map(|n| n.sum),
@@ -375,20 +310,14 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
                     AggKind::Avg => num.map(|n| n.sum / n.n as f64),
                     AggKind::CountDistinct => {
                         exact = false;
-                        measure
-                            .field_name
-                            .as_ref()
-                            .and_then(|f| distinct.get(&(set, i, f.clone())))
+                        Fields::position(&fields.distinct, measure)
+                            .and_then(|f| distinct.get(base + i * nd + f))
                             .map(|c| *c as f64)
                     }
                     AggKind::Quantile => {
                         exact = false;
-                        let q = measure.q.unwrap_or(0.5);
-                        measure
-                            .field_name
-                            .as_ref()
-                            .and_then(|f| m.sketches.get(f))
-                            .and_then(|s| s.quantile(q))
+                        m.sketch(fields, measure)
+                            .and_then(|s| s.quantile(measure.q.unwrap_or(0.5)))
                     }
                 };
                 values.insert(measure.name.clone(), v);
@@ -412,29 +341,37 @@ pub async fn read_totals<C: ConnectionLike>(
     q: &SpeedQuery,
 ) -> Result<BTreeMap<Vec<Option<String>>, Partial>, ReadError> {
     let g = q.granularity;
-    let merged = gather(con, keys, view, q, true).await?;
-    let distinct_fields = q.selection.fields(view, AggKind::CountDistinct);
-    let mut hlls: HashMap<(usize, String), Hll> = HashMap::new();
-    if !distinct_fields.is_empty() && !merged.is_empty() {
+    let gathered = gather(con, keys, view, q, true).await?;
+    let fields = &gathered.fields;
+    let nd = fields.distinct.len();
+    // The union HyperLogLog per (point, distinct field), in the points' order.
+    let mut hlls: Vec<Option<Hll>> = Vec::new();
+    if nd > 0 && !gathered.points.is_empty() {
         let mut pipe = redis::pipe();
         let mut order = Vec::new();
-        for (i, (_, m)) in merged.iter().enumerate() {
-            for f in &distinct_fields {
-                for (mb, enc) in &m.members {
+        for (i, m) in gathered.points.values().enumerate() {
+            for (j, f) in fields.distinct.iter().enumerate() {
+                for (mb, enc) in m
+                    .members
+                    .iter()
+                    .filter_map(|c| gathered.cells.get(*c as usize))
+                {
                     pipe.get(keys.hll(&view.name, f, g, *mb, enc));
-                    order.push((i, f.clone()));
+                    order.push(i * nd + j);
                 }
             }
         }
         let raw: Vec<Option<Vec<u8>>> = pipe.query_async(con).await?;
-        for (key, bytes) in order.into_iter().zip(raw) {
-            if let Some(h) = bytes.as_deref().and_then(Hll::from_redis) {
-                hlls.entry(key).or_default().merge(&h);
+        hlls = vec![None; gathered.points.len() * nd];
+        for (at, bytes) in order.into_iter().zip(raw) {
+            let h = bytes.as_deref().and_then(Hll::from_redis);
+            if let (Some(h), Some(union)) = (h, hlls.get_mut(at)) {
+                union.get_or_insert_with(Hll::default).merge(&h);
             }
         }
     }
     let mut out = BTreeMap::new();
-    for (i, ((group, _), m)) in merged.into_iter().enumerate() {
+    for (i, ((group, _), m)) in gathered.points.iter().enumerate() {
         if m.count == 0 {
             continue;
         }
@@ -445,7 +382,7 @@ pub async fn read_totals<C: ConnectionLike>(
             .iter()
             .filter_map(|mi| view.measures.get(*mi))
         {
-            let num = m.stats(measure);
+            let num = m.stats(fields, measure);
             let v = match measure.agg {
                 AggKind::Count => PartialValue::Count(m.count),
                 AggKind::Sum => PartialValue::Sum(num.map(|n| n.sum)),
@@ -457,25 +394,19 @@ pub async fn read_totals<C: ConnectionLike>(
                 },
                 AggKind::CountDistinct => PartialValue::Distinct {
                     exact: None,
-                    sketch: measure
-                        .field_name
-                        .as_ref()
-                        .and_then(|f| hlls.get(&(i, f.clone())))
-                        .cloned(),
+                    sketch: Fields::position(&fields.distinct, measure)
+                        .and_then(|f| hlls.get(i * nd + f))
+                        .and_then(Option::clone),
                 },
                 AggKind::Quantile => PartialValue::Quantile {
                     q: measure.q.unwrap_or(0.5),
                     exact: None,
-                    sketch: measure
-                        .field_name
-                        .as_ref()
-                        .and_then(|f| m.sketches.get(f))
-                        .cloned(),
+                    sketch: m.sketch(fields, measure).cloned(),
                 },
             };
             p.values.insert(measure.name.clone(), v);
         }
-        out.entry(group)
+        out.entry(group.clone())
             .and_modify(|x: &mut Partial| x.merge(&p))
             .or_insert(p);
     }

@@ -3,6 +3,7 @@
 //! cell whose payload that cannot decode, or for every cell once Redis refuses `DUMP` (an
 //! ACL written before readers needed it: `NOPERM`, warned once).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use redis::aio::ConnectionLike;
@@ -10,9 +11,8 @@ use tributary_shared::layout::RedisKeys;
 use tributary_shared::sketch::{QuantileSketch, SketchBucket};
 use tributary_shared::view::ViewPlan;
 
-use super::{
-    Points, ReadError, SpeedQuery, add_state_check, check_state, dump, number, unexpected,
-};
+use super::point::{Gathered, Merged};
+use super::{ReadError, SpeedQuery, add_state_check, check_state, dump, number, unexpected};
 
 /// Set when Redis refused `DUMP` to this process: sketches are read with `HGETALL` since.
 static DUMP_REFUSED: AtomicBool = AtomicBool::new(false);
@@ -90,10 +90,10 @@ pub(super) fn add_reply(
 
 /// A cell's sketch whose `DUMP` payload [`add_reply`] did not decode.
 pub(super) struct Undecoded {
-    /// The (output group, bucket) it merges into.
-    pub(super) point: (Vec<Option<String>>, i64),
-    pub(super) field: String,
-    pub(super) key: String,
+    /// The cell, an index into [`Gathered::cells`].
+    pub(super) member: u32,
+    /// The sketch's field, an index into the read's quantile fields.
+    pub(super) field: usize,
 }
 
 /// Reads the `undecoded` cells' sketches with `HGETALL` into their points (and the view's
@@ -104,23 +104,45 @@ pub(super) async fn read_undecoded<C: ConnectionLike>(
     view: &ViewPlan,
     q: &SpeedQuery,
     undecoded: Vec<Undecoded>,
-    merged: &mut Points,
+    gathered: &mut Gathered,
 ) -> Result<(), ReadError> {
     if undecoded.is_empty() {
         return Ok(());
     }
+    let g = q.granularity;
     let mut pipe = redis::pipe();
     for cell in &undecoded {
-        pipe.hgetall(&cell.key);
+        let (Some((b, enc)), Some(f)) = (
+            gathered.cells.get(cell.member as usize),
+            gathered.fields.quantile.get(cell.field),
+        ) else {
+            return Err(ReadError::Reply(redis::ParsingError::from(
+                "a sketch to read again names no cell of the read".to_string(),
+            )));
+        };
+        pipe.hgetall(keys.sketch(&view.name, f, g, *b, enc));
     }
     add_state_check(&mut pipe, keys, view);
     let mut replies: Vec<redis::Value> = pipe.query_async(con).await?;
     let state = replies.split_off(replies.len().saturating_sub(2));
     check_state(q, &state)?;
+    // The point each cell was merged into (found by its member index: rare, so a scan).
+    let wanted: HashSet<u32> = undecoded.iter().map(|c| c.member).collect();
+    let mut points: Vec<&mut Merged> = gathered.points.values_mut().collect();
+    let mut point_of: HashMap<u32, usize> = HashMap::new();
+    for (i, m) in points.iter().enumerate() {
+        for member in m.members.iter().filter(|c| wanted.contains(c)) {
+            point_of.insert(*member, i);
+        }
+    }
     for (cell, reply) in undecoded.into_iter().zip(replies) {
-        let point = merged.entry(cell.point).or_default();
-        let sketch = point.sketches.entry(cell.field).or_default();
-        add_hgetall_reply(sketch, reply)?;
+        let sketch = point_of
+            .get(&cell.member)
+            .and_then(|i| points.get_mut(*i))
+            .and_then(|m| m.sketches.get_mut(cell.field));
+        if let Some(sketch) = sketch {
+            add_hgetall_reply(sketch, reply)?;
+        }
     }
     Ok(())
 }
