@@ -145,8 +145,8 @@ impl SpeedSide {
 /// for it only at [`SpeedTask::finish`], after its dates. Dropped unfinished (a view that
 /// fails, or lands nothing): the read stops.
 pub struct SpeedTask {
-    /// The finish request: the plan and the time of the top-up. Dropped: stop.
-    finish: oneshot::Sender<(ViewPlan, i64)>,
+    /// The finish request: the time of the top-up. Dropped: stop.
+    finish: oneshot::Sender<i64>,
     result: oneshot::Receiver<Result<Option<SpeedSide>, LedgerError>>,
 }
 
@@ -160,7 +160,7 @@ impl SpeedTask {
         now_ms: i64,
     ) -> SpeedTask {
         let (config, plan) = (config.clone(), plan.clone());
-        let (finish_tx, mut finish_rx) = oneshot::channel::<(ViewPlan, i64)>();
+        let (finish_tx, mut finish_rx) = oneshot::channel::<i64>();
         let (result_tx, result_rx) = oneshot::channel();
         let reader = move || {
             lower_priority();
@@ -187,7 +187,7 @@ impl SpeedTask {
                     },
                 };
                 // The top-up runs here too: the read's connections live on this runtime.
-                let Ok((plan, at)) = finish else {
+                let Ok(at) = finish else {
                     return;
                 };
                 let result = match read {
@@ -211,13 +211,9 @@ impl SpeedTask {
     }
 
     /// The read, brought up to the speed layer's state now ([`SpeedSide::top_up`]).
-    pub async fn finish(
-        self,
-        plan: &ViewPlan,
-        now_ms: i64,
-    ) -> Result<Option<SpeedSide>, LedgerError> {
+    pub async fn finish(self, now_ms: i64) -> Result<Option<SpeedSide>, LedgerError> {
         let SpeedTask { finish, result } = self;
-        let _ = finish.send((plan.clone(), now_ms));
+        let _ = finish.send(now_ms);
         result
             .await
             .unwrap_or_else(|_| Err(LedgerError::Task("the speed read's thread stopped".into())))

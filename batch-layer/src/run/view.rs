@@ -241,7 +241,7 @@ impl ViewRun<'_> {
         // it; buckets it sealed since are read now). Buckets the speed layer sealed after an
         // earlier run settled them are news of their own: a version lands for their rows.
         let speed = match speed_read {
-            Some(task) => Some(task.finish(plan, now_ms()).await),
+            Some(task) => Some(task.finish(now_ms()).await),
             None => None,
         };
         let ledger_only = !changed && matches!(&speed, Some(Ok(Some(s))) if s.has_buckets());

@@ -16,7 +16,7 @@ use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
 use tributary_shared::view::ViewPlan;
 
-use point::{Fields, Gathered, Points};
+use point::{Fields, Gathered, Num, Points};
 use sketch::SketchCommand;
 
 /// What to read.
@@ -196,10 +196,12 @@ async fn gather<C: ConnectionLike>(
         for num in m.numeric.iter_mut() {
             let mut stat = || number::<f64>(values.next().as_ref());
             let (sum, n, min, max) = (stat(), stat(), stat(), stat());
-            num.sum += sum.unwrap_or(0.0);
-            num.n += n.map_or(0, |n| n as u64);
-            num.min = num.min.min(min.unwrap_or(f64::INFINITY));
-            num.max = num.max.max(max.unwrap_or(f64::NEG_INFINITY));
+            num.absorb(&Num {
+                sum: sum.unwrap_or(0.0),
+                n: n.map_or(0, |n| n as u64),
+                min: min.unwrap_or(f64::INFINITY),
+                max: max.unwrap_or(f64::NEG_INFINITY),
+            });
         }
         m.members.push(member);
         for (field, sketch) in m.sketches.iter_mut().enumerate() {
@@ -268,17 +270,26 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
     let nd = fields.distinct.len();
     let mut distinct: Vec<u64> = Vec::new();
     if nd > 0 && sets.iter().any(|s| !s.is_empty()) {
+        // Each cell's key once per field, though a cell is a member of a point in every set.
+        let hll_keys: Vec<Vec<String>> = fields
+            .distinct
+            .iter()
+            .map(|f| {
+                gathered
+                    .cells
+                    .iter()
+                    .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
+                    .collect()
+            })
+            .collect();
         let mut pipe = redis::pipe();
         for merged in &sets {
             for m in merged.values() {
-                for f in &fields.distinct {
-                    let hkeys: Vec<String> = m
-                        .members
-                        .iter()
-                        .filter_map(|i| gathered.cells.get(*i as usize))
-                        .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
-                        .collect();
-                    pipe.cmd("PFCOUNT").arg(hkeys);
+                for field_keys in &hll_keys {
+                    pipe.cmd("PFCOUNT");
+                    for key in m.members.iter().filter_map(|i| field_keys.get(*i as usize)) {
+                        pipe.arg(key);
+                    }
                 }
             }
         }
@@ -371,7 +382,7 @@ pub async fn read_totals<C: ConnectionLike>(
         }
     }
     let mut out = BTreeMap::new();
-    for (i, ((group, _), m)) in gathered.points.iter().enumerate() {
+    for (i, ((group, _), m)) in gathered.points.into_iter().enumerate() {
         if m.count == 0 {
             continue;
         }
@@ -406,7 +417,7 @@ pub async fn read_totals<C: ConnectionLike>(
             };
             p.values.insert(measure.name.clone(), v);
         }
-        out.entry(group.clone())
+        out.entry(group)
             .and_modify(|x: &mut Partial| x.merge(&p))
             .or_insert(p);
     }

@@ -60,7 +60,7 @@ impl Num {
         max: f64::NEG_INFINITY,
     };
 
-    fn absorb(&mut self, o: &Num) {
+    pub(super) fn absorb(&mut self, o: &Num) {
         self.sum += o.sum;
         self.n += o.n;
         self.min = self.min.min(o.min);
