@@ -2,7 +2,7 @@
 //! count as PFCOUNT, and values Redis accepts for PFCOUNT and PFMERGE.
 
 use tributary_it::{redis, unique};
-use tributary_shared::hll::Hll;
+use tributary_shared::hll::{Hll, Union};
 
 #[tokio::test]
 async fn our_hyperloglog_is_redis_hyperloglog() -> anyhow::Result<()> {
@@ -82,6 +82,12 @@ async fn our_hyperloglog_is_redis_hyperloglog() -> anyhow::Result<()> {
             .await?;
         assert_eq!(sparse_count, redis_count, "PFCOUNT of our sparse bytes");
         let theirs_bytes: Vec<u8> = redis::cmd("GET").arg(&theirs).query_async(&mut con).await?;
+        // Counted in place from what GET returns (the accuracy ledger's read): PFCOUNT's count.
+        assert_eq!(
+            Hll::count_redis(&theirs_bytes),
+            Some(redis_count),
+            "count of Redis's own value for {n} elements"
+        );
         assert_eq!(
             Hll::from_redis(&theirs_bytes).as_ref(),
             Some(&h),
@@ -93,5 +99,50 @@ async fn our_hyperloglog_is_redis_hyperloglog() -> anyhow::Result<()> {
             .query_async(&mut con)
             .await?;
     }
+    Ok(())
+}
+
+/// A union of keys read with GET, counted here (`hll::Union`), is what a multi-key PFCOUNT of
+/// the same keys answers: tens of small (sparse) keys, as a ledger bucket's total, and with a
+/// large (dense) one among them.
+#[tokio::test]
+async fn a_union_counted_here_is_multi_key_pfcount() -> anyhow::Result<()> {
+    let mut con = redis().await?;
+    let prefix = unique("it-hll-union");
+    let mut keys: Vec<String> = (0..30).map(|i| format!("{prefix}:cell{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let elements: Vec<String> = (0..40 + i * 7).map(|e| format!("u{}", e * 3 + i)).collect();
+        let _: i64 = redis::cmd("PFADD")
+            .arg(key)
+            .arg(&elements)
+            .query_async(&mut con)
+            .await?;
+    }
+    let big = format!("{prefix}:big");
+    let elements: Vec<String> = (0..20_000).map(|e| format!("big{e}")).collect();
+    let _: i64 = redis::cmd("PFADD")
+        .arg(&big)
+        .arg(&elements)
+        .query_async(&mut con)
+        .await?;
+    let mut union = Union::default();
+    for with_big in [false, true] {
+        if with_big {
+            keys.push(big.clone());
+        }
+        let expected: u64 = redis::cmd("PFCOUNT")
+            .arg(&keys)
+            .query_async(&mut con)
+            .await?;
+        union.clear();
+        for key in &keys {
+            let bytes: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut con).await?;
+            union
+                .merge_redis(&bytes)
+                .ok_or_else(|| anyhow::anyhow!("{key}: not a HyperLogLog"))?;
+        }
+        assert_eq!(union.count(), expected, "with the dense key: {with_big}");
+    }
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut con).await?;
     Ok(())
 }

@@ -86,6 +86,11 @@ impl Hll {
         Self::default()
     }
 
+    /// Back to the empty set (the registers kept, for another union).
+    pub fn clear(&mut self) {
+        self.registers.fill(0);
+    }
+
     /// Adds an element (what `PFADD key element` adds).
     pub fn add(&mut self, element: &[u8]) {
         let (index, rank) = register_of(element);
@@ -128,19 +133,55 @@ impl Hll {
 
     /// The estimate `PFCOUNT` gives for the same registers.
     pub fn count(&self) -> u64 {
-        let m = REGISTERS as f64;
         let mut histo = [0u32; 64];
         for r in self.registers.iter() {
             histo[*r as usize] += 1;
         }
-        let q = Q as usize;
-        let mut z = m * tau((m - histo[q + 1] as f64) / m);
-        for j in (1..=q).rev() {
-            z += histo[j] as f64;
-            z *= 0.5;
+        estimate(&histo)
+    }
+
+    /// The count `PFCOUNT` gives for a key whose value (from `GET`) is `bytes`, read in
+    /// place: a sparse value's runs are counted without building the registers, so reading
+    /// many small keys with `GET` costs about what `PFCOUNT` on each would. `None` if `bytes`
+    /// is not a valid Redis HyperLogLog.
+    pub fn count_redis(bytes: &[u8]) -> Option<u64> {
+        let mut histo = [0u32; 64];
+        match encoding(bytes)? {
+            Encoding::Dense(regs) => {
+                for i in 0..REGISTERS {
+                    histo[dense_register(regs, i) as usize] += 1;
+                }
+            }
+            Encoding::Sparse(ops) => {
+                sparse_runs(ops, |_, len, value| histo[value as usize] += len as u32)?;
+            }
         }
-        z += m * sigma(histo[0] as f64 / m);
-        (ALPHA_INF * m * m / z).round() as u64
+        Some(estimate(&histo))
+    }
+
+    /// Union with a key's value from `GET` (either encoding), read in place; `None` (and
+    /// nothing merged) if `bytes` is not a valid Redis HyperLogLog. What a multi-key
+    /// `PFCOUNT` does in Redis, done here: [`Hll::count`] of the union equals it.
+    pub fn merge_redis(&mut self, bytes: &[u8]) -> Option<()> {
+        match encoding(bytes)? {
+            Encoding::Dense(regs) => {
+                for (i, r) in self.registers.iter_mut().enumerate() {
+                    *r = (*r).max(dense_register(regs, i));
+                }
+            }
+            Encoding::Sparse(ops) => {
+                // Checked whole first, so an invalid value merges nothing.
+                sparse_runs(ops, |_, _, _| ())?;
+                sparse_runs(ops, |start, len, value| {
+                    if value > 0 {
+                        for r in &mut self.registers[start..start + len] {
+                            *r = (*r).max(value);
+                        }
+                    }
+                })?;
+            }
+        }
+        Some(())
     }
 
     /// Redis's dense encoding (`HYLL`, encoding 0, cached cardinality marked stale).
@@ -163,17 +204,12 @@ impl Hll {
 
     /// Reads Redis's dense encoding (from `GET` on a key Redis made dense); `None` otherwise.
     pub fn from_redis_dense(bytes: &[u8]) -> Option<Hll> {
-        if bytes.len() != DENSE_SIZE || &bytes[..4] != b"HYLL" || bytes[4] != 0 {
+        let Some(Encoding::Dense(regs)) = encoding(bytes) else {
             return None;
-        }
-        let regs = &bytes[HEADER..];
+        };
         let mut h = Hll::new();
-        for i in 0..REGISTERS {
-            let bit = i * 6;
-            let (byte, shift) = (bit / 8, bit % 8);
-            let lo = (regs[byte] as u16) >> shift;
-            let hi = regs.get(byte + 1).map_or(0, |b| (*b as u16) << (8 - shift));
-            h.registers[i] = ((lo | hi) & 0x3f) as u8;
+        for (i, r) in h.registers.iter_mut().enumerate() {
+            *r = dense_register(regs, i);
         }
         Some(h)
     }
@@ -250,49 +286,150 @@ impl Hll {
     /// The non-zero registers of a sparse Redis encoding, without building the registers;
     /// `None` for a dense or invalid one.
     pub fn sparse_observations(bytes: &[u8]) -> Option<Vec<(u16, u8)>> {
-        if bytes.len() < HEADER || &bytes[..4] != b"HYLL" || bytes[4] != 1 {
+        let Some(Encoding::Sparse(ops)) = encoding(bytes) else {
             return None;
-        }
+        };
         let mut out = Vec::new();
-        let mut idx = 0usize;
-        let mut ops = bytes[HEADER..].iter();
-        while let Some(&op) = ops.next() {
-            if op & 0xc0 == 0 {
-                idx += (op & 0x3f) as usize + 1;
-            } else if op & 0xc0 == 0x40 {
-                let lo = *ops.next()? as usize;
-                idx += ((((op & 0x3f) as usize) << 8) | lo) + 1;
-            } else {
-                let value = ((op >> 2) & 0x1f) + 1;
-                for _ in 0..(op & 0x3) as usize + 1 {
-                    if idx >= REGISTERS {
-                        return None;
-                    }
-                    out.push((idx as u16, value));
-                    idx += 1;
-                }
+        sparse_runs(ops, |start, len, value| {
+            if value > 0 {
+                out.extend((start..start + len).map(|i| (i as u16, value)));
             }
-        }
-        (idx == REGISTERS).then_some(out)
+        })?;
+        Some(out)
     }
 
     /// Reads either Redis encoding (what `GET` returns for a HyperLogLog key).
     pub fn from_redis(bytes: &[u8]) -> Option<Hll> {
-        if bytes.len() < HEADER || &bytes[..4] != b"HYLL" {
+        let mut h = Hll::new();
+        h.merge_redis(bytes)?;
+        Some(h)
+    }
+}
+
+/// A union of Redis values (from `GET`) that keeps the registers it raised, so clearing it
+/// and counting it cost what it holds rather than all 16384 registers: a bucket's total
+/// over tens of small cells, for each of a ledger read's thousands of buckets.
+#[derive(Default)]
+pub struct Union {
+    hll: Hll,
+    /// Registers raised from zero, while `dense` is false.
+    raised: Vec<u16>,
+    /// A dense value was merged: every register may be set.
+    dense: bool,
+}
+
+impl Union {
+    /// Back to the empty set.
+    pub fn clear(&mut self) {
+        if self.dense {
+            self.hll.clear();
+        } else {
+            for i in &self.raised {
+                self.hll.registers[*i as usize] = 0;
+            }
+        }
+        self.raised.clear();
+        self.dense = false;
+    }
+
+    /// [`Hll::merge_redis`], keeping track of the registers raised.
+    pub fn merge_redis(&mut self, bytes: &[u8]) -> Option<()> {
+        let Encoding::Sparse(ops) = encoding(bytes)? else {
+            self.hll.merge_redis(bytes)?;
+            self.dense = true;
+            return Some(());
+        };
+        sparse_runs(ops, |_, _, _| ())?;
+        let (regs, raised) = (&mut self.hll.registers, &mut self.raised);
+        sparse_runs(ops, |start, len, value| {
+            if value == 0 {
+                return;
+            }
+            for i in start..start + len {
+                if regs[i] == 0 {
+                    raised.push(i as u16);
+                }
+                regs[i] = regs[i].max(value);
+            }
+        })
+    }
+
+    /// The count of the union (what a multi-key `PFCOUNT` of the same keys answers).
+    pub fn count(&self) -> u64 {
+        if self.dense {
+            return self.hll.count();
+        }
+        let mut histo = [0u32; 64];
+        histo[0] = (REGISTERS - self.raised.len()) as u32;
+        for i in &self.raised {
+            histo[self.hll.registers[*i as usize] as usize] += 1;
+        }
+        estimate(&histo)
+    }
+}
+
+/// Redis's estimator (Ertl's, as in `hllCount`) over a histogram of register values.
+fn estimate(histo: &[u32; 64]) -> u64 {
+    let m = REGISTERS as f64;
+    let q = Q as usize;
+    let mut z = m * tau((m - histo[q + 1] as f64) / m);
+    for j in (1..=q).rev() {
+        z += histo[j] as f64;
+        z *= 0.5;
+    }
+    z += m * sigma(histo[0] as f64 / m);
+    (ALPHA_INF * m * m / z).round() as u64
+}
+
+/// A Redis HyperLogLog value's registers, as stored.
+enum Encoding<'a> {
+    /// 16384 six-bit registers, packed.
+    Dense(&'a [u8]),
+    /// The sparse opcodes.
+    Sparse(&'a [u8]),
+}
+
+fn encoding(bytes: &[u8]) -> Option<Encoding<'_>> {
+    if bytes.len() < HEADER || &bytes[..4] != b"HYLL" {
+        return None;
+    }
+    match bytes[4] {
+        0 if bytes.len() == DENSE_SIZE => Some(Encoding::Dense(&bytes[HEADER..])),
+        1 => Some(Encoding::Sparse(&bytes[HEADER..])),
+        _ => None,
+    }
+}
+
+/// Register `i` of a dense value's packed registers (`regs` is 12288 bytes).
+fn dense_register(regs: &[u8], i: usize) -> u8 {
+    let bit = i * 6;
+    let (byte, shift) = (bit / 8, bit % 8);
+    let lo = (regs[byte] as u16) >> shift;
+    let hi = regs.get(byte + 1).map_or(0, |b| (*b as u16) << (8 - shift));
+    ((lo | hi) & 0x3f) as u8
+}
+
+/// Calls `each(first register, run length, value)` for every run of a sparse value's opcodes
+/// (zeros included); `None` if the opcodes do not cover exactly the 16384 registers.
+fn sparse_runs(ops: &[u8], mut each: impl FnMut(usize, usize, u8)) -> Option<()> {
+    let mut idx = 0usize;
+    let mut ops = ops.iter();
+    while let Some(&op) = ops.next() {
+        let (len, value) = if op & 0xc0 == 0 {
+            ((op & 0x3f) as usize + 1, 0)
+        } else if op & 0xc0 == 0x40 {
+            let lo = *ops.next()? as usize;
+            (((((op & 0x3f) as usize) << 8) | lo) + 1, 0)
+        } else {
+            ((op & 0x3) as usize + 1, ((op >> 2) & 0x1f) + 1)
+        };
+        if idx + len > REGISTERS {
             return None;
         }
-        match bytes[4] {
-            0 => Hll::from_redis_dense(bytes),
-            1 => {
-                let mut h = Hll::new();
-                for (i, r) in Hll::sparse_observations(bytes)? {
-                    h.observe(i as usize, r);
-                }
-                Some(h)
-            }
-            _ => None,
-        }
+        each(idx, len, value);
+        idx += len;
     }
+    (idx == REGISTERS).then_some(())
 }
 
 /// Largest register value the sparse encoding can hold.
@@ -381,6 +518,7 @@ mod tests {
         }
         assert_eq!(Hll::from_redis(&h.to_redis()), Some(h.clone()));
         assert_eq!(Hll::from_redis(&sparse[..sparse.len() - 1]), None);
+        assert_eq!(Hll::count_redis(&sparse[..sparse.len() - 1]), None);
         // Built from observations: the same bytes as through the registers.
         for n in [0usize, 1, 5, 300, 3000] {
             let mut h = Hll::new();
@@ -400,6 +538,49 @@ mod tests {
                 .for_each(|(i, r)| again.observe(*i as usize, *r));
             assert_eq!(again, h);
         }
+    }
+
+    #[test]
+    fn counts_and_unions_read_in_place_equal_the_registers() {
+        let (mut a, mut b) = (Hll::new(), Hll::new());
+        for i in 0..300 {
+            a.add(format!("a{i}").as_bytes());
+            b.add(format!("b{i}").as_bytes());
+        }
+        assert_eq!(Hll::count_redis(&Hll::new().to_redis()), Some(0));
+        for h in [&a, &b] {
+            assert_eq!(Hll::count_redis(&h.to_redis()), Some(h.count()));
+            assert_eq!(Hll::count_redis(&h.to_redis_dense()), Some(h.count()));
+        }
+        let mut union = a.clone();
+        union.merge(&b);
+        // Sparse into empty, dense into sparse-built: the same union either way.
+        let mut read = Hll::new();
+        assert_eq!(read.merge_redis(&a.to_redis()), Some(()));
+        assert_eq!(read.merge_redis(&b.to_redis_dense()), Some(()));
+        assert_eq!(read, union);
+        // An invalid value merges nothing.
+        let mut bad = a.to_redis();
+        bad.push(0);
+        assert_eq!(read.merge_redis(&bad), None);
+        assert_eq!(read.merge_redis(b"HYLL"), None);
+        assert_eq!(read, union);
+        // The tracking union: the same count, sparse only or with a dense value, and empty
+        // again once cleared.
+        let mut tracked = Union::default();
+        for round in 0..2 {
+            tracked.merge_redis(&a.to_redis());
+            tracked.merge_redis(&b.to_redis());
+            assert_eq!(tracked.count(), union.count(), "round {round}");
+            tracked.clear();
+            assert_eq!(tracked.count(), 0);
+        }
+        tracked.merge_redis(&a.to_redis());
+        tracked.merge_redis(&b.to_redis_dense());
+        assert_eq!(tracked.count(), union.count());
+        tracked.clear();
+        tracked.merge_redis(&a.to_redis());
+        assert_eq!(tracked.count(), a.count());
     }
 
     #[test]

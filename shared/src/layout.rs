@@ -32,7 +32,7 @@ impl RedisKeys {
     /// Hash of additive aggregates of one bucket and group: `count`, `sum:<m>`, `min:<m>`,
     /// `max:<m>`.
     pub fn aggregates(&self, view: &str, g: Granularity, bucket_ms: i64, group: &str) -> String {
-        format!("{}:a:{g}:{bucket_ms}:{group}", self.view(view))
+        format!("{}:{{{view}}}:a:{g}:{bucket_ms}:{group}", self.prefix)
     }
 
     /// HyperLogLog of a `count_distinct` measure for one bucket and group.
@@ -44,7 +44,10 @@ impl RedisKeys {
         bucket_ms: i64,
         group: &str,
     ) -> String {
-        format!("{}:h:{measure}:{g}:{bucket_ms}:{group}", self.view(view))
+        format!(
+            "{}:{{{view}}}:h:{measure}:{g}:{bucket_ms}:{group}",
+            self.prefix
+        )
     }
 
     /// Hash of log-bucket counts of a `quantile` measure for one bucket and group.
@@ -56,43 +59,46 @@ impl RedisKeys {
         bucket_ms: i64,
         group: &str,
     ) -> String {
-        format!("{}:q:{measure}:{g}:{bucket_ms}:{group}", self.view(view))
+        format!(
+            "{}:{{{view}}}:q:{measure}:{g}:{bucket_ms}:{group}",
+            self.prefix
+        )
     }
 
     /// Set of the groups (encoded with [`encode_group`]) that have data in a bucket.
     pub fn groups(&self, view: &str, g: Granularity, bucket_ms: i64) -> String {
-        format!("{}:g:{g}:{bucket_ms}", self.view(view))
+        format!("{}:{{{view}}}:g:{g}:{bucket_ms}", self.prefix)
     }
 
     /// Hash `<partition>` → next offset to apply, written in the same transaction as the data.
     pub fn offsets(&self, view: &str, topic: &str) -> String {
-        format!("{}:offsets:{topic}", self.view(view))
+        format!("{}:{{{view}}}:offsets:{topic}", self.prefix)
     }
 
     /// The view's epoch: an id the speed layer writes when it (re)builds the view's state and
     /// checks in every flush. Gone means Redis lost the view's data (a restart without
     /// persistence, a failover, `FLUSHALL`); changed means another process rebuilt it.
     pub fn epoch(&self, view: &str) -> String {
-        format!("{}:epoch", self.view(view))
+        format!("{}:{{{view}}}:epoch", self.prefix)
     }
 
     /// Hash describing a rebuild in progress (`epoch`, `from_ms`, `started_ms`, `reason`, and
     /// `t:<partition>` → the offset the rebuild must reach); deleted by the flush that
     /// completes it.
     pub fn rebuild(&self, view: &str) -> String {
-        format!("{}:rebuild", self.view(view))
+        format!("{}:{{{view}}}:rebuild", self.prefix)
     }
 
     /// Counter of the view's applied flushes, incremented by the script that applies each one
     /// (atomically with its data): with the epoch, a version of the view's speed state that
     /// one `GET` reads, so a reader can tell an answer it cached is still current.
     pub fn flushes(&self, view: &str) -> String {
-        format!("{}:flushes", self.view(view))
+        format!("{}:{{{view}}}:flushes", self.prefix)
     }
 
     /// Lock taken by the one process that rebuilds a view's state.
     pub fn rebuild_lock(&self, view: &str) -> String {
-        format!("{}:rebuild-lock", self.view(view))
+        format!("{}:{{{view}}}:rebuild-lock", self.prefix)
     }
 
     /// The events topic's partition count as the speed layer last saw it (a speed bucket is
@@ -103,7 +109,7 @@ impl RedisKeys {
 
     /// Hash of per-view counters (`late_dropped`, `applied`, ...).
     pub fn view_stats(&self, view: &str) -> String {
-        format!("{}:stats", self.view(view))
+        format!("{}:{{{view}}}:stats", self.prefix)
     }
 
     /// Hash of per-partition progress of the speed layer on a topic (watermark, event time, lag).
@@ -119,7 +125,10 @@ impl RedisKeys {
     /// Set of event-id hashes the producer-duplicate filter saw in one event-time slot of a
     /// partition, for one view.
     pub fn dedup(&self, view: &str, topic: &str, partition: i32, slot: i64) -> String {
-        format!("{}:dedup:{topic}:{partition}:{slot}", self.view(view))
+        format!(
+            "{}:{{{view}}}:dedup:{topic}:{partition}:{slot}",
+            self.prefix
+        )
     }
 }
 

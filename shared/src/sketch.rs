@@ -124,7 +124,10 @@ impl QuantileSketch {
     /// A sketch of bucket counts, in any order and with repeats (sorted once here); in bucket
     /// order, it is built in one pass.
     pub fn from_buckets(buckets: impl IntoIterator<Item = (SketchBucket, u64)>) -> Self {
-        let mut sketch = QuantileSketch::new();
+        let buckets = buckets.into_iter();
+        let mut sketch = QuantileSketch {
+            buckets: Vec::with_capacity(buckets.size_hint().0),
+        };
         let mut sorted = true;
         for (b, c) in buckets {
             if c == 0 {

@@ -62,6 +62,9 @@ pub fn hash_pairs<T>(
         TYPE_HASH_LISTPACK => {
             let blob = rdb.string()?;
             let mut lp = Listpack::new(blob.bytes()?)?;
+            // Two entries per pair (each at least two bytes, so a corrupt header reserves
+            // no more than the blob could hold).
+            out.reserve((lp.announced as usize / 2).min(lp.cur.buf.len() / 4));
             while let Some(field) = lp.entry()? {
                 let value = lp.entry()??;
                 out.extend(each(field, value));

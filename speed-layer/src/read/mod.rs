@@ -2,7 +2,8 @@
 //!
 //! Per bucket: the groups set says which dimension tuples have data; the filters keep some,
 //! `group_by` folds them into output groups, and the values merge: additive aggregates by
-//! addition, distinct counts by a multi-key `PFCOUNT` (a true union, never a sum), quantiles by
+//! addition, distinct counts by a multi-key `PFCOUNT` or by unioning the cells' HyperLogLogs
+//! here (`distinct.rs`: a true union either way, never a sum), quantiles by
 //! adding sketch buckets. Reads are pipelined: three round trips whatever the range.
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use tributary_shared::selection::Selection;
 use tributary_shared::series::{Partial, PartialValue};
 use tributary_shared::view::ViewPlan;
 
+use distinct::DistinctBy;
 use point::{Fields, Gathered, Num, Points};
 use sketch::SketchCommand;
 
@@ -35,6 +37,7 @@ pub struct SpeedQuery {
     pub max_groups: usize,
 }
 
+mod distinct;
 pub mod dump;
 pub(crate) mod error;
 mod point;
@@ -230,15 +233,16 @@ pub async fn read<C: ConnectionLike>(
 ) -> Result<SpeedSeries, ReadError> {
     let mut gathered = gather(con, keys, view, q, false).await?;
     let points = std::mem::take(&mut gathered.points);
-    let [series] = evaluate(con, keys, view, q, &gathered, [points]).await?;
+    let [series] = evaluate(con, keys, view, q, &gathered, [points], DistinctBy::Pfcount).await?;
     Ok(series)
 }
 
 /// Reads a query's points and, from the same cells, each bucket's total over all of the
 /// query's groups (under the empty group): what the accuracy ledger compares, for the cost of
 /// one read instead of two. A total is merged from the groups' partial values (counts and
-/// numeric stats added, sketches merged) and its distinct count is one `PFCOUNT` over every
-/// member cell of the bucket, so it equals what `read` answers for a query without `group_by`.
+/// numeric stats added, sketches merged) and its distinct count is the union of every member
+/// cell of the bucket (counted here, [`DistinctBy::Registers`]), so it equals what `read`
+/// answers for a query without `group_by`.
 pub async fn read_with_totals<C: ConnectionLike>(
     con: &mut C,
     keys: &RedisKeys,
@@ -248,13 +252,22 @@ pub async fn read_with_totals<C: ConnectionLike>(
     let mut gathered = gather(con, keys, view, q, false).await?;
     let totals = gathered.totals();
     let points = std::mem::take(&mut gathered.points);
-    let [groups, totals] = evaluate(con, keys, view, q, &gathered, [points, totals]).await?;
+    let [groups, totals] = evaluate(
+        con,
+        keys,
+        view,
+        q,
+        &gathered,
+        [points, totals],
+        DistinctBy::Registers,
+    )
+    .await?;
     Ok((groups, totals))
 }
 
 /// Steps 4-5 of a read, for several sets of points merged from `gathered`'s cells at once:
-/// distinct counts (one `PFCOUNT` over every member cell of each point, all sets in one round
-/// trip), then each point's value per measure.
+/// distinct counts (all sets in one round trip, see [`DistinctBy`]), then each point's value
+/// per measure.
 async fn evaluate<C: ConnectionLike, const N: usize>(
     con: &mut C,
     keys: &RedisKeys,
@@ -262,39 +275,12 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
     q: &SpeedQuery,
     gathered: &Gathered,
     sets: [Points; N],
+    by: DistinctBy,
 ) -> Result<[SpeedSeries; N], ReadError> {
-    let g = q.granularity;
     let fields = &gathered.fields;
-    // 4. Distinct counts: one PFCOUNT over every member cell of each output point, in the
-    // order of the sets, their points and the distinct fields.
+    // 4. Distinct counts.
     let nd = fields.distinct.len();
-    let mut distinct: Vec<u64> = Vec::new();
-    if nd > 0 && sets.iter().any(|s| !s.is_empty()) {
-        // Each cell's key once per field, though a cell is a member of a point in every set.
-        let hll_keys: Vec<Vec<String>> = fields
-            .distinct
-            .iter()
-            .map(|f| {
-                gathered
-                    .cells
-                    .iter()
-                    .map(|(mb, enc)| keys.hll(&view.name, f, g, *mb, enc))
-                    .collect()
-            })
-            .collect();
-        let mut pipe = redis::pipe();
-        for merged in &sets {
-            for m in merged.values() {
-                for field_keys in &hll_keys {
-                    pipe.cmd("PFCOUNT");
-                    for key in m.members.iter().filter_map(|i| field_keys.get(*i as usize)) {
-                        pipe.arg(key);
-                    }
-                }
-            }
-        }
-        distinct = pipe.query_async(con).await?;
-    }
+    let distinct = distinct::count(con, keys, view, q, gathered, &sets, by).await?;
 
     // 5. Values per measure.
     let mut first = 0;
@@ -302,6 +288,9 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
         let base = first;
         first += merged.len() * nd;
         let mut series = SpeedSeries::new();
+        // Points come in (group, bucket) order: a group's points are gathered, then built
+        // into its map at once (a ledger read has tens of thousands).
+        let mut run: Option<GroupRun> = None;
         for (i, ((out, b), m)) in merged.into_iter().enumerate() {
             if m.count == 0 {
                 continue;
@@ -333,13 +322,34 @@ async fn evaluate<C: ConnectionLike, const N: usize>(
                 };
                 values.insert(measure.name.clone(), v);
             }
-            series
-                .entry(out)
-                .or_default()
-                .insert(b, SpeedPoint { values, exact });
+            let point = (b, SpeedPoint { values, exact });
+            match &mut run {
+                Some((group, points)) if *group == out => points.push(point),
+                _ => {
+                    if let Some((group, points)) = run.replace((out, vec![point])) {
+                        add_group(&mut series, group, points);
+                    }
+                }
+            }
+        }
+        if let Some((group, points)) = run {
+            add_group(&mut series, group, points);
         }
         series
     }))
+}
+
+/// An output group and its points, in bucket order.
+type GroupRun = (Vec<Option<String>>, Vec<(i64, SpeedPoint)>);
+
+/// Adds a group's points, in bucket order, to a series.
+fn add_group(series: &mut SpeedSeries, group: Vec<Option<String>>, points: Vec<(i64, SpeedPoint)>) {
+    let buckets = series.entry(group).or_default();
+    if buckets.is_empty() {
+        *buckets = points.into_iter().collect();
+    } else {
+        buckets.extend(points);
+    }
 }
 
 /// Mergeable totals per output group over all of the query's buckets (`top`): additive
