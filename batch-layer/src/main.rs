@@ -10,6 +10,7 @@ use tributary_shared::cli;
 
 // jemalloc: the engine's hash tables and per-group states, and the archive's per-record
 // parsing, allocate and free at high rates on every core (an A/B in docs/benchmarks.md).
+// Its build-time options (`oversize_threshold:0`, why) are in `.cargo/config.toml`.
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
