@@ -14,7 +14,7 @@
 //! Ballista distribute it (nothing is held between queries). Kept apart from the engine,
 //! which only runs it, so the query reads as a whole.
 
-use tributary_shared::config::AggKind;
+use tributary_shared::config::{AggKind, FieldType};
 use tributary_shared::view::{FieldRef, FilterValue, Measure, ViewPlan};
 
 use crate::view_file::columns;
@@ -54,6 +54,23 @@ pub fn input_columns(view: &ViewPlan) -> Vec<String> {
         }
     }
     cols
+}
+
+/// Whether an input column of the view (a dimension or a measure's field) holds text.
+fn is_text(view: &ViewPlan, column: &str) -> bool {
+    let dimensions = view
+        .dimensions
+        .iter()
+        .filter(|d| d.name == column)
+        .map(|d| Some(d.field_type));
+    let fields = view
+        .measures
+        .iter()
+        .filter(|m| m.field_name.as_deref() == Some(column))
+        .map(|m| m.field_type);
+    dimensions
+        .chain(fields)
+        .any(|t| t == Some(FieldType::String))
 }
 
 /// The measures' fields, each once, in the order they are first named.
@@ -258,9 +275,15 @@ fn events_sql(view: &ViewPlan, table: &str) -> String {
     // 1. The view's events, one row per `event_id`. Producer duplicates are resends of the
     //    same event; `min` per column keeps one deterministically (and, were two records with
     //    one id to differ, picks the same values on every run, so reruns stay idempotent).
+    //    Text columns take ours, the same `min` held in an arena ([`crate::udaf::min_text`]).
     let mut dedup = vec!["min(CAST(event_time AS BIGINT)) AS ts".to_string()];
     for c in input_columns(view) {
-        dedup.push(format!("min({col}) AS {col}", col = ident(&c)));
+        let min = if is_text(view, &c) {
+            "tributary_min_text"
+        } else {
+            "min"
+        };
+        dedup.push(format!("{min}({col}) AS {col}", col = ident(&c)));
     }
     let mut events = format!("SELECT {} FROM {}", dedup.join(", "), ident(table));
     if !view.filters.is_empty() {

@@ -15,12 +15,15 @@
 //!   mergeable quantile sketch;
 //! - [`count_distinct`]: `tributary_count_distinct(key)`, the exact distinct count;
 //! - [`quantile_cont`]: `tributary_quantile_cont(x, q)`, the exact quantile;
-//! - [`exact_sum`]: `tributary_sum(x)`, the correctly rounded sum, whatever the order.
+//! - [`exact_sum`]: `tributary_sum(x)`, the correctly rounded sum, whatever the order;
+//! - [`min_text`]: `tributary_min_text(x)`, `min` of text without an allocation per group
+//!   (the deduplication's).
 
 pub mod count_distinct;
 pub mod exact_sum;
 mod grouped;
 pub mod hll;
+pub mod min_text;
 pub mod quantile_cont;
 pub mod quantile_sketch;
 
@@ -56,7 +59,8 @@ pub fn register(ctx: &datafusion::prelude::SessionContext) {
 
 /// The view's aggregate functions: the sketches, the exact distinct count over distinct keys
 /// and the exact quantile, and for those the rollup uses, their `_state` and `_merge`
-/// variants ([`Mode`]). Ballista's scheduler and executors get the same list.
+/// variants ([`Mode`]); the deduplication's `min` of text. Ballista's scheduler and
+/// executors get the same list.
 pub fn aggregates() -> Vec<Arc<AggregateUDF>> {
     let bases = [
         Base {
@@ -143,6 +147,7 @@ pub fn aggregates() -> Vec<Arc<AggregateUDF>> {
             base.return_type,
         ));
     }
+    udafs.push(Arc::new(AggregateUDF::from(min_text::MinText::default())));
     udafs
 }
 

@@ -138,12 +138,7 @@ async fn gather<C: ConnectionLike>(
 
     let fields = Fields::of(view, &q.selection);
     // Only the hash fields the measures use (a cell's hash holds every numeric field's stats).
-    let mut hash_fields = vec!["count".to_string()];
-    for f in &fields.numeric {
-        for stat in ["sum", "n", "min", "max"] {
-            hash_fields.push(format!("{stat}:{f}"));
-        }
-    }
+    let hash_fields = fields.hash_fields();
 
     // 3. The cells' hashes and sketches (and the view's state, after: a state lost or
     // rebuilt between the two round trips would make a partial answer).
@@ -180,6 +175,7 @@ async fn gather<C: ConnectionLike>(
         fields,
     };
     let mut undecoded = Vec::new();
+    let stats = out.fields.stats.clone();
     for (b, enc, group) in cells {
         let key_bucket = if fold {
             q.buckets.first().copied().unwrap_or(b)
@@ -196,14 +192,22 @@ async fn gather<C: ConnectionLike>(
             other => return Err(unexpected("HMGET", &other)),
         };
         m.count += number::<u64>(values.next().as_ref()).unwrap_or(0);
-        for num in m.numeric.iter_mut() {
-            let mut stat = || number::<f64>(values.next().as_ref());
-            let (sum, n, min, max) = (stat(), stat(), stat(), stat());
+        for (num, wanted) in m.numeric.iter_mut().zip(&stats) {
+            // A stat not asked for is `None`; asked for and absent, `Some(None)`.
+            let mut stat = |asked: bool| asked.then(|| number::<f64>(values.next().as_ref()));
+            let (sum, n, min, max) = (
+                stat(wanted.sum),
+                stat(wanted.n),
+                stat(wanted.min),
+                stat(wanted.max),
+            );
+            // Without `n` (no `avg`), any stat present says the cell has values of the field.
+            let seen = [sum, min, max].iter().any(|s| matches!(s, Some(Some(_))));
             num.absorb(&Num {
-                sum: sum.unwrap_or(0.0),
-                n: n.map_or(0, |n| n as u64),
-                min: min.unwrap_or(f64::INFINITY),
-                max: max.unwrap_or(f64::NEG_INFINITY),
+                sum: sum.flatten().unwrap_or(0.0),
+                n: n.map_or(u64::from(seen), |n| n.map_or(0, |n| n as u64)),
+                min: min.flatten().unwrap_or(f64::INFINITY),
+                max: max.flatten().unwrap_or(f64::NEG_INFINITY),
             });
         }
         m.members.push(member);

@@ -17,8 +17,38 @@ use tributary_shared::view::{Measure, ViewPlan};
 pub(super) struct Fields {
     /// Fields whose stats (sum, n, min, max) the measures use.
     pub(super) numeric: Vec<String>,
+    /// Per [`Fields::numeric`], which of its stats the measures use.
+    pub(super) stats: Vec<Stats>,
     pub(super) quantile: Vec<String>,
     pub(super) distinct: Vec<String>,
+}
+
+/// The stats of a numeric field a read takes: a cell's hash holds all four of each field it
+/// has a value of (the sink writes them together), and a ledger read of tens of thousands of
+/// cells asks only for those its measures use.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Stats {
+    pub(super) sum: bool,
+    /// Only `avg` uses the count of values; the others know a cell has values from their own
+    /// stat being there.
+    pub(super) n: bool,
+    pub(super) min: bool,
+    pub(super) max: bool,
+}
+
+impl Stats {
+    /// The hash fields of `field`'s stats, in the order a reply gives them.
+    fn hash_fields<'a>(&self, field: &'a str) -> impl Iterator<Item = String> + 'a {
+        [
+            (self.sum, "sum"),
+            (self.n, "n"),
+            (self.min, "min"),
+            (self.max, "max"),
+        ]
+        .into_iter()
+        .filter(|(wanted, _)| *wanted)
+        .map(move |(_, stat)| format!("{stat}:{field}"))
+    }
 }
 
 impl Fields {
@@ -29,11 +59,39 @@ impl Fields {
             .collect();
         numeric.sort();
         numeric.dedup();
+        let stats = numeric
+            .iter()
+            .map(|f| {
+                let mut stats = Stats::default();
+                for kind in [AggKind::Sum, AggKind::Min, AggKind::Max, AggKind::Avg] {
+                    if !selection.fields(view, kind).contains(f) {
+                        continue;
+                    }
+                    match kind {
+                        AggKind::Sum => stats.sum = true,
+                        AggKind::Min => stats.min = true,
+                        AggKind::Max => stats.max = true,
+                        _ => (stats.sum, stats.n) = (true, true),
+                    }
+                }
+                stats
+            })
+            .collect();
         Fields {
             numeric,
+            stats,
             quantile: selection.fields(view, AggKind::Quantile),
             distinct: selection.fields(view, AggKind::CountDistinct),
         }
+    }
+
+    /// The hash fields a read asks each cell for: `count`, then each numeric field's stats.
+    pub(super) fn hash_fields(&self) -> Vec<String> {
+        let mut fields = vec!["count".to_string()];
+        for (f, stats) in self.numeric.iter().zip(&self.stats) {
+            fields.extend(stats.hash_fields(f));
+        }
+        fields
     }
 
     /// Where a measure's field is in `list`.
@@ -47,6 +105,8 @@ impl Fields {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Num {
     pub(super) sum: f64,
+    /// Values counted when `n` was read ([`Stats::n`]); otherwise the cells with values,
+    /// which says as well whether there are any.
     pub(super) n: u64,
     pub(super) min: f64,
     pub(super) max: f64,
@@ -157,9 +217,63 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_read_asks_only_for_the_stats_its_measures_use() {
+        let config = tributary_shared::Config::from_toml_str_with_env(
+            r#"
+[fields]
+amount = "float"
+latency = "float"
+
+[[views]]
+name = "v"
+dimensions = []
+granularities = ["minute"]
+measures = [
+  { name = "events", agg = "count" },
+  { name = "revenue", agg = "sum", field = "amount" },
+  { name = "max_amount", agg = "max", field = "amount" },
+  { name = "avg_latency", agg = "avg", field = "latency" },
+  { name = "min_latency", agg = "min", field = "latency" },
+]
+"#,
+            "test",
+            Vec::new(),
+        )
+        .expect("valid config");
+        let schema = tributary_shared::EventSchema::from_config(&config);
+        let view = ViewPlan::compile_all(&config, &schema)
+            .expect("plan")
+            .remove(0);
+        let select = |measures: Vec<usize>| {
+            Fields::of(
+                &view,
+                &Selection {
+                    measures,
+                    ..Selection::default()
+                },
+            )
+            .hash_fields()
+        };
+        assert_eq!(
+            select(vec![0, 1, 2, 3, 4]),
+            [
+                "count",
+                "sum:amount",
+                "max:amount",
+                "sum:latency",
+                "n:latency",
+                "min:latency"
+            ]
+        );
+        assert_eq!(select(vec![2]), ["count", "max:amount"]);
+        assert_eq!(select(vec![0]), ["count"]);
+    }
+
+    #[test]
     fn totals_merge_each_buckets_points_and_keep_their_cells() {
         let fields = Fields {
             numeric: vec!["amount".into()],
+            stats: vec![Stats::default()],
             quantile: vec!["latency".into()],
             distinct: vec!["user".into()],
         };
