@@ -182,11 +182,12 @@ mod tests {
 
     /// The file `ArrowWriter` writes column after column, with the same properties.
     fn one_by_one(batch: &RecordBatch) -> Vec<u8> {
-        let props = writer_properties().unwrap();
+        let props = writer_properties().expect("properties");
         let mut buf = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).unwrap();
-        writer.write(batch).unwrap();
-        writer.close().unwrap();
+        let mut writer =
+            ArrowWriter::try_new(&mut buf, batch.schema(), Some(props)).expect("writer");
+        writer.write(batch).expect("written");
+        writer.close().expect("closed");
         buf
     }
 
@@ -209,8 +210,8 @@ mod tests {
             Field::new("m:revenue", DataType::Float64, true),
             Field::new("s:buyers", DataType::Binary, true),
         ]));
-        let batch = RecordBatch::try_new(schema, vec![t, dim, value, sketch]).unwrap();
-        let bytes = encode_view_file(&batch).unwrap();
+        let batch = RecordBatch::try_new(schema, vec![t, dim, value, sketch]).expect("batch");
+        let bytes = encode_view_file(&batch).expect("encoded");
         assert_eq!(bytes, one_by_one(&batch));
         // And it reads back as the rows written.
         let read: Vec<RecordBatch> =
@@ -218,9 +219,9 @@ mod tests {
                 bytes::Bytes::from(bytes),
                 n as usize,
             )
-            .unwrap()
+            .expect("reader")
             .collect::<Result<_, _>>()
-            .unwrap();
+            .expect("read");
         assert_eq!(read, vec![batch]);
     }
 
@@ -231,6 +232,9 @@ mod tests {
             DataType::Int64,
             false,
         )])));
-        assert_eq!(encode_view_file(&batch).unwrap(), one_by_one(&batch));
+        assert_eq!(
+            encode_view_file(&batch).expect("encoded"),
+            one_by_one(&batch)
+        );
     }
 }
