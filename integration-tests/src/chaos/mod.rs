@@ -133,21 +133,30 @@ impl Platform {
     /// The last lines of every log of the scenario (for a failure message).
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.extension().is_some_and(|x| x == "log") {
-                    let text = std::fs::read_to_string(&p).unwrap_or_default();
-                    let lines: Vec<&str> = text.lines().collect();
-                    out.push_str(&format!(
-                        "\n===== {} (last 40 lines) =====\n{}\n",
-                        p.display(),
-                        lines[lines.len().saturating_sub(40)..].join("\n")
-                    ));
-                }
-            }
+        for (path, text) in self.whole_logs() {
+            let lines: Vec<&str> = text.lines().collect();
+            out.push_str(&format!(
+                "\n===== {} (last 40 lines) =====\n{}\n",
+                path.display(),
+                lines[lines.len().saturating_sub(40)..].join("\n")
+            ));
         }
         out
+    }
+
+    /// Every log of the scenario, whole, with its path (one per process).
+    pub fn whole_logs(&self) -> Vec<(std::path::PathBuf, String)> {
+        std::fs::read_dir(self.dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).unwrap_or_default();
+                (p, text)
+            })
+            .collect()
     }
 }
 

@@ -139,29 +139,19 @@ async fn speed_layer_on_redis_cluster_stays_exact() -> anyhow::Result<()> {
     }
     .await;
     let logs = platform.logs();
-    let full_logs = full_logs(platform.dir.path());
+    let whole_logs = platform.whole_logs();
     let _ = platform.speed.stop(Duration::from_secs(10)).await;
     let _ = second.stop(Duration::from_secs(10)).await;
     heal_cluster(&stack).await?;
     result.with_context(|| format!("after {sent} events{logs}"))?;
     let killed = killed.context("no master was killed")?;
     anyhow::ensure!(
-        full_logs.iter().any(|log| failover_noticed(log, &killed)),
+        whole_logs
+            .iter()
+            .any(|(_, log)| failover_noticed(log, &killed)),
         "the failover of {killed} went unnoticed by the speed layer{logs}"
     );
     Ok(())
-}
-
-/// Every log of the scenario, whole, one per process (`Platform::logs` keeps only their
-/// tails, for messages).
-fn full_logs(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
-        .collect()
 }
 
 /// Whether a speed process's log accounts for the failover of `killed` (`host:port`): its
