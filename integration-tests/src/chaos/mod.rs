@@ -132,8 +132,13 @@ impl Platform {
 
     /// The last lines of every log of the scenario (for a failure message).
     pub fn logs(&self) -> String {
+        Self::tails(&self.whole_logs())
+    }
+
+    /// The last lines of logs already read with [`Platform::whole_logs`].
+    pub fn tails(logs: &[(std::path::PathBuf, String)]) -> String {
         let mut out = String::new();
-        for (path, text) in self.whole_logs() {
+        for (path, text) in logs {
             let lines: Vec<&str> = text.lines().collect();
             out.push_str(&format!(
                 "\n===== {} (last 40 lines) =====\n{}\n",

@@ -138,8 +138,8 @@ async fn speed_layer_on_redis_cluster_stays_exact() -> anyhow::Result<()> {
         server.stop().await
     }
     .await;
-    let logs = platform.logs();
     let whole_logs = platform.whole_logs();
+    let logs = Platform::tails(&whole_logs);
     let _ = platform.speed.stop(Duration::from_secs(10)).await;
     let _ = second.stop(Duration::from_secs(10)).await;
     heal_cluster(&stack).await?;
