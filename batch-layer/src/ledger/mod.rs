@@ -26,20 +26,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use futures::StreamExt;
-
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tributary_shared::bucket::date_string;
 use tributary_shared::config::AggKind;
 use tributary_shared::layout::paths;
 use tributary_shared::selection::Selection;
-use tributary_shared::series::{Point, Series};
 use tributary_shared::{Granularity, ViewPlan};
 
 use crate::manifest::{Manifest, ViewFile};
 use crate::metrics::BatchMetrics;
-use crate::read::{BatchQuery, BatchReader};
+use crate::read::BatchReader;
 
+use compare::Compare;
+
+mod compare;
 mod file;
 mod speed;
 
@@ -52,9 +52,6 @@ pub const HLL_STANDARD_ERROR: f64 = 0.008125;
 /// Below this relative difference two sums are equal: the speed layer adds floats in arrival
 /// order, the batch rounds the exact sum once; they differ in the last bits only.
 const FLOAT_TOLERANCE: f64 = 1e-9;
-
-/// Chunks of buckets read from the batch view at once.
-const BATCH_READERS: usize = 2;
 
 /// One settled bucket's comparison for one measure.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,55 +191,17 @@ impl Settle<'_> {
         for (path, batch) in &self.held {
             reader.hold(path, batch.clone())?;
         }
-        let finest = finest(self.plan);
-        let totals = Selection {
-            group_by: Vec::new(),
-            ..finest.clone()
-        };
-        let (reader, totals, finest) = (&reader, &totals, &finest);
-        let mut reads = futures::stream::iter(speed.chunks)
-            .map(|chunk| async move {
-                // Chunks are never empty; an empty one reads nothing.
-                let (Some(first), Some(last)) = (chunk.buckets.first(), chunk.buckets.last())
-                else {
-                    return Ok(None);
-                };
-                let g = chunk.granularity;
-                let (from_ms, to_ms) = (*first, g.end(*last));
-                let t = std::time::Instant::now();
-                let batch_read = async |selection: &Selection| {
-                    let bq = BatchQuery {
-                        granularity: g,
-                        from_ms,
-                        to_ms,
-                        selection: selection.clone(),
-                    };
-                    reader.read(self.plan, self.manifest, &bq).await
-                };
-                let batch_totals = batch_read(totals).await?;
-                let batch_groups = batch_read(finest).await?;
-                Ok::<_, LedgerError>(Some((chunk, (batch_totals, batch_groups), t.elapsed())))
-            })
-            .buffered(BATCH_READERS);
-        let mut rows = Vec::new();
-        let mut batch_time = Duration::ZERO;
-        while let Some(read) = reads.next().await {
-            let Some((chunk, batch, t)) = read? else {
-                continue;
-            };
-            batch_time += t;
-            let mut pairs = pair_groups(&chunk.speed.1, &batch.1);
-            for &b in &chunk.buckets {
-                self.compare_bucket(
-                    chunk.granularity,
-                    b,
-                    (&chunk.speed.0, &batch.0),
-                    &pairs.remove(&b).unwrap_or_default(),
-                    &mut rows,
-                );
-            }
+        let compare = Arc::new(Compare {
+            reader,
+            plan: self.plan.clone(),
+            manifest: self.manifest.clone(),
+            run_id: self.run_id.to_string(),
+            settled_ms: self.now_ms,
+        });
+        let (rows, batch_time) = compare.spawn(speed.chunks).await?;
+        for r in &rows {
+            self.metrics.relative_error(name, &r.measure, r.rel_error);
         }
-        drop(reads);
         let compared = rows.len();
         let wrong: usize = rows
             .iter()
@@ -263,55 +222,6 @@ impl Settle<'_> {
             "accuracy ledger written"
         );
         Ok(files)
-    }
-
-    /// One bucket's rows: per measure, the totals compared and the groups' errors.
-    fn compare_bucket(
-        &self,
-        g: Granularity,
-        b: i64,
-        totals: (&Series, &Series),
-        groups: &[PointPair<'_>],
-        rows: &mut Vec<LedgerRow>,
-    ) {
-        let total = |s: &Series, m: &str, agg: AggKind| {
-            let v = s
-                .get(&Vec::new())
-                .and_then(|pts| pts.get(&b))
-                .and_then(|p| p.values.get(m).copied().flatten());
-            // A bucket without any event counts 0 (it has no other value).
-            v.or((agg == AggKind::Count).then_some(0.0))
-        };
-        for m in &self.plan.measures {
-            let speed = total(totals.0, &m.name, m.agg);
-            let batch = total(totals.1, &m.name, m.agg);
-            let (abs, rel) = error(m.agg, speed, batch);
-            let value = |p: Option<&Point>| {
-                p.and_then(|p| p.values.get(&m.name).copied().flatten())
-                    .or((m.agg == AggKind::Count).then_some(0.0))
-            };
-            let mut per_group: Vec<f64> = groups
-                .iter()
-                .map(|(s, b)| error(m.agg, value(*s), value(*b)).1)
-                .collect();
-            per_group.sort_by(f64::total_cmp);
-            self.metrics.relative_error(&self.plan.name, &m.name, rel);
-            rows.push(LedgerRow {
-                granularity: g,
-                t_ms: b,
-                measure: m.name.clone(),
-                agg: m.agg,
-                speed,
-                batch,
-                abs_error: abs,
-                rel_error: rel,
-                groups: per_group.len() as u64,
-                group_p99_rel_error: percentile(&per_group, 0.99),
-                group_max_rel_error: per_group.last().copied(),
-                run_id: self.run_id.to_string(),
-                settled_ms: self.now_ms,
-            });
-        }
     }
 
     /// Writes the rows, one file per date of their buckets.
@@ -337,30 +247,6 @@ impl Settle<'_> {
         }
         Ok(out)
     }
-}
-
-/// A group's point in one bucket, in the speed layer and in the batch (either may be absent).
-type PointPair<'a> = (Option<&'a Point>, Option<&'a Point>);
-
-/// The groups of each bucket with a point in either series, paired: one pass over both, so
-/// comparing a bucket does not look every group up once per measure.
-fn pair_groups<'a>(speed: &'a Series, batch: &'a Series) -> BTreeMap<i64, Vec<PointPair<'a>>> {
-    type ByGroup<'a> = BTreeMap<&'a Vec<Option<String>>, PointPair<'a>>;
-    let mut by_bucket: BTreeMap<i64, ByGroup<'a>> = BTreeMap::new();
-    for (k, pts) in speed {
-        for (b, p) in pts {
-            by_bucket.entry(*b).or_default().entry(k).or_default().0 = Some(p);
-        }
-    }
-    for (k, pts) in batch {
-        for (b, p) in pts {
-            by_bucket.entry(*b).or_default().entry(k).or_default().1 = Some(p);
-        }
-    }
-    by_bucket
-        .into_iter()
-        .map(|(b, groups)| (b, groups.into_values().collect()))
-        .collect()
 }
 
 /// The value at rank `q` (nearest rank) of sorted values.
@@ -443,35 +329,6 @@ mod tests {
             vec![at(11, 0)],
             "not the hour ending at its start"
         );
-    }
-
-    #[test]
-    fn groups_are_paired_per_bucket_whichever_side_has_them() {
-        let point = |v: f64| Point {
-            values: BTreeMap::from([("events".to_string(), Some(v))]),
-            exact: true,
-        };
-        let group = |g: &str| vec![Some(g.to_string())];
-        let speed: Series = BTreeMap::from([
-            (
-                group("a"),
-                BTreeMap::from([(0, point(1.0)), (60, point(2.0))]),
-            ),
-            (group("b"), BTreeMap::from([(0, point(3.0))])),
-        ]);
-        let batch: Series = BTreeMap::from([
-            (group("a"), BTreeMap::from([(0, point(1.0))])),
-            (group("c"), BTreeMap::from([(60, point(4.0))])),
-        ]);
-        let pairs = pair_groups(&speed, &batch);
-        let values = |b: i64| -> Vec<(Option<f64>, Option<f64>)> {
-            let v = |p: Option<&Point>| p.and_then(|p| p.values["events"]);
-            pairs[&b].iter().map(|(s, t)| (v(*s), v(*t))).collect()
-        };
-        // Bucket 0: a on both sides, b in speed only; bucket 60: a in speed, c in batch.
-        assert_eq!(values(0), vec![(Some(1.0), Some(1.0)), (Some(3.0), None)]);
-        assert_eq!(values(60), vec![(Some(2.0), None), (None, Some(4.0))]);
-        assert_eq!(pairs.len(), 2);
     }
 
     #[test]
