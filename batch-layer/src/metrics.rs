@@ -182,13 +182,15 @@ impl BatchMetrics {
     }
 
     /// Records a settled bucket's relative error.
-    pub fn relative_error(&self, view: &str, measure: &str, rel: f64) {
-        self.speed_relative_error
-            .get_or_create(&vec![
-                ("view".to_string(), view.to_string()),
-                ("measure".to_string(), measure.to_string()),
-            ])
-            .observe(rel);
+    /// A measure's relative errors from one run (its histogram looked up once).
+    pub fn relative_errors(&self, view: &str, measure: &str, rels: impl IntoIterator<Item = f64>) {
+        let histogram = self.speed_relative_error.get_or_create(&vec![
+            ("view".to_string(), view.to_string()),
+            ("measure".to_string(), measure.to_string()),
+        ]);
+        for rel in rels {
+            histogram.observe(rel);
+        }
     }
 
     pub fn render(&self) -> String {

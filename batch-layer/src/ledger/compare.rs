@@ -28,6 +28,9 @@ pub(super) struct Compare {
     pub(super) plan: ViewPlan,
     /// The version about to land.
     pub(super) manifest: Manifest,
+    /// What is compared: every measure over the finest grouping set, and over no group.
+    pub(super) finest: Selection,
+    pub(super) totals: Selection,
     pub(super) run_id: String,
     pub(super) settled_ms: i64,
 }
@@ -69,22 +72,17 @@ impl Compare {
         };
         let g = chunk.granularity;
         let t = Instant::now();
-        let finest = super::finest(&self.plan);
-        let totals = Selection {
-            group_by: Vec::new(),
-            ..finest.clone()
-        };
-        let batch_read = async |selection: Selection| {
+        let batch_read = async |selection: &Selection| {
             let q = BatchQuery {
                 granularity: g,
                 from_ms: *first,
                 to_ms: g.end(*last),
-                selection,
+                selection: selection.clone(),
             };
             self.reader.read(&self.plan, &self.manifest, &q).await
         };
-        let batch_totals = batch_read(totals).await?;
-        let batch_groups = batch_read(finest).await?;
+        let batch_totals = batch_read(&self.totals).await?;
+        let batch_groups = batch_read(&self.finest).await?;
         let read_time = t.elapsed();
         let (speed_totals, speed_groups) = &chunk.speed;
         let mut pairs = pair_groups(speed_groups, &batch_groups);

@@ -191,16 +191,24 @@ impl Settle<'_> {
         for (path, batch) in &self.held {
             reader.hold(path, batch.clone())?;
         }
+        let finest = finest(self.plan);
         let compare = Arc::new(Compare {
             reader,
             plan: self.plan.clone(),
             manifest: self.manifest.clone(),
+            totals: Selection {
+                group_by: Vec::new(),
+                ..finest.clone()
+            },
+            finest,
             run_id: self.run_id.to_string(),
             settled_ms: self.now_ms,
         });
         let (rows, batch_time) = compare.spawn(speed.chunks).await?;
-        for r in &rows {
-            self.metrics.relative_error(name, &r.measure, r.rel_error);
+        for m in &self.plan.measures {
+            let rels = rows.iter().filter(|r| r.measure == m.name);
+            self.metrics
+                .relative_errors(name, &m.name, rels.map(|r| r.rel_error));
         }
         let compared = rows.len();
         let wrong: usize = rows
